@@ -1,0 +1,464 @@
+"""Train a Llama-architecture decoder from random init on packed token rows (the output of tasks.tokenize).
+
+Our own loop (nanoGPT/nanochat style): AdamW, warmup + cosine or WSD schedule, gradient clipping and accumulation,
+bf16 autocast on CUDA, DDP when torch.distributed is initialised (Ray Train's TorchTrainer does that for the engine).
+The data order is a pure function of (seed, position), so a run killed at any point resumes from its last checkpoint
+(model + optimizer + scheduler + step + RNG + data position) and replays exactly the same loss curve. Per-step metrics
+go to ``out_dir/metrics/*.parquet`` (flushed at each checkpoint, so the metrics always match the checkpointed state)
+and to the optional ``report`` callable. The final model is saved in Hugging Face format with its tokenizer in
+``out_dir/hf`` for vLLM and lm-evaluation-harness.
+
+    python -c "from tasks.train import train, TrainParams; print(train(TrainParams(max_steps=30), 'packed/', 'run/'))"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tasks.tokenize import load_packed, tokenizer_dir
+
+# Model sizes. "tiny" trains in seconds on a CPU; "smollm2_135m" is SmolLM2-135M's shape (HF config of
+# HuggingFaceTB/SmolLM2-135M: 30 layers, d=576, 9 heads / 3 kv heads, ffn 1536, rope theta 1e5, tied embeddings).
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=256),
+    "small": dict(hidden_size=256, num_layers=6, num_heads=4, num_kv_heads=4, intermediate_size=768),
+    "smollm2_135m": dict(
+        hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, intermediate_size=1536, rope_theta=100_000.0
+    ),
+}
+
+# Dense bf16 peak FLOP/s per GPU, from the vendor data sheets (H100/H200 SXM: 989 TFLOPS, A100: 312 TFLOPS).
+_PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainParams:
+    """Model shape, optimisation and checkpointing. Defaults = the tiny preset; see TrainParams.preset()."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 4  # < num_heads gives grouped-query attention (Ainslie et al. 2023)
+    intermediate_size: int = 256
+    rope_theta: float = 10_000.0  # RoFormer default (Su et al. 2021)
+    tie_embeddings: bool = True  # as SmolLM2; the tied lm_head is most of a tiny model's parameters
+    init_std: float = 0.02  # GPT-2 / Llama initializer_range
+    # Extra output heads predicting t+2 .. t+1+mtp_heads (Gloeckle et al. 2024, arXiv:2404.19737, best at n=4 total).
+    # Each head is one transformer layer on the trunk's output, sharing the unembedding; dropped at export. 0 = off.
+    mtp_heads: int = 0
+    micro_batch_size: int = 8  # rows of seq_len tokens per rank per micro-step
+    grad_accum_steps: int = 1
+    max_steps: int = 1000
+    lr: float = 3e-3  # peak; tiny models tolerate high rates (SmolLM2-135M used 3e-3, Allal et al. 2025)
+    schedule: str = "cosine"  # "cosine" (warmup + cosine) or "wsd" (warmup-stable-decay)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine floor at 10 % of peak, as Llama 2 (Touvron et al. 2023)
+    wsd_decay_fraction: float = 0.2  # WSD cooldown on the last 20 % of steps (Hägele et al. 2024, arXiv:2405.18392)
+    weight_decay: float = 0.1  # Llama 2
+    beta1: float = 0.9
+    beta2: float = 0.95  # Llama 2 / GPT-3
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # Llama 2; 0 = no clipping
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "fp32" forces fp32
+    seed: int = 0  # model init and data order
+    checkpoint_every: int = 100  # steps; a checkpoint is also written at max_steps
+    keep_checkpoints: int = 2
+    peak_flops: float | None = None  # per-device peak for MFU; None = look up the GPU name (H100/H200/A100)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "wsd"):
+            raise ValueError(f"schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
+        if self.precision not in ("auto", "fp32"):
+            raise ValueError(f"precision must be 'auto' or 'fp32', got {self.precision!r}")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+        if min(self.max_steps, self.micro_batch_size, self.grad_accum_steps, self.checkpoint_every) < 1:
+            raise ValueError("max_steps, micro_batch_size, grad_accum_steps and checkpoint_every must be >= 1")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> TrainParams:
+        """Params with a named model size from MODEL_PRESETS, plus overrides."""
+        if name not in MODEL_PRESETS:
+            raise KeyError(f"unknown preset {name!r}; known: {sorted(MODEL_PRESETS)}")
+        return cls(**{**MODEL_PRESETS[name], **overrides})
+
+
+# ---------------------------------------------------------------- model
+
+
+class CausalLMWithMTP(nn.Module):
+    """LlamaForCausalLM plus optional multi-token heads; forward returns the summed token loss and its parts."""
+
+    def __init__(self, params: TrainParams, vocab_size: int, seq_len: int, eos_id: int):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
+
+        self.config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=params.hidden_size,
+            intermediate_size=params.intermediate_size,
+            num_hidden_layers=params.num_layers,
+            num_attention_heads=params.num_heads,
+            num_key_value_heads=params.num_kv_heads,
+            max_position_embeddings=seq_len,
+            rope_theta=params.rope_theta,
+            tie_word_embeddings=params.tie_embeddings,
+            initializer_range=params.init_std,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
+            attn_implementation="sdpa",  # the MTP heads rely on sdpa's implicit causal mask (attention_mask=None)
+        )
+        self.lm = LlamaForCausalLM(self.config)
+        self.heads = nn.ModuleList(LlamaDecoderLayer(self.config, layer_idx=i) for i in range(params.mtp_heads))
+        self.head_norms = nn.ModuleList(
+            LlamaRMSNorm(params.hidden_size, eps=self.config.rms_norm_eps) for _ in range(params.mtp_heads)
+        )
+        for m in (*self.heads, *self.head_norms):
+            m.apply(self.lm._init_weights)
+
+    def forward(self, rows: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """rows: (B, L+1) token ids; valid: (B,) real tokens per row. Returns (total, next-token, mtp) summed CE."""
+        inp = rows[:, :-1]
+        length = inp.shape[1]
+        pos = torch.arange(rows.shape[1], device=rows.device)
+        real = pos[None, :] < valid[:, None]  # (B, L+1) which tokens are real (not padding)
+        hidden = self.lm.model(input_ids=inp).last_hidden_state
+        main = self._ce(self.lm.lm_head(hidden), rows[:, 1:], real[:, 1:])
+        mtp = torch.zeros((), device=rows.device)
+        if len(self.heads):
+            position_ids = pos[None, :length]
+            rope = self.lm.model.rotary_emb(hidden, position_ids=position_ids)
+            for k, (head, norm) in enumerate(zip(self.heads, self.head_norms, strict=True), start=2):
+                if k > length:
+                    break
+                h = norm(head(hidden, position_ids=position_ids, position_embeddings=rope))
+                # head k at position i predicts token i+k: targets rows[:, k:], logits for positions < L+1-k
+                mtp = mtp + self._ce(self.lm.lm_head(h[:, : length + 1 - k]), rows[:, k:], real[:, k:])
+        return main + mtp, main.detach(), mtp.detach()
+
+    @staticmethod
+    def _ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        t = torch.where(mask, targets, torch.full_like(targets, -100))
+        return F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), ignore_index=-100, reduction="sum")
+
+
+def _lr_factor(step: int, p: TrainParams) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based)."""
+    if step < p.warmup_steps:
+        return (step + 1) / p.warmup_steps
+    if p.schedule == "cosine":
+        progress = min(
+            1.0, (step + 1 - p.warmup_steps) / max(1, p.max_steps - p.warmup_steps)
+        )  # floor at the last step
+        return p.min_lr_ratio + (1 - p.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    decay_start = p.max_steps - int(p.wsd_decay_fraction * p.max_steps)
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step + 1 - decay_start) / max(1, p.max_steps - decay_start))
+    return 1.0 - (1 - p.min_lr_ratio) * progress  # linear cooldown (Hägele et al. 2024)
+
+
+def _optimizer(model: nn.Module, p: TrainParams, fused: bool) -> torch.optim.AdamW:
+    # No weight decay on norms/biases (1-D tensors), as nanoGPT / Llama.
+    decay = [t for t in model.parameters() if t.requires_grad and t.dim() >= 2]
+    no_decay = [t for t in model.parameters() if t.requires_grad and t.dim() < 2]
+    groups = [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=p.lr, betas=(p.beta1, p.beta2), eps=p.eps, fused=fused)
+
+
+def flops_per_token(model: CausalLMWithMTP, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls + 12·layers·d·T for attention (PaLM, Chowdhery et al. 2022, B)."""
+    cfg = model.config
+    n = sum(t.numel() for t in model.parameters())  # tied embedding counted once: it is the lm_head matmul
+    n += len(model.heads) * cfg.vocab_size * cfg.hidden_size  # each MTP head reuses the unembedding matmul
+    layers = cfg.num_hidden_layers + len(model.heads)
+    return 6 * n + 12 * layers * cfg.hidden_size * seq_len
+
+
+# ---------------------------------------------------------------- data order
+
+
+class _DataOrder:
+    """Row index of global sample position p: epoch e = p // n is a seeded permutation, phase-major.
+
+    Phase 0 rows come before phase 1 (the end-of-training upsampling rows of tasks.tokenize), each shuffled.
+    """
+
+    def __init__(self, phase: np.ndarray, seed: int):
+        self.phase = np.asarray(phase)
+        self.n = len(self.phase)
+        self.seed = seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def epoch(self, e: int) -> np.ndarray:
+        if e not in self._cache:
+            rng = np.random.default_rng([self.seed, e])
+            parts = [rng.permutation(np.flatnonzero(self.phase == ph)) for ph in np.unique(self.phase)]
+            self._cache = {e: np.concatenate(parts)}  # keep one epoch: positions only move forward
+        return self._cache[e]
+
+    def rows(self, start: int, count: int) -> np.ndarray:
+        return np.array([self.epoch(p // self.n)[p % self.n] for p in range(start, start + count)], dtype=np.int64)
+
+
+# ---------------------------------------------------------------- checkpoints and metrics
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = sorted(ckpt_dir.glob("step-*.pt"))
+    return found[-1] if found else None
+
+
+def _save_checkpoint(ckpt_dir: Path, state: dict, keep: int) -> Path:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step-{state['step']:08d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a checkpoint file either is complete or does not exist
+    for old in sorted(ckpt_dir.glob("step-*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def _flush_metrics(metrics_dir: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    path = metrics_dir / f"steps-{rows[0]['step']:08d}-{rows[-1]['step']:08d}.parquet"
+    tmp = path.with_name("." + path.name + ".tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, path)
+    rows.clear()
+
+
+def _trim_metrics(metrics_dir: Path, last_step: int) -> None:
+    """Drop metric files past the checkpoint we resume from (those steps are replayed)."""
+    for f in metrics_dir.glob("*.tmp"):
+        f.unlink()
+    for f in metrics_dir.glob("steps-*.parquet"):
+        if int(f.stem.split("-")[2]) > last_step:
+            f.unlink()
+
+
+def read_metrics(out_dir: str | Path) -> pa.Table:
+    """All per-step metrics of a run, sorted by step."""
+    files = sorted((Path(out_dir) / "metrics").glob("steps-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no metrics under {out_dir}/metrics")
+    return pa.concat_tables(pq.read_table(f) for f in files).sort_by("step")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _peak_flops(p: TrainParams, device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    if p.peak_flops:
+        return p.peak_flops
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in _PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def train(
+    params: TrainParams,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    world_rank: int = 0,
+    world_size: int = 1,
+    report: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train (or resume) to params.max_steps; returns a summary dict. Rank 0 writes metrics/checkpoints/the model.
+
+    Under torch.distributed (e.g. inside Ray Train's TorchTrainer) rank and world size come from the process group
+    and the model is wrapped in DDP; every rank must see the same data_dir and out_dir (shared storage).
+    """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed:
+        world_rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    elif world_size != 1:
+        raise ValueError("world_size > 1 needs an initialised torch.distributed process group")
+    out = Path(out_dir)
+    ckpt_dir, metrics_dir = out / "checkpoints", out / "metrics"
+    is_main = world_rank == 0
+
+    data = load_packed(data_dir)
+    meta = data.meta
+    seq_len = int(meta["seq_len"])
+    order = _DataOrder(data.phase, params.seed)
+    if len(data.valid) == 0:
+        raise ValueError(f"{data_dir} holds no token rows")
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    use_bf16 = device.type == "cuda" and params.precision == "auto"
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else (lambda: contextlib.nullcontext())
+    )
+
+    torch.manual_seed(params.seed)  # identical init on every rank
+    model = CausalLMWithMTP(params, int(meta["vocab_size"]), seq_len, int(meta["eos_id"])).to(device)
+    optimizer = _optimizer(model, params, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, params))
+
+    step, resumed_from = 0, None
+    latest = _latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        state = torch.load(latest, map_location=device, weights_only=False)  # our own file: holds numpy RNG state
+        if state["params"] != dataclasses.asdict(params):
+            raise ValueError(f"{latest} was written with different TrainParams; use a new out_dir")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        step, resumed_from = int(state["step"]), str(latest)
+        if is_main:
+            _trim_metrics(metrics_dir, step)
+
+    ddp = None
+    if distributed:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.index is not None else None
+        )
+    runner = ddp if ddp is not None else model
+    global_rows = params.micro_batch_size * params.grad_accum_steps * world_size
+    fpt = flops_per_token(model, seq_len)
+    peak = _peak_flops(params, device)
+    tokens_np = data.tokens
+    pending: list[dict] = []
+    last_loss = float("nan")
+
+    def checkpoint() -> None:
+        if is_main:
+            _flush_metrics(metrics_dir, pending)  # metrics first: a checkpoint never lacks its metrics
+            state = {
+                "step": step,
+                "data_position": step * global_rows,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+                "params": dataclasses.asdict(params),
+            }
+            _save_checkpoint(ckpt_dir, state, params.keep_checkpoints)
+        if distributed:
+            torch.distributed.barrier()
+
+    model.train()
+    while step < params.max_steps:
+        t0 = time.perf_counter()
+        base = step * global_rows
+        batches = []
+        for a in range(params.grad_accum_steps):
+            idx = order.rows(base + (a * world_size + world_rank) * params.micro_batch_size, params.micro_batch_size)
+            rows = torch.from_numpy(tokens_np[idx].astype(np.int64)).to(device, non_blocking=True)
+            batches.append((rows, torch.from_numpy(data.valid[idx].astype(np.int64)).to(device)))
+        # Normalise by the real targets of the whole step (all ranks), so accumulation == one big batch.
+        n_targets = torch.tensor(float(sum(int((v - 1).clamp(min=0).sum()) for _, v in batches)), device=device)
+        if distributed:
+            torch.distributed.all_reduce(n_targets)
+        norm = n_targets.clamp(min=1) / world_size  # DDP averages gradients over ranks
+        sums = torch.zeros(2, device=device)
+        for a, (rows, valid) in enumerate(batches):
+            sync = a == len(batches) - 1
+            ctx = ddp.no_sync() if distributed and not sync else contextlib.nullcontext()
+            with ctx, autocast():
+                loss, main, mtp = runner(rows, valid)
+            (loss / norm).backward()
+            sums += torch.stack([main, mtp])
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip or float("inf"))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if distributed:
+            torch.distributed.all_reduce(sums)
+        sums = (sums / n_targets.clamp(min=1)).tolist()  # .tolist() syncs the device: the step time is honest
+        dt = time.perf_counter() - t0
+        step += 1
+        last_loss = sums[0]
+        tps = global_rows * seq_len / dt
+        row = {
+            "step": step,
+            "loss": sums[0],
+            "mtp_loss": sums[1] if params.mtp_heads else None,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens": int(n_targets.item()),
+            "tokens_per_s": tps,
+            "step_time_s": dt,
+            "mfu": (tps * fpt / (peak * world_size)) if peak else None,
+            "epoch": base // order.n,
+        }
+        if is_main:
+            pending.append(row)
+        if report is not None:
+            report(row)
+        if step % params.checkpoint_every == 0 or step == params.max_steps:
+            checkpoint()
+
+    hf_dir = out / "hf"
+    if is_main:
+        _flush_metrics(metrics_dir, pending)
+        export_hf(model, meta, hf_dir)
+    if distributed:
+        torch.distributed.barrier()
+    return {
+        "steps": step,
+        "final_loss": last_loss,
+        "resumed_from": resumed_from,
+        "hf_dir": str(hf_dir),
+        "metrics_dir": str(metrics_dir),
+        "checkpoint": str(_latest_checkpoint(ckpt_dir)),
+        "tokens_seen": step * global_rows * seq_len,
+        "num_params": sum(t.numel() for t in model.lm.parameters()),
+        "flops_per_token": fpt,
+    }
+
+
+def export_hf(model: CausalLMWithMTP, meta: dict, hf_dir: Path) -> None:
+    """Save the next-token model (MTP heads dropped) and the tokenizer in Hugging Face format."""
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    model.lm.save_pretrained(str(hf_dir))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(meta["tokenizer"])), local_files_only=True)  # a fresh copy
+    eos = tok.convert_ids_to_tokens(int(meta["eos_id"]))
+    tok.eos_token = tok.bos_token = tok.pad_token = eos  # lm-eval / vLLM read these from the tokenizer files
+    tok.model_max_length = int(meta["seq_len"])
+    tok.save_pretrained(str(hf_dir))
