@@ -1,0 +1,107 @@
+"""WHAT to build: YAML recipes validated into a ``RunConfig`` composed from the stages' own ``*Params``.
+
+    from datasets_cfg import load
+    cfg = load("datasets_cfg/tiny.yaml")
+
+A typo or a wrong type is an error that names the file and the key (``extra="forbid"``). Each stage receives only
+its own params, never the RunConfig (torchtitan's lesson). Resources and addresses live in ray_cluster profiles.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.ingest import IngestSource
+
+RECIPES_DIR = Path(__file__).resolve().parent
+
+
+class RecipeError(ValueError):
+    """A recipe that does not validate; the message names the file and the offending key."""
+
+
+class IngestConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: list[IngestSource] = Field(min_length=1)
+    docs_per_shard: int = Field(default=50_000, gt=0)  # a large input file is split into shards of this many docs
+
+
+class RunConfig(BaseModel):
+    """One dataset recipe. Stage sections that are absent are skipped by the flows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    storage_root: str | None = None  # default: $QUARRY_ROOT, else ./data under the working directory
+    cluster: str = "local"  # a profile in ray_cluster/profiles
+    ingest: IngestConfig
+
+    @property
+    def root(self) -> str:
+        return self.storage_root or os.environ.get("QUARRY_ROOT") or str(Path.cwd() / "data")
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """Source paths and storage roots relative to the recipe file; ${VARS} expanded."""
+    ingest = data.get("ingest")
+    if isinstance(ingest, dict) and isinstance(ingest.get("sources"), list):
+        for src in ingest["sources"]:
+            if isinstance(src, dict) and isinstance(src.get("path"), str):
+                src["path"] = _resolve(src["path"], base)
+    if isinstance(data.get("storage_root"), str):
+        data["storage_root"] = _resolve(data["storage_root"], base)
+    return data
+
+
+def _resolve(path: str, base: Path) -> str:
+    path = os.path.expandvars(path)
+    if "://" in path or os.path.isabs(path):
+        return path
+    return str((base / path).resolve())
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = [f"invalid recipe {path}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        kind = e["type"]
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            lines.append(f"  unknown key {loc!r}")
+        else:
+            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate(data: dict, path: str | Path = "<recipe>") -> RunConfig:
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise RecipeError(f"invalid recipe {path}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(_resolve_paths(dict(data), path.resolve().parent))
+    except ValidationError as e:
+        raise RecipeError(_format_error(path, e)) from None
+
+
+def load(path: str | Path) -> RunConfig:
+    """Read and validate a recipe; relative paths inside it are relative to the recipe file."""
+    path = Path(path)
+    if not path.exists() and (RECIPES_DIR / path.name).exists():
+        path = RECIPES_DIR / path.name
+    try:
+        data: Any = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"invalid YAML in {path}: {e}") from None
+    return validate(data, path)
+
+
+def recipes() -> list[Path]:
+    return sorted(RECIPES_DIR.glob("*.yaml"))

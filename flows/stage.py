@@ -1,0 +1,281 @@
+"""The one generic stage task, plus the shard-level work it sends to the cluster.
+
+Storage versions are the cache (Prefect caching is off): a committed version is skipped, a partial one resumes at
+shard granularity (shards already in the version folder are not recomputed), and the manifest is written last.
+
+    ref = run_stage(src, "quality_signals", quality_signals, params, profile)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import posixpath
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+import tasks.ingest as ingest_mod
+from ray_cluster import runtime
+from storage import datasets
+from storage.datasets import DatasetRef
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the fault-injection hook that tests use to kill a stage after k shards."""
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:  # outside a flow/task run (plain Python use)
+        import logging
+
+        return logging.getLogger("quarry")
+
+
+def _maybe_fail(item: dict) -> None:
+    fail_from = item.get("fail_from_shard")
+    if fail_from is not None and item["index"] >= fail_from:
+        raise InjectedFailure(f"injected failure at shard {item['index']} (fail_from_shard={fail_from})")
+
+
+# ------------------------------------------------------------------------------------------------ ingest
+
+
+def list_input_files(sources: Sequence[ingest_mod.IngestSource]) -> list[tuple[int, str]]:
+    """(source index, file URI) for every input file, in a stable order; a missing input is an error."""
+    out: list[tuple[int, str]] = []
+    for i, src in enumerate(sources):
+        fs, path = datasets.filesystem(src.path)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if any(ch in path for ch in "*?["):
+            found = sorted(fs.glob(path))
+        elif fs.isdir(path):
+            found = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith("."))
+        elif fs.exists(path):
+            found = [path]
+        else:
+            raise FileNotFoundError(f"ingest source {i} not found: {src.path}")
+        found = [p for p in found if not any(fnmatch.fnmatch(posixpath.basename(p), pat) for pat in src.exclude)]
+        if not found:
+            raise FileNotFoundError(f"ingest source {i} matched no files: {src.path}")
+        for p in found:
+            out.append((i, p if protocol in ("file", "local") else f"{protocol}://{p}"))
+    return out
+
+
+def _ingest_file(item: dict) -> dict:
+    """Read one input file into document shards (and one quarantine shard); skip shards already written."""
+    _maybe_fail(item)
+    spec = ingest_mod.IngestSource(**item["spec"])
+    docs_ref = DatasetRef(**item["ref"])
+    bad_ref = docs_ref.sibling("ingest_quarantine")
+    fs, path = datasets.filesystem(item["file"])
+    t0 = time.perf_counter()
+    with fs.open(path, "rb") as f:
+        rows = list(ingest_mod.read_source(f, item["file"], spec))
+    docs, bad = ingest_mod.rows_to_tables(rows)
+    per = item["docs_per_shard"]
+    chunks = max(1, -(-docs.num_rows // per))
+    stem = f"part-{item['index']:05d}"
+    done_bad = datasets.existing_shards(bad_ref)
+    if f"{stem}-0000.parquet" not in done_bad:
+        datasets.write_shard(bad_ref, f"{stem}-0000.parquet", bad)
+    done = datasets.existing_shards(docs_ref)
+    written = 0
+    for c in range(chunks):
+        name = f"{stem}-{c:04d}.parquet"
+        if name not in done:
+            datasets.write_shard(docs_ref, name, docs.slice(c * per, per))
+            written += 1
+    return {
+        "index": item["index"],
+        "file": item["file"],
+        "documents": docs.num_rows,
+        "quarantined": bad.num_rows,
+        "bytes": int(pa.compute.sum(docs["raw_bytes"]).as_py() or 0),
+        "shards_written": written,
+        "seconds": time.perf_counter() - t0,
+        "domains": dict(Counter(docs["domain"].to_pylist())),
+    }
+
+
+def ingest(
+    sources: Sequence[ingest_mod.IngestSource],
+    *,
+    root: str,
+    dataset: str,
+    docs_per_shard: int,
+    profile: runtime.Profile,
+    fail_from_shard: int | None = None,
+) -> DatasetRef:
+    """Ingest every source file into ``{dataset}/ingest/{version}`` (+ ``ingest_quarantine``); no-op when committed."""
+    log = _logger()
+    files = list_input_files(sources)
+    params = {"sources": list(sources), "docs_per_shard": docs_per_shard}
+    ref = datasets.source_ref(root, dataset, "ingest", ingest_mod, params, [f for _, f in files])
+    if datasets.is_committed(ref):
+        log.info(f"ingest: {ref} already committed, skipping")
+        return ref
+    import dataclasses
+
+    items = [
+        {
+            "index": i,
+            "file": f,
+            "spec": dataclasses.asdict(sources[s]),
+            "ref": dataclasses.asdict(ref),
+            "docs_per_shard": docs_per_shard,
+            "fail_from_shard": fail_from_shard,
+        }
+        for i, (s, f) in enumerate(files)
+    ]
+    t0 = time.perf_counter()
+    results = runtime.run_shards(items, _ingest_file, profile.resources("ingest"), profile=profile, desc="ingest")
+    elapsed = time.perf_counter() - t0
+    results.sort(key=lambda r: r["index"])
+    stats = _ingest_stats(results, elapsed)
+    bad_ref = ref.sibling("ingest_quarantine")
+    datasets.commit(bad_ref, parents=[], params=params, code=datasets.code_hash(ingest_mod), inputs=[f for _, f in files])
+    manifest = datasets.commit(
+        ref,
+        parents=[],
+        params=params,
+        code=datasets.code_hash(ingest_mod),
+        inputs=[f for _, f in files],
+        extra={"stats": stats},
+    )
+    log.info(
+        f"ingest: {manifest['num_rows']} documents, {stats['quarantined']} quarantined from {len(files)} files "
+        f"in {elapsed:.1f}s -> {ref.uri}"
+    )
+    _publish_table(
+        "ingest-counts",
+        [{"file": posixpath.basename(r["file"]), "documents": r["documents"], "quarantined": r["quarantined"]} for r in results],
+        f"ingest of {dataset}: {stats['documents']} documents, {stats['quarantined']} quarantined",
+    )
+    return ref
+
+
+def _ingest_stats(results: list[dict], elapsed: float) -> dict:
+    domains: Counter = Counter()
+    for r in results:
+        domains.update(r["domains"])
+    docs = sum(r["documents"] for r in results)
+    nbytes = sum(r["bytes"] for r in results)
+    return {
+        "files": len(results),
+        "documents": docs,
+        "quarantined": sum(r["quarantined"] for r in results),
+        "bytes": nbytes,
+        "domains": dict(domains),
+        "seconds": round(elapsed, 3),
+        "docs_per_s": round(docs / elapsed, 1) if elapsed else None,
+    }
+
+
+def _publish_table(key: str, rows: list[dict], description: str) -> None:
+    """A Prefect table artifact when running inside a flow; silently nothing in plain Python."""
+    try:
+        create_table_artifact(key=key, table=rows, description=description)
+    except Exception:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------ map stages
+
+
+def _apply_to_shard(item: dict, state: Any = None) -> dict:
+    """Read one input shard in batches, apply the stage function (or the loaded model), write the output shard."""
+    _maybe_fail(item)
+    src_uri, dst = item["src"], DatasetRef(**item["dst"])
+    fn = state if state is not None else item["fn"]
+    fs, path = datasets.filesystem(src_uri)
+    outs = []
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        for batch in pf.iter_batches(batch_size=item["batch_size"]):
+            table = pa.Table.from_batches([batch])
+            outs.append(fn(table) if state is not None else fn(table, item["params"]))
+    out = pa.concat_tables(outs, promote_options="permissive") if outs else pa.table({})
+    datasets.write_shard(dst, item["name"], out)
+    return {"index": item["index"], "name": item["name"], "rows_in": pf.metadata.num_rows, "rows_out": out.num_rows}
+
+
+def map_stage(
+    src: DatasetRef,
+    stage: str,
+    fn: Callable,
+    params: Any,
+    profile: runtime.Profile,
+    *,
+    stateful: bool = False,
+    fail_from_shard: int | None = None,
+) -> DatasetRef:
+    """Run a per-batch function (or a callable class, ``stateful=True``) over every shard of ``src``."""
+    log = _logger()
+    dst = datasets.derive(src, stage, fn, params)
+    if datasets.is_committed(dst):
+        log.info(f"{stage}: {dst} already committed, skipping")
+        return dst
+    resources = profile.resources(stage)
+    done = datasets.existing_shards(dst)
+    names = [posixpath.basename(u) for u in datasets.files(src)]
+    items = []
+    for i, (name, uri) in enumerate(zip(names, datasets.files(src))):
+        if name in done:
+            continue
+        item = {
+            "index": i,
+            "name": name,
+            "src": uri,
+            "dst": _asdict(dst),
+            "batch_size": resources.batch_size,
+            "fail_from_shard": fail_from_shard,
+        }
+        items.append(item)
+    t0 = time.perf_counter()
+    if stateful:
+        setup = functools.partial(fn, params)
+        results = runtime.run_shards(items, _apply_to_shard, resources, profile=profile, setup=setup, desc=stage)
+    else:
+        work = functools.partial(_apply_with, fn, params)
+        results = runtime.run_shards(items, work, resources, profile=profile, desc=stage)
+    elapsed = time.perf_counter() - t0
+    rows_in = sum(r["rows_in"] for r in results)
+    manifest = datasets.commit(
+        dst,
+        parents=[src],
+        params=params,
+        code=datasets.code_hash(fn),
+        extra={"stats": {"shards_computed": len(results), "shards_resumed": len(done), "seconds": round(elapsed, 3), "rows_in_computed": rows_in}},
+    )
+    log.info(f"{stage}: {manifest['num_rows']} rows ({len(results)} shards computed, {len(done)} resumed) -> {dst.uri}")
+    return dst
+
+
+def _apply_with(fn: Callable, params: Any, item: dict) -> dict:
+    return _apply_to_shard({**item, "fn": fn, "params": params})
+
+
+def _asdict(ref: DatasetRef) -> dict:
+    return {"root": ref.root, "dataset": ref.dataset, "stage": ref.stage, "version": ref.version}
+
+
+@task(retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="ingest")
+def ingest_task(sources, root, dataset, docs_per_shard, profile, fail_from_shard=None) -> DatasetRef:
+    return ingest(sources, root=root, dataset=dataset, docs_per_shard=docs_per_shard, profile=profile, fail_from_shard=fail_from_shard)
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="{stage}")
+def run_stage(src: DatasetRef, stage: str, fn: Callable, params: Any, profile: runtime.Profile, stateful: bool = False) -> DatasetRef:
+    """The one generic stage task: skips committed versions, resumes partial ones, logs row counts."""
+    return map_stage(src, stage, fn, params, profile, stateful=stateful)

@@ -1,0 +1,212 @@
+"""The ``quarry`` command line: run flows, query the catalog with SQL, list and garbage-collect versions.
+
+    quarry run curate datasets_cfg/tiny.yaml
+    quarry sql "select domain, count(*) from tiny__ingest group by 1"
+    quarry datasets --lineage tiny/quality_filter/0123456789ab
+    quarry gc
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="quarry: raw web text to an evaluated language model.")
+# A pipe or CI log gets a wide table rather than Rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 200)
+
+# flow name -> module:function; a flow is a verb and its module has the same name (design §4)
+FLOWS = {
+    "ingest": "flows.ingest:ingest",
+    "curate": "flows.curate:curate",
+    "augment": "flows.augment:augment",
+    "train": "flows.train:train",
+    "evaluate": "flows.evaluate:evaluate",
+    "experiment": "flows.experiment:experiment",
+    "demo": "flows.demo:demo",
+}
+
+
+def _root(root: str | None) -> str:
+    from storage import datasets
+
+    return root or datasets.default_root()
+
+
+def _load_flow(name: str):
+    if name not in FLOWS:
+        raise typer.BadParameter(f"unknown flow {name!r}; choose one of {', '.join(FLOWS)}")
+    module, fn = FLOWS[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except ModuleNotFoundError as e:
+        raise typer.BadParameter(f"flow {name!r} is not available: {e}") from e
+
+
+@app.command()
+def run(
+    flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
+    recipe: Path = typer.Argument(..., help="a recipe YAML, e.g. datasets_cfg/tiny.yaml"),
+) -> None:
+    """Run a flow on a recipe (a local ephemeral Prefect API unless PREFECT_API_URL points at a server)."""
+    import datasets_cfg
+
+    try:
+        datasets_cfg.load(recipe)  # fail fast with the file and key named
+    except datasets_cfg.RecipeError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    result = _load_flow(flow)(str(recipe))
+    console.print(f"[green]{flow} finished:[/green] {result}")
+
+
+def _print_table(table, fmt: str, output: Path | None) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if fmt == "parquet":
+        if output is None:
+            raise typer.BadParameter("--format parquet needs --output FILE")
+        pq.write_table(table, output)
+        console.print(f"wrote {table.num_rows} rows to {output}")
+        return
+    if fmt == "csv":
+        sink = open(output, "wb") if output else sys.stdout.buffer
+        pacsv.write_csv(table, sink)
+        if output:
+            sink.close()
+        return
+    if fmt == "json":
+        text = "\n".join(json.dumps(r, default=str, ensure_ascii=False) for r in table.to_pylist())
+        (output.write_text(text + "\n") if output else print(text))
+        return
+    rich_table = Table(show_lines=False)
+    for name in table.column_names:
+        rich_table.add_column(name, overflow="fold", max_width=60)
+    for row in table.to_pylist():
+        rich_table.add_row(*[_cell(v) for v in row.values()])
+    console.print(rich_table)
+    console.print(f"[dim]{table.num_rows} rows[/dim]")
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "[dim]null[/dim]"
+    s = str(v) if not isinstance(v, float) else f"{v:.6g}"
+    return s if len(s) <= 200 else s[:197] + "..."
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="DuckDB SQL over `versions` and the `{dataset}__{stage}` views"),
+    root: str | None = typer.Option(None, help="storage root (default $QUARRY_ROOT or ./data)"),
+    format: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="write to a file (required for parquet)"),
+) -> None:
+    """Query the catalog: e.g. quarry sql "select drop_reason, count(*) from tiny__quality_filter group by 1"."""
+    import duckdb
+
+    from storage import catalog
+
+    if format not in ("table", "csv", "json", "parquet"):
+        raise typer.BadParameter("--format must be table, csv, json or parquet")
+    con = catalog.connect(_root(root))
+    try:
+        table = catalog.query(con, query)
+    except duckdb.Error as e:
+        console.print(f"[red]SQL error:[/red] {e}")
+        views = [r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()]
+        console.print(f"[dim]tables: versions; views: {', '.join(sorted(views)) or '(none yet)'}[/dim]")
+        raise typer.Exit(1) from None
+    _print_table(table, format, output)
+
+
+@app.command()
+def datasets(
+    root: str | None = typer.Option(None, help="storage root"),
+    lineage: str | None = typer.Option(None, help="show the lineage of a version (dataset/stage/version)"),
+) -> None:
+    """List committed versions (rows, parents), or the lineage of one version."""
+    from storage import catalog
+
+    con = catalog.connect(_root(root))
+    if lineage:
+        _print_table(catalog.lineage(con, lineage), "table", None)
+        return
+    table = catalog.query(
+        con,
+        "select dataset, stage, version, num_rows, num_files, created_at, parents from versions "
+        "order by dataset, created_at",
+    )
+    _print_table(table, "table", None)
+
+
+def _referenced(root: str) -> set[str]:
+    """Versions to keep: the latest version of every stage of a dataset that has a recipe, plus their lineage."""
+    import datasets_cfg
+    from storage import catalog
+
+    names = set()
+    for path in datasets_cfg.recipes():
+        try:
+            names.add(datasets_cfg.load(path).dataset)
+        except datasets_cfg.RecipeError:
+            continue
+    con = catalog.connect(root)
+    rows = catalog.query(
+        con,
+        "select ref, dataset, stage, created_at from versions "
+        "qualify row_number() over (partition by dataset, stage order by created_at desc) = 1",
+    ).to_pylist()
+    keep: set[str] = set()
+    for r in rows:
+        if r["dataset"] in names:
+            keep.update(catalog.lineage(con, r["ref"])["ref"].to_pylist())
+    return keep
+
+
+@app.command()
+def gc(
+    root: str | None = typer.Option(None, help="storage root"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+) -> None:
+    """Delete versions that no recipe references (older versions and datasets without a recipe)."""
+    from storage import catalog
+    from storage import datasets as ds
+
+    root = _root(root)
+    keep = _referenced(root)
+    con = catalog.connect(root)
+    doomed = [r for r in catalog.query(con, "select ref, num_rows from versions order by ref").to_pylist() if r["ref"] not in keep]
+    if not doomed:
+        console.print("nothing to delete")
+        return
+    for r in doomed:
+        console.print(f"  {r['ref']}  ({r['num_rows']} rows)")
+    if not yes and not typer.confirm(f"delete these {len(doomed)} versions?"):
+        raise typer.Exit(1)
+    for r in doomed:
+        ds.delete_version(ds.ref_from_string(root, r["ref"]))
+    console.print(f"deleted {len(doomed)} versions")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,238 @@
+"""Where compute runs: cluster profiles, a Ray connection, and a shard-parallel executor. Knows no stage.
+
+    profile = load_profile("local")              # ray_cluster/profiles/local.yaml
+    with connected(profile):
+        results = run_shards(items, work, profile.resources("quality_signals"))
+
+``run_shards`` runs ``work(item)`` once per shard item through Ray Data (``ray.data.from_items(...).map``), so Ray
+Data schedules, retries and shows progress, while each shard's output name stays deterministic — the basis of
+shard-granular resume. A stage that loads a model passes ``setup`` (a zero-argument callable returning the model):
+it then runs as a Ray Data actor pool (``map_batches`` over a callable class, ``concurrency`` actors), the model is
+loaded once per actor, and ``work(item, state)`` processes whole shards.
+
+``engine: serial`` in a profile runs the same functions in-process (debugging, and places Ray cannot go);
+``engine: dask`` sends them to a Dask cluster (CPU stages only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+class StageResources(BaseModel):
+    """Per-stage resources: how many CPUs/GPUs one shard worker takes and how many actors a model stage uses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_cpus: float = 1
+    num_gpus: float = 0
+    concurrency: int = 1  # actors for model stages; keep it below the CPU count (a pool taking every CPU hangs Ray Data)
+    batch_size: int = 1000  # rows per call of the stage function inside a shard
+    max_retries: int = 3  # a shard task whose worker dies is retried by Ray this many times
+    memory_gb: float | None = None
+
+
+class Profile(BaseModel):
+    """Where a recipe runs: a Ray address (or serial / Dask) plus per-stage resources."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "local"
+    engine: Literal["ray", "serial", "dask"] = "ray"
+    address: str | None = None  # None: a local in-process Ray; "auto": an existing cluster; "ray://host:10001"
+    num_cpus: int | None = None  # only for a local Ray started by us
+    dask_address: str | None = None  # engine: dask; None starts a LocalCluster
+    working_dir: str | None = None  # shipped to a remote cluster as runtime_env working_dir
+    env_vars: dict[str, str] = Field(default_factory=dict)  # non-secret variables for workers
+    default: StageResources = Field(default_factory=StageResources)
+    stages: dict[str, StageResources] = Field(default_factory=dict)
+
+    def resources(self, stage: str) -> StageResources:
+        return self.stages.get(stage, self.default)
+
+
+def load_profile(name_or_path: str | None) -> Profile:
+    """A profile by name (``ray_cluster/profiles/{name}.yaml``) or by path; ``$QUARRY_PROFILE`` overrides the name."""
+    name_or_path = os.environ.get("QUARRY_PROFILE") or name_or_path or "local"
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"no cluster profile {name_or_path!r} (known: {known})")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("name", path.stem)
+    try:
+        return Profile.model_validate(data)
+    except Exception as e:
+        raise ValueError(f"invalid profile {path}: {e}") from e
+
+
+@contextlib.contextmanager
+def connected(profile: Profile) -> Iterator[None]:
+    """Make sure Ray is up for this profile; a Ray started here stays up for later stages of the same process."""
+    if profile.engine != "ray":
+        yield
+        return
+    import ray
+
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": True}
+        runtime_env: dict[str, Any] = {}
+        if profile.env_vars:
+            runtime_env["env_vars"] = dict(profile.env_vars)
+        if profile.address in (None, "local"):
+            kwargs["address"] = "local"
+            kwargs["num_cpus"] = profile.num_cpus or os.cpu_count()
+        else:
+            kwargs["address"] = profile.address
+            if profile.working_dir:
+                runtime_env["working_dir"] = profile.working_dir
+                runtime_env["excludes"] = ["tests/", "data/", ".venv/", ".git/"]
+        if runtime_env:
+            kwargs["runtime_env"] = runtime_env
+        ray.init(**kwargs)
+        _quiet_ray_data()
+    yield
+
+
+def _quiet_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.print_on_execution_start = False
+
+
+class _ActorWorker:
+    """Ray Data callable class: loads the stage's model once, then processes one shard item per call."""
+
+    def __init__(self, setup: Callable[[], Any], work: Callable[[dict, Any], dict]):
+        self.state = setup()
+        self.work = work
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        items = [dict(zip(batch.keys(), values)) for values in zip(*batch.values())]
+        results = [self.work(_unwrap(item), self.state) for item in items]
+        return {"result": np.array([_encode(r) for r in results], dtype=object)}
+
+
+def _unwrap(item: dict) -> dict:
+    import json
+
+    return json.loads(item["item"])
+
+
+def _encode(result: Any) -> str:
+    import json
+
+    return json.dumps(result, default=str)
+
+
+def run_shards(
+    items: Sequence[dict],
+    work: Callable[..., dict],
+    resources: StageResources,
+    *,
+    profile: Profile | None = None,
+    setup: Callable[[], Any] | None = None,
+    desc: str = "shards",
+) -> list[dict]:
+    """Run ``work`` on every item (one item = one shard to produce) and return the results in item order.
+
+    ``work(item) -> dict`` for stateless stages; with ``setup``, ``work(item, state) -> dict`` where ``state`` is
+    what ``setup()`` returned, built once per actor. Items and results must be JSON-serialisable.
+    """
+    import json
+
+    if not items:
+        return []
+    engine = profile.engine if profile else "ray"
+    if engine == "serial":
+        state = setup() if setup else None
+        return [work(dict(it), state) if setup else work(dict(it)) for it in items]
+    if engine == "dask":
+        return _run_dask(items, work, setup, profile)
+
+    import ray.data
+
+    rows = [{"item": json.dumps(it, default=str)} for it in items]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    if setup is None:
+
+        def _call(row: dict) -> dict:
+            return {"result": _encode(work(_unwrap(row)))}
+
+        ds = ds.map(
+            _call,
+            num_cpus=resources.num_cpus,
+            num_gpus=resources.num_gpus or None,
+            max_retries=resources.max_retries,
+            retry_exceptions=False,
+        )
+    else:
+        ds = ds.map_batches(
+            _ActorWorker,
+            fn_constructor_kwargs={"setup": setup, "work": work},
+            batch_size=1,
+            concurrency=max(1, resources.concurrency),
+            num_cpus=resources.num_cpus,
+            num_gpus=resources.num_gpus or None,
+            max_restarts=resources.max_retries,
+            max_task_retries=resources.max_retries,
+        )
+    results = [json.loads(r["result"]) for r in ds.take_all()]
+    # Ray Data does not preserve order across blocks; items carry their own key so callers can match them.
+    return results
+
+
+def _run_dask(items: Sequence[dict], work: Callable, setup: Callable | None, profile: Profile | None) -> list[dict]:
+    from dask.distributed import Client, LocalCluster
+
+    address = profile.dask_address if profile else None
+    cluster = None
+    if address is None:
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+        address = cluster.scheduler_address
+    try:
+        with Client(address) as client:
+            if setup is None:
+                futures = [client.submit(work, dict(it), pure=False, retries=3) for it in items]
+            else:
+                futures = [client.submit(_dask_stateful, setup, work, dict(it), pure=False, retries=3) for it in items]
+            return client.gather(futures)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+_DASK_STATE: dict[int, Any] = {}
+
+
+def _dask_stateful(setup: Callable, work: Callable, item: dict) -> dict:
+    key = id(setup)
+    if key not in _DASK_STATE:  # one model per worker process, as an actor would hold it
+        _DASK_STATE[key] = setup()
+    return work(item, _DASK_STATE[key])
+
+
+def run_remote(fn: Callable[..., Any], *args: Any, resources: StageResources | None = None, profile: Profile | None = None, **kwargs: Any) -> Any:
+    """Run one global step (k-means fit, dedup components, a training job) on one worker with the stage's resources."""
+    if profile is not None and profile.engine != "ray":
+        return fn(*args, **kwargs)
+    import ray
+
+    resources = resources or StageResources()
+    remote = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=resources.max_retries)(fn)
+    return ray.get(remote.remote(*args, **kwargs))

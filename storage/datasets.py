@@ -1,0 +1,387 @@
+"""Versioned Parquet datasets on any fsspec filesystem.
+
+Layout: ``{root}/{dataset}/{stage}/{version}/part-*.parquet`` plus ``_manifest.json``.
+
+* A version is a content hash of what produced it (parent versions, stage, code hash, params), so the same inputs
+  always land in the same folder and a re-run of a committed stage is a no-op (nanochat's manifest, datatrove's
+  completions, dbt-duckdb's external models).
+* Shards are written under a temporary name and renamed into place (on object stores a single PUT is already
+  atomic), so a reader never sees half a shard; a killed stage resumes by skipping the shards already there.
+* ``_manifest.json`` is written last: its presence is the commit. Readers (the catalog) only read the files a
+  manifest lists, so a stage that is still writing is invisible to them.
+
+This module knows no stage: it handles paths, Parquet and manifests only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import inspect
+import json
+import os
+import posixpath
+import re
+import subprocess
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "_manifest.json"
+TMP_PREFIX = "_tmp."
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+DEFAULT_ROOT_ENV = "QUARRY_ROOT"
+
+
+def default_root() -> str:
+    """Storage root: $QUARRY_ROOT, else ./data under the current repo checkout."""
+    return os.environ.get(DEFAULT_ROOT_ENV) or str(Path.cwd() / "data")
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for a URI and the path inside it (local paths stay absolute)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def _join(*parts: str) -> str:
+    first, *rest = parts
+    return posixpath.join(first.rstrip("/"), *rest)
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A pointer to one version of one stage of one dataset; the only thing that moves between flow tasks."""
+
+    root: str
+    dataset: str
+    stage: str
+    version: str
+
+    def __post_init__(self) -> None:
+        for field in ("dataset", "stage"):
+            value = getattr(self, field)
+            if not _NAME_RE.match(value):
+                raise ValueError(f"{field} must be a snake_case token, got {value!r}")
+        if not re.fullmatch(r"[0-9a-f]{12}", self.version):
+            raise ValueError(f"version must be 12 hex chars, got {self.version!r}")
+
+    @property
+    def uri(self) -> str:
+        return _join(self.root, self.dataset, self.stage, self.version)
+
+    @property
+    def view(self) -> str:
+        return f"{self.dataset}__{self.stage}"
+
+    def sibling(self, stage: str) -> DatasetRef:
+        """The same version under another stage name (side outputs such as a stage's quarantine)."""
+        return DatasetRef(self.root, self.dataset, stage, self.version)
+
+    def __str__(self) -> str:
+        return f"{self.dataset}/{self.stage}/{self.version}"
+
+
+def code_hash(obj: Any) -> str:
+    """sha1 of the source of the module that defines ``obj`` (covers its private helpers, like Prefect's TASK_SOURCE)."""
+    module = inspect.getmodule(obj) if not inspect.ismodule(obj) else obj
+    try:
+        src = inspect.getsource(module) if module is not None else repr(obj)
+    except (OSError, TypeError):
+        src = repr(obj)
+    return hashlib.sha1(src.encode()).hexdigest()
+
+
+def params_repr(params: Any) -> str:
+    """A stable text form of a params object (dataclass, pydantic model, dict or None)."""
+    if params is None:
+        return "null"
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        data = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    elif hasattr(params, "model_dump"):
+        data = params.model_dump(mode="json")
+    else:
+        data = params
+    return json.dumps(data, sort_keys=True, default=_json_default)
+
+
+def _json_default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
+    if hasattr(o, "model_dump"):
+        return o.model_dump(mode="json")
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    return repr(o)
+
+
+def params_json(params: Any) -> Any:
+    return json.loads(params_repr(params))
+
+
+def make_version(*parts: str) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def derive(
+    parents: DatasetRef | Sequence[DatasetRef],
+    stage: str,
+    fn: Any,
+    params: Any,
+    *,
+    dataset: str | None = None,
+    root: str | None = None,
+) -> DatasetRef:
+    """The ref a stage will produce: version = sha1(parent versions, stage, code of fn's module, params)[:12]."""
+    parents = [parents] if isinstance(parents, DatasetRef) else list(parents)
+    if not parents and (dataset is None or root is None):
+        raise ValueError("a stage without parents needs dataset= and root=")
+    first = parents[0] if parents else None
+    version = make_version(
+        *(f"{p.dataset}/{p.stage}/{p.version}" for p in parents),
+        stage,
+        code_hash(fn) if fn is not None else "",
+        params_repr(params),
+    )
+    return DatasetRef(root or first.root, dataset or first.dataset, stage, version)
+
+
+def source_ref(root: str, dataset: str, stage: str, fn: Any, params: Any, inputs: Sequence[str]) -> DatasetRef:
+    """The ref of a stage that reads external files: the version also hashes each input's path, size and mtime."""
+    fingerprints = []
+    for uri in inputs:
+        fs, path = filesystem(uri)
+        info = fs.info(path)
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or ""
+        fingerprints.append(f"{uri}|{info.get('size')}|{mtime}")
+    version = make_version(*fingerprints, stage, code_hash(fn) if fn is not None else "", params_repr(params))
+    return DatasetRef(root, dataset, stage, version)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shards
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def shard_uri(ref: DatasetRef, name: str) -> str:
+    return _join(ref.uri, name)
+
+
+def write_shard(ref: DatasetRef, name: str, table: pa.Table) -> str:
+    """Write one shard atomically: a temporary name first, then a rename (local/HDFS) or a single PUT (object stores)."""
+    fs, base = filesystem(ref.uri)
+    final = _join(base, name)
+    fs.makedirs(base, exist_ok=True)
+    if _rename_is_atomic(fs):
+        tmp = _join(base, f"{TMP_PREFIX}{uuid.uuid4().hex}.{name}")
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+        fs.mv(tmp, final)
+    else:
+        # S3/GCS/memory: an object becomes visible only when its upload completes, which is the atomic step.
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, compression="zstd")
+        fs.pipe_file(final, buf.getvalue().to_pybytes())
+    return _join(ref.uri, name)
+
+
+def _rename_is_atomic(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local", "hdfs", "arrow_hdfs")
+
+
+def existing_shards(ref: DatasetRef) -> set[str]:
+    """Shard names already committed in a version folder (temporary files excluded)."""
+    fs, base = filesystem(ref.uri)
+    if not fs.exists(base):
+        return set()
+    names = {posixpath.basename(p) for p in fs.ls(base, detail=False)}
+    return {n for n in names if n.startswith("part-") and n.endswith(".parquet")}
+
+
+def clean_temporaries(ref: DatasetRef) -> int:
+    """Remove temporary files a killed writer left behind; returns how many."""
+    fs, base = filesystem(ref.uri)
+    if not fs.exists(base):
+        return 0
+    stale = [p for p in fs.ls(base, detail=False) if posixpath.basename(p).startswith(TMP_PREFIX)]
+    for p in stale:
+        fs.rm(p)
+    return len(stale)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# manifests
+
+
+def manifest_uri(ref: DatasetRef) -> str:
+    return _join(ref.uri, MANIFEST)
+
+
+def is_committed(ref: DatasetRef) -> bool:
+    fs, path = filesystem(manifest_uri(ref))
+    return fs.exists(path)
+
+
+def read_manifest(ref: DatasetRef) -> dict:
+    fs, path = filesystem(manifest_uri(ref))
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def commit(
+    ref: DatasetRef,
+    *,
+    parents: Sequence[DatasetRef] = (),
+    params: Any = None,
+    code: str | None = None,
+    extra: dict | None = None,
+    inputs: Sequence[str] = (),
+) -> dict:
+    """Write ``_manifest.json`` last; the first committer wins and a racing second one reuses its manifest."""
+    if is_committed(ref):
+        return read_manifest(ref)
+    fs, base = filesystem(ref.uri)
+    fs.makedirs(base, exist_ok=True)
+    clean_temporaries(ref)
+    files, num_rows, schema = [], 0, None
+    for name in sorted(existing_shards(ref)):
+        with fs.open(_join(base, name), "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            rows = meta.num_rows
+            if schema is None:
+                schema = meta.schema.to_arrow_schema()
+        files.append({"name": name, "rows": rows})
+        num_rows += rows
+    manifest = {
+        "dataset": ref.dataset,
+        "stage": ref.stage,
+        "version": ref.version,
+        "uri": ref.uri,
+        "parents": [str(p) for p in parents],
+        "params": params_json(params),
+        "code_hash": code,
+        "num_rows": num_rows,
+        "files": files,
+        "schema": [{"name": f.name, "type": str(f.type)} for f in schema] if schema is not None else [],
+        "inputs": list(inputs),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "git_commit": _git_commit(),
+        **(extra or {}),
+    }
+    payload = json.dumps(manifest, indent=2, default=_json_default)
+    final = _join(base, MANIFEST)
+    if _rename_is_atomic(fs):
+        tmp = _join(base, f"{TMP_PREFIX}{uuid.uuid4().hex}.{MANIFEST}")
+        with fs.open(tmp, "w") as f:
+            f.write(payload)
+        try:
+            # link() fails if the manifest exists: exactly one of two racing committers wins.
+            os.link(fs._strip_protocol(tmp), fs._strip_protocol(final))
+        except FileExistsError:
+            pass
+        finally:
+            fs.rm(tmp)
+        return read_manifest(ref)
+    if not fs.exists(final):
+        fs.pipe_file(final, payload.encode())
+    return read_manifest(ref)
+
+
+def write_table(ref: DatasetRef, table: pa.Table, *, max_rows_per_shard: int = 100_000, **commit_kwargs) -> dict:
+    """Write a whole (small, global-step) table as shards and commit it; a no-op when already committed."""
+    if is_committed(ref):
+        return read_manifest(ref)
+    n = max(1, -(-table.num_rows // max_rows_per_shard))
+    done = existing_shards(ref)
+    for i in range(n):
+        name = shard_name(i)
+        if name not in done:
+            write_shard(ref, name, table.slice(i * max_rows_per_shard, max_rows_per_shard))
+    return commit(ref, **commit_kwargs)
+
+
+def files(ref: DatasetRef) -> list[str]:
+    """The shard URIs of a committed version, as its manifest lists them."""
+    manifest = read_manifest(ref)
+    return [_join(ref.uri, f["name"]) for f in manifest["files"]]
+
+
+def read_table(ref: DatasetRef, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a committed version into memory (for small tables: reports, cluster centroids, eval results)."""
+    tables = []
+    for uri in files(ref):
+        fs, path = filesystem(uri)
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, columns=list(columns) if columns else None))
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def iter_manifests(root: str) -> Iterable[dict]:
+    """Every committed manifest under a root (files are the truth; the catalog is rebuilt from these)."""
+    fs, base = filesystem(root)
+    if not fs.exists(base):
+        return
+    for path in sorted(fs.glob(_join(base, "*", "*", "*", MANIFEST))):
+        try:
+            with fs.open(path, "r") as f:
+                m = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            continue  # a manifest being replaced right now; the next rebuild sees it
+        m.setdefault("uri", posixpath.dirname(path))
+        yield m
+
+
+def ref_from_string(root: str, text: str) -> DatasetRef:
+    dataset, stage, version = text.split("/")
+    return DatasetRef(root, dataset, stage, version)
+
+
+def latest(root: str, dataset: str, stage: str) -> DatasetRef | None:
+    """The most recently committed version of a dataset/stage."""
+    best = None
+    for m in iter_manifests(root):
+        if m["dataset"] == dataset and m["stage"] == stage and (best is None or m["created_at"] > best["created_at"]):
+            best = m
+    return DatasetRef(root, dataset, stage, best["version"]) if best else None
+
+
+def delete_version(ref: DatasetRef) -> None:
+    """Remove a version folder (manifest first, so a reader never sees a manifest without files)."""
+    fs, base = filesystem(ref.uri)
+    if fs.exists(_join(base, MANIFEST)):
+        fs.rm(_join(base, MANIFEST))
+    if fs.exists(base):
+        fs.rm(base, recursive=True)

@@ -1,0 +1,440 @@
+"""MinHash signatures with RedPajama-V2 parity, LSH buckets, connected components and keep-one-per-cluster.
+
+The stage is split the way datatrove splits `MinhashDedup{Signature,Buckets,Cluster,Filter}` so that no step needs
+all buckets in RAM:
+
+1. `minhash_signatures(batch, MinhashParams)` (kind a): `mh_values` + RPv2 band keys `minhash_signature_<s>`.
+2. `minhash_edges(batch, FuzzyDedupParams)` (kind a): one row per (band, key, doc_id) plus a `part` column; the
+   engine writes it hash-partitioned by `part`, so every bucket lives in exactly one partition.
+3. `minhash_buckets(edges_of_one_partition)` (kind c, per partition): duplicate pairs `(src, dst)` with
+   `dst = min(doc_id)` of the bucket (RPv2 `run_lsh.py` step 2).
+4. `minhash_clusters(pairs)` (kind c): connected components by iterative min-label propagation + pointer jumping
+   over the pair table only (singletons never enter it); cluster id = min doc_id (RPv2 step 4).
+5. `select_cluster_keepers(members, params)` (kind c): one doc per cluster by a configurable priority.
+6. `minhash_filter(batch, params, clusters=...)` (kind a + artifact): adds `mh_cluster_id`, `mh_cluster_size`,
+   `mh_keep` and folds duplicates into `keep`/`drop_reason` when a quality filter ran before.
+
+For data past memory the same steps 3-5 exist as DuckDB SQL (`fuzzy_dedup_sql`, `run_fuzzy_dedup_sql(con, ...)`):
+DuckDB spills its group-bys and joins to disk; this module only builds the SQL text and never imports duckdb.
+
+    from tasks.minhash_dedup import MinhashParams, minhash_signatures
+    out = minhash_signatures(batch, MinhashParams())
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# --------------------------------------------------------------------------------------------------------------------
+# RPv2 text normalisation (app/src/utilities/text/normalization.py, commit 6d2cee9)
+# --------------------------------------------------------------------------------------------------------------------
+
+_ASCII_PUNCT = str.maketrans("", "", string.punctuation)  # RPv2 removes ASCII punctuation only
+_WS = re.compile(r"\s+")
+
+
+def rpv2_normalize(text: str) -> str:
+    """RPv2 `normalize`: drop ASCII punctuation, lower, strip, collapse whitespace, NFD (accents kept, decomposed)."""
+    text = text.translate(_ASCII_PUNCT).lower().strip()
+    return unicodedata.normalize("NFD", _WS.sub(" ", text))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. Signatures
+# --------------------------------------------------------------------------------------------------------------------
+
+_MERSENNE_61 = np.uint64((1 << 61) - 1)  # datasketch/RPv2 `_mersenne_prime`
+_MAX_HASH_32 = np.uint64(0xFFFFFFFF)  # datasketch `_max_hash` (32-bit hash values)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MinhashParams:
+    """RPv2 MinHash settings; defaults are `configs/rp_v2.0.conf` (13-grams, 128 perms, sims 1.0/0.9/0.8/0.7, seed 42)."""
+
+    ngram_size: int = 13  # MINHASH_NGRAM_SIZE
+    num_perm: int = 128  # MINHASH_NUM_PERMUTATIONS
+    seed: int = 42  # pipeline.py --seed default
+    similarities: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7)  # MINHASH_SIMILARITIES
+    text_column: str = "text"
+
+
+MinhashSignaturesParams = MinhashParams  # design-doc name (`<Stage>Params` for stage `minhash_signatures`)
+
+
+@lru_cache(maxsize=8)
+def rpv2_permutations(num_perm: int = 128, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) uint64 arrays as RPv2 draws them: per permutation a then b, interleaved, from RandomState(seed)."""
+    rng = np.random.RandomState(seed)
+    ab = np.array(
+        [
+            (rng.randint(1, _MERSENNE_61, dtype=np.uint64), rng.randint(0, _MERSENNE_61, dtype=np.uint64))
+            for _ in range(num_perm)
+        ],
+        dtype=np.uint64,
+    )
+    a, b = ab[:, 0].copy(), ab[:, 1].copy()
+    a.flags.writeable = b.flags.writeable = False
+    return a, b
+
+
+def _integral(f: Callable[[float], float], lo: float, hi: float) -> float:
+    from scipy.integrate import quad  # datasketch uses scipy's quad; same integrator keeps the argmin identical
+
+    return quad(f, lo, hi)[0]
+
+
+@lru_cache(maxsize=64)
+def lsh_bands(threshold: float, num_perm: int = 128) -> tuple[int, int]:
+    """(bands, rows) minimising FP+FN area with weights 0.5/0.5: datasketch `_optimal_param`, used by RPv2."""
+    best, opt = float("inf"), (0, 0)
+    for b in range(1, num_perm + 1):
+        max_r = num_perm // b
+        for r in range(1, max_r + 1):
+            fp = _integral(lambda s, b=b, r=r: 1 - (1 - s ** float(r)) ** float(b), 0.0, threshold)
+            fn = _integral(lambda s, b=b, r=r: 1 - (1 - (1 - s ** float(r)) ** float(b)), threshold, 1.0)
+            err = 0.5 * fp + 0.5 * fn
+            if err < best:
+                best, opt = err, (b, r)
+    return opt
+
+
+def signature_column(similarity: float) -> str:
+    """RPv2 column name of the band keys for one similarity, e.g. `minhash_signature_0.8`."""
+    return f"minhash_signature_{float(similarity)}"
+
+
+def _shingle_hashes(words: Sequence[str], n: int) -> np.ndarray:
+    """sha1_hash32 (first 4 digest bytes, little-endian) of every distinct space-joined word n-gram."""
+    shingles = {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+    sha1 = hashlib.sha1
+    digests = b"".join([sha1(s.encode("utf-8")).digest()[:4] for s in shingles])
+    return np.frombuffer(digests, dtype="<u4").astype(np.uint64)
+
+
+def minhash_values(text: str, params: MinhashParams = MinhashParams()) -> np.ndarray | None:
+    """128 uint32 MinHash values of one document, or None below `ngram_size` normalized words (RPv2)."""
+    words = rpv2_normalize(text).split()
+    if len(words) < params.ngram_size:
+        return None
+    a, b = rpv2_permutations(params.num_perm, params.seed)
+    h = _shingle_hashes(words, params.ngram_size)
+    # uint64 wrap-around in a*h+b is part of RPv2's definition; the 32-bit mask comes before the min (datasketch)
+    phv = np.bitwise_and((np.outer(a, h) + b[:, None]) % _MERSENNE_61, _MAX_HASH_32)
+    return phv.min(axis=1).astype(np.uint32)
+
+
+def band_keys(values: np.ndarray, bands: int, rows: int) -> list[bytes]:
+    """RPv2 band keys: band i is the big-endian uint32 bytes of values[i*rows:(i+1)*rows]."""
+    be = values[: bands * rows].astype(">u4").tobytes()
+    width = rows * 4
+    return [be[i * width : (i + 1) * width] for i in range(bands)]
+
+
+def minhash_signatures(batch: pa.Table, params: MinhashParams = MinhashParams()) -> pa.Table:
+    """Add `mh_values` (list<uint32>[num_perm]) and `minhash_signature_<s>` (list<binary> band keys) per similarity.
+
+    Both are null for documents with fewer than `ngram_size` normalized words or a null text (RPv2 behaviour).
+    """
+    if params.text_column not in batch.column_names:
+        raise ValueError(f"minhash_signatures needs a {params.text_column!r} column; got {batch.column_names}")
+    texts = batch.column(params.text_column).to_pylist()
+    layout = [(s, *lsh_bands(s, params.num_perm)) for s in params.similarities]
+    values: list[list[int] | None] = []
+    keys: dict[float, list[list[bytes] | None]] = {s: [] for s in params.similarities}
+    for text in texts:
+        mh = minhash_values(text, params) if text is not None else None
+        values.append(None if mh is None else mh.tolist())
+        for s, b, r in layout:
+            keys[s].append(None if mh is None else band_keys(mh, b, r))
+    out = batch
+    for name in ["mh_values", *(signature_column(s) for s in params.similarities)]:
+        if name in out.column_names:
+            out = out.drop_columns([name])
+    out = out.append_column(pa.field("mh_values", pa.list_(pa.uint32())), pa.array(values, pa.list_(pa.uint32())))
+    for s in params.similarities:
+        out = out.append_column(signature_column(s), pa.array(keys[s], pa.list_(pa.binary())))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2-6. Fuzzy dedup: LSH edges -> buckets -> connected components -> keep one per cluster
+# --------------------------------------------------------------------------------------------------------------------
+
+_PRIORITY_RE = re.compile(r"^(longest|lowest_doc_id|[A-Za-z_][A-Za-z0-9_.]*:(asc|desc))$")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FuzzyDedupParams:
+    """LSH fuzzy dedup settings.
+
+    similarity: which band layout to bucket on; 0.8 (9 bands x 13 rows) is what the RPv2 paper's 1.6B ablations used.
+    num_partitions: hash partitions of the (band, key) edge table; pick so one partition's edges fit in memory.
+    priority: which doc of a cluster survives. "longest" (longest `text`), "lowest_doc_id", or "<column>:desc" /
+        "<column>:asc" over a numeric column (e.g. a quality score). Ties always go to the lowest doc_id.
+    only_kept: when the batch has a boolean `keep` column (quality_filter ran before), only kept docs enter the LSH,
+        so a kept doc is never dropped as the duplicate of a rejected one.
+    """
+
+    similarity: float = 0.8  # RPv2 paper, sec. "Ablations": 128 hashes, 9 bands x 13 rows
+    num_partitions: int = 16
+    priority: str = "longest"
+    only_kept: bool = True
+    doc_id_column: str = "doc_id"
+    text_column: str = "text"
+
+    def __post_init__(self) -> None:
+        if not _PRIORITY_RE.match(self.priority):
+            raise ValueError(
+                f"priority must be 'longest', 'lowest_doc_id' or '<column>:asc|desc', got {self.priority!r}"
+            )
+        if self.num_partitions < 1:
+            raise ValueError("num_partitions must be >= 1")
+
+
+MinhashDedupParams = FuzzyDedupParams
+
+EDGES_SCHEMA = pa.schema([("part", pa.int32()), ("band", pa.int32()), ("key", pa.binary()), ("doc_id", pa.string())])
+PAIRS_SCHEMA = pa.schema([("src", pa.string()), ("dst", pa.string())])
+CLUSTERS_SCHEMA = pa.schema(
+    [("doc_id", pa.string()), ("cluster_id", pa.string()), ("cluster_size", pa.int64()), ("keep", pa.bool_())]
+)
+
+
+def minhash_edges(batch: pa.Table, params: FuzzyDedupParams = FuzzyDedupParams()) -> pa.Table:
+    """Explode the band keys of `params.similarity` into (part, band, key, doc_id) rows; null signatures give none.
+
+    `part` = first 4 key bytes (a MinHash value, uniform) mod num_partitions, so a bucket never spans partitions.
+    """
+    col = signature_column(params.similarity)
+    for need in (col, params.doc_id_column):
+        if need not in batch.column_names:
+            raise ValueError(f"minhash_edges needs column {need!r} (run minhash_signatures first)")
+    if params.only_kept and "keep" in batch.column_names:
+        batch = batch.filter(pc.fill_null(batch.column("keep"), False))
+    chunks = batch.column(col).chunks
+    sigs = pa.concat_arrays(chunks) if chunks else pa.array([], pa.list_(pa.binary()))
+    keys = pc.list_flatten(sigs)
+    if len(keys) == 0:
+        return EDGES_SCHEMA.empty_table()
+    parent = pc.list_parent_indices(sigs).to_numpy()
+    offsets = sigs.offsets.to_numpy()
+    band = (np.arange(len(keys)) - (offsets[parent] - offsets[0])).astype(np.int32)
+    first4 = pc.binary_slice(keys, 0, 4)
+    head = np.frombuffer(b"".join(first4.to_pylist()).ljust(4 * len(keys), b"\0"), dtype=">u4")
+    part = (head % np.uint32(params.num_partitions)).astype(np.int32)
+    doc_ids = batch.column(params.doc_id_column).combine_chunks().cast(pa.string()).take(pa.array(parent))
+    return pa.table([pa.array(part), pa.array(band), keys.cast(pa.binary()), doc_ids], schema=EDGES_SCHEMA)
+
+
+def minhash_buckets(edges: pa.Table) -> pa.Table:
+    """Duplicate pairs of one partition: for every (band, key) bucket with >1 docs, (doc_id -> min doc_id)."""
+    if edges.num_rows == 0:
+        return PAIRS_SCHEMA.empty_table()
+    edges = edges.select(["band", "key", "doc_id"])
+    groups = edges.group_by(["band", "key"]).aggregate([("doc_id", "min"), ("doc_id", "count")])
+    groups = groups.filter(pc.greater(groups.column("doc_id_count"), 1)).select(["band", "key", "doc_id_min"])
+    if groups.num_rows == 0:
+        return PAIRS_SCHEMA.empty_table()
+    joined = edges.join(groups, keys=["band", "key"], join_type="inner")
+    joined = joined.filter(pc.not_equal(joined.column("doc_id"), joined.column("doc_id_min")))
+    pairs = pa.table({"src": joined.column("doc_id"), "dst": joined.column("doc_id_min")}, schema=PAIRS_SCHEMA)
+    return pairs.group_by(["src", "dst"]).aggregate([]).select(["src", "dst"])
+
+
+def minhash_clusters(pairs: pa.Table | Iterable[pa.Table], max_iter: int = 100) -> pa.Table:
+    """Connected components of the pair graph: (doc_id, cluster_id = min doc_id of its component).
+
+    Memory holds one int per node of the *pair* graph (docs that share a bucket), never the buckets; pass the
+    partitions' pair tables as an iterable. Label propagation with pointer jumping converges in O(log diameter)
+    rounds in practice.
+    """
+    tables = [pairs] if isinstance(pairs, pa.Table) else list(pairs)
+    tables = [t.select(["src", "dst"]) for t in tables if t.num_rows]
+    if not tables:
+        return pa.table({"doc_id": pa.array([], pa.string()), "cluster_id": pa.array([], pa.string())})
+    all_pairs = pa.concat_tables(tables).combine_chunks()
+    src, dst = all_pairs.column("src").cast(pa.string()), all_pairs.column("dst").cast(pa.string())
+    # sorted node ids make int order == doc_id order, so min label == min doc_id
+    nodes = pc.unique(pa.chunked_array(src.chunks + dst.chunks)).sort()
+    u = pc.index_in(src, value_set=nodes).to_numpy().astype(np.int64)
+    v = pc.index_in(dst, value_set=nodes).to_numpy().astype(np.int64)
+    labels = np.arange(len(nodes), dtype=np.int64)
+    for _ in range(max_iter):
+        before = labels.copy()
+        m = np.minimum(labels[u], labels[v])
+        np.minimum.at(labels, u, m)
+        np.minimum.at(labels, v, m)
+        while True:  # pointer jumping: a node takes its label's label
+            jumped = labels[labels]
+            if np.array_equal(jumped, labels):
+                break
+            labels = jumped
+        if np.array_equal(before, labels):
+            break
+    else:
+        raise RuntimeError(f"minhash_clusters did not converge in {max_iter} rounds")
+    return pa.table({"doc_id": nodes, "cluster_id": nodes.take(pa.array(labels))})
+
+
+def _priority_sort_keys(params: FuzzyDedupParams) -> list[tuple[str, str]]:
+    if params.priority == "longest":
+        return [("_len", "descending"), ("doc_id", "ascending")]
+    if params.priority == "lowest_doc_id":
+        return [("doc_id", "ascending")]
+    column, order = params.priority.rsplit(":", 1)
+    return [(column, "descending" if order == "desc" else "ascending"), ("doc_id", "ascending")]
+
+
+def select_cluster_keepers(members: pa.Table, params: FuzzyDedupParams = FuzzyDedupParams()) -> pa.Table:
+    """One survivor per cluster. `members`: doc_id, cluster_id and the priority input (`text`, a text-length
+    column `text_length`, or the `<column>` of `priority`). Returns (doc_id, cluster_id, cluster_size, keep)."""
+    if members.num_rows == 0:
+        return CLUSTERS_SCHEMA.empty_table()
+    cols = {"doc_id": members.column("doc_id"), "cluster_id": members.column("cluster_id")}
+    if params.priority == "longest":
+        if "text_length" in members.column_names:
+            cols["_len"] = members.column("text_length")
+        elif params.text_column in members.column_names:
+            cols["_len"] = pc.utf8_length(members.column(params.text_column))
+        else:
+            raise ValueError("priority 'longest' needs a `text` or `text_length` column in members")
+        cols["_len"] = pc.fill_null(cols["_len"], -1)
+    elif params.priority != "lowest_doc_id":
+        column = params.priority.rsplit(":", 1)[0]
+        if column not in members.column_names:
+            raise ValueError(f"priority column {column!r} missing from members")
+        cols[column] = members.column(column)
+    t = pa.table(cols)
+    # nulls sort last in both orders (pyarrow default), so a doc without a score never beats one with a score
+    order = t.sort_by([("cluster_id", "ascending"), *_priority_sort_keys(params)])
+    cid = order.column("cluster_id").to_numpy(zero_copy_only=False)
+    first = np.ones(len(cid), dtype=bool)
+    first[1:] = cid[1:] != cid[:-1]
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, len(cid)))
+    size = np.repeat(sizes, sizes)
+    return pa.table(
+        [order.column("doc_id"), order.column("cluster_id"), pa.array(size, pa.int64()), pa.array(first)],
+        schema=CLUSTERS_SCHEMA,
+    )
+
+
+def minhash_filter(batch: pa.Table, params: FuzzyDedupParams = FuzzyDedupParams(), *, clusters: pa.Table) -> pa.Table:
+    """Add `mh_cluster_id` (own doc_id for singletons), `mh_cluster_size`, `mh_keep`; no row is removed.
+
+    When `keep`/`drop_reason` exist (quality_filter ran), a duplicate gets keep=False, drop_reason="mh_duplicate"
+    unless an earlier rule already rejected it (first failing rule wins).
+    """
+    ids = batch.column(params.doc_id_column).combine_chunks().cast(pa.string())
+    idx = pc.index_in(ids, value_set=clusters.column("doc_id").combine_chunks().cast(pa.string()))
+    found = pc.is_valid(idx)
+    cid = pc.if_else(
+        found, clusters.column("cluster_id").take(pc.fill_null(idx, 0)) if clusters.num_rows else ids, ids
+    )
+    size = pc.if_else(found, clusters.column("cluster_size").take(pc.fill_null(idx, 0)) if clusters.num_rows else 1, 1)
+    keep = pc.if_else(found, clusters.column("keep").take(pc.fill_null(idx, 0)) if clusters.num_rows else True, True)
+    out = batch
+    for name in ("mh_cluster_id", "mh_cluster_size", "mh_keep"):
+        if name in out.column_names:
+            out = out.drop_columns([name])
+    out = out.append_column("mh_cluster_id", cid.cast(pa.string()))
+    out = out.append_column("mh_cluster_size", size.cast(pa.int64()))
+    out = out.append_column("mh_keep", keep.cast(pa.bool_()))
+    if "keep" in out.column_names and "drop_reason" in out.column_names:
+        prev_keep = pc.fill_null(out.column("keep"), False)
+        is_dup = pc.and_(prev_keep, pc.invert(keep))
+        reason = pc.if_else(is_dup, pa.scalar("mh_duplicate"), out.column("drop_reason"))
+        new_keep = pc.and_(prev_keep, keep)
+        out = out.set_column(out.schema.get_field_index("keep"), "keep", new_keep)
+        out = out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason", reason.cast(pa.string()))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# DuckDB spill-to-disk variant of steps 3-5 (the engine owns the connection; this module only writes SQL)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _sql_order(params: FuzzyDedupParams) -> str:
+    if params.priority == "longest":
+        return f'length(d."{params.text_column}") DESC NULLS LAST, m.doc_id'
+    if params.priority == "lowest_doc_id":
+        return "m.doc_id"
+    column, order = params.priority.rsplit(":", 1)
+    return f'd."{column}" {order.upper()} NULLS LAST, m.doc_id'
+
+
+def fuzzy_dedup_sql(edges: str, docs: str, params: FuzzyDedupParams = FuzzyDedupParams()) -> dict[str, str]:
+    """The SQL of the spill-to-disk variant. `edges`/`docs` are table expressions, e.g. "read_parquet('e/*.parquet')".
+
+    Keys: `pairs`, `labels_init`, `labels_step`, `changed`, `swap` (run `labels_step`+`changed`+`swap` until
+    `changed` returns 0), `clusters`. Result tables: mh_pairs(src, dst), mh_labels(node, lbl),
+    mh_clusters(doc_id, cluster_id, cluster_size, keep).
+    """
+    doc_id = params.doc_id_column
+    return {
+        # RPv2 run_lsh.py: group by (band, key); every member of a bucket with >1 docs points at the bucket's min id
+        "pairs": f"""
+CREATE OR REPLACE TABLE mh_pairs AS
+WITH e AS (SELECT band, "key", doc_id FROM {edges}),
+buckets AS (SELECT band, "key", min(doc_id) AS root FROM e GROUP BY band, "key" HAVING count(*) > 1)
+SELECT DISTINCT e.doc_id AS src, b.root AS dst FROM e JOIN buckets b USING (band, "key") WHERE e.doc_id <> b.root""",
+        "labels_init": """
+CREATE OR REPLACE TABLE mh_labels AS
+SELECT node, min(lbl) AS lbl FROM (SELECT src AS node, dst AS lbl FROM mh_pairs UNION ALL SELECT dst, dst FROM mh_pairs)
+GROUP BY node""",
+        # one round of min-label propagation over undirected edges, then one pointer jump (label of the label)
+        "labels_step": """
+CREATE OR REPLACE TABLE mh_labels_next AS
+WITH prop AS (
+  SELECT node, min(lbl) AS lbl FROM (
+    SELECT node, lbl FROM mh_labels
+    UNION ALL SELECT p.src AS node, l.lbl FROM mh_pairs p JOIN mh_labels l ON l.node = p.dst
+    UNION ALL SELECT p.dst AS node, l.lbl FROM mh_pairs p JOIN mh_labels l ON l.node = p.src
+  ) GROUP BY node)
+SELECT p.node, least(p.lbl, coalesce(j.lbl, p.lbl)) AS lbl FROM prop p LEFT JOIN prop j ON j.node = p.lbl""",
+        "changed": "SELECT count(*) FROM mh_labels_next n JOIN mh_labels o USING (node) WHERE n.lbl <> o.lbl",
+        "swap": "DROP TABLE mh_labels; ALTER TABLE mh_labels_next RENAME TO mh_labels",
+        "clusters": f"""
+CREATE OR REPLACE TABLE mh_clusters AS
+WITH m AS (SELECT node AS doc_id, lbl AS cluster_id FROM mh_labels)
+SELECT m.doc_id, m.cluster_id,
+       count(*) OVER (PARTITION BY m.cluster_id) AS cluster_size,
+       row_number() OVER (PARTITION BY m.cluster_id ORDER BY {_sql_order(params)}) = 1 AS keep
+FROM m LEFT JOIN {docs} d ON d."{doc_id}" = m.doc_id""",
+    }
+
+
+def run_fuzzy_dedup_sql(
+    con: Any, edges: str, docs: str, params: FuzzyDedupParams = FuzzyDedupParams(), max_iter: int = 100
+) -> int:
+    """Run `fuzzy_dedup_sql` on a DB-API-like connection (DuckDB: `con.execute(sql).fetchone()`); returns rounds.
+
+    Leaves `mh_clusters` in the connection; the engine COPYs it to Parquet and joins it back (or calls
+    `minhash_filter(batch, params, clusters=...)`). Set DuckDB's `temp_directory`/`memory_limit` to spill.
+    """
+    sql = fuzzy_dedup_sql(edges, docs, params)
+    con.execute(sql["pairs"])
+    con.execute(sql["labels_init"])
+    for rounds in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
+        con.execute(sql["labels_step"])
+        changed = con.execute(sql["changed"]).fetchone()[0]
+        for stmt in sql["swap"].split(";"):
+            con.execute(stmt)
+        if changed == 0:
+            break
+    else:
+        raise RuntimeError(f"label propagation did not converge in {max_iter} rounds")
+    con.execute(sql["clusters"])
+    return rounds

@@ -1,0 +1,273 @@
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tasks.minhash_dedup import (
+    FuzzyDedupParams,
+    MinhashParams,
+    lsh_bands,
+    minhash_buckets,
+    minhash_clusters,
+    minhash_edges,
+    minhash_filter,
+    minhash_signatures,
+    rpv2_normalize,
+    rpv2_permutations,
+    run_fuzzy_dedup_sql,
+    select_cluster_keepers,
+)
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+GOLD = DATA / "gold"
+C4 = DATA / "web" / "c4_sample" / "c4_sample.jsonl"
+SIMS = (1.0, 0.9, 0.8, 0.7)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_permutations_checksum_matches_rpv2_worker_log():
+    # RPv2 Worker logs sha256(permutations.tobytes()) as __MINHASH_PERM_CHECKSUM__; permutations has shape (2, 128)
+    a, b = rpv2_permutations(128, 42)
+    digest = hashlib.sha256(np.stack([a, b]).tobytes()).hexdigest()
+    assert digest == "6a5665743fa1884640a8eb3543348255a90b4dbd55b093f39e3d61ac90eac9e1"
+
+
+def test_band_layout_is_datasketch_optimum_used_by_rpv2():
+    assert [lsh_bands(s, 128) for s in SIMS] == [(1, 128), (5, 25), (9, 13), (14, 9)]
+
+
+def test_normalization_keeps_unicode_punctuation_and_decomposes_accents():
+    assert rpv2_normalize("  Café, “Hi”!\n\tDon't  ") == "cafe\u0301 “hi” dont"
+
+
+@pytest.mark.skipif(not GOLD.exists(), reason="shared gold data (../shared/data/gold) is absent")
+@pytest.mark.parametrize("name", ["c4", "edge"])
+def test_signatures_identical_to_rpv2_gold(name):
+    docs = _jsonl(GOLD / f"{name}_docs.jsonl")
+    gold = {g["id"]: g for g in _jsonl(GOLD / f"{name}_rpv2_signals.jsonl")}
+    batch = pa.table({"doc_id": [d["id"] for d in docs], "text": [d["text"] for d in docs]})
+    out = minhash_signatures(batch, MinhashParams())
+    assert out.schema.field("mh_values").type == pa.list_(pa.uint32())
+    rows = out.to_pylist()
+    assert len(rows) == len(gold) == len(docs)
+    for row in rows:
+        g = gold[row["doc_id"]]
+        assert row["mh_values"] == g["minhash_values"], row["doc_id"]
+        for s in SIMS:
+            ours = row[f"minhash_signature_{s}"]
+            want = g[f"minhash_signature_{s}"]
+            assert (None if ours is None else [k.hex() for k in ours]) == want, (row["doc_id"], s)
+    if name == "edge":  # the edge set covers both sides of the 13-word cut-off
+        assert sum(r["mh_values"] is None for r in rows) == 7
+
+
+def test_short_and_null_texts_get_null_signatures_without_dropping_rows():
+    batch = pa.table({"doc_id": ["a", "b", "c"], "text": ["one two three", None, " ".join(["w"] * 30)]})
+    out = minhash_signatures(batch, MinhashParams())
+    assert out.num_rows == 3
+    assert out.column("mh_values").to_pylist()[:2] == [None, None]
+    assert len(out.column("mh_values")[2].as_py()) == 128
+    assert out.column("minhash_signature_0.8")[2].as_py() is not None
+
+
+def test_missing_text_column_is_a_clear_error():
+    with pytest.raises(ValueError, match="text"):
+        minhash_signatures(pa.table({"doc_id": ["a"]}), MinhashParams())
+
+
+def _sig_table(ids: list[str], texts: list[str], **extra) -> pa.Table:
+    return minhash_signatures(pa.table({"doc_id": ids, "text": texts, **extra}), MinhashParams(similarities=(0.8,)))
+
+
+BASE = " ".join(f"word{i}" for i in range(200))
+
+
+def _edit(text: str, positions: list[int], token: str) -> str:
+    words = text.split()
+    for p in positions:
+        words[p] = f"{token}{p}"
+    return " ".join(words)
+
+
+def test_chain_of_near_duplicates_forms_one_cluster_with_min_id():
+    # d3 ~ d1 and d2 ~ d1 but d2, d3 can be farther apart: transitivity through the component
+    texts = {
+        "d3": BASE,
+        "d1": _edit(BASE, [199], "x"),
+        "d2": _edit(BASE, [0], "y"),
+        "d0": " ".join(f"other{i}" for i in range(200)),
+    }
+    sig = _sig_table(list(texts), list(texts.values()))
+    pairs = minhash_buckets(minhash_edges(sig, FuzzyDedupParams(num_partitions=1)))
+    clusters = minhash_clusters(pairs)
+    got = dict(zip(clusters.column("doc_id").to_pylist(), clusters.column("cluster_id").to_pylist()))
+    assert got == {"d1": "d1", "d2": "d1", "d3": "d1"}  # d0 is a singleton and never enters the pair graph
+
+
+def test_long_chain_converges_to_min_label():
+    n = 500
+    ids = [f"n{i:04d}" for i in range(n)]
+    pairs = pa.table({"src": ids[1:][::-1], "dst": ids[:-1][::-1]})  # a path graph, worst case for propagation
+    out = minhash_clusters(pairs)
+    assert set(out.column("cluster_id").to_pylist()) == {"n0000"}
+    assert out.num_rows == n
+
+
+def test_keep_priority_longest_lowest_id_and_column():
+    members = pa.table(
+        {
+            "doc_id": ["a", "b", "c", "d", "e"],
+            "cluster_id": ["a", "a", "a", "d", "d"],
+            "text": ["xx", "xxxx", "xxxx", "x", "x"],
+            "score": [0.9, 0.1, None, 0.2, 0.3],
+        }
+    )
+
+    def kept(priority):
+        out = select_cluster_keepers(members, FuzzyDedupParams(priority=priority))
+        return sorted(r["doc_id"] for r in out.to_pylist() if r["keep"])
+
+    assert kept("longest") == ["b", "d"]  # b and c tie on length: lowest doc_id wins
+    assert kept("lowest_doc_id") == ["a", "d"]
+    assert kept("score:desc") == ["a", "e"]
+    assert kept("score:asc") == ["b", "d"]  # null score never wins
+    sizes = select_cluster_keepers(members, FuzzyDedupParams()).to_pylist()
+    assert {r["doc_id"]: r["cluster_size"] for r in sizes} == {"a": 3, "b": 3, "c": 3, "d": 2, "e": 2}
+
+
+def test_bad_priority_is_rejected():
+    with pytest.raises(ValueError, match="priority"):
+        FuzzyDedupParams(priority="longest; drop table x")
+
+
+def test_filter_keeps_every_row_and_folds_duplicates_into_drop_reason():
+    batch = pa.table(
+        {
+            "doc_id": ["a", "b", "c", "z"],
+            "keep": [True, True, False, True],
+            "drop_reason": [None, None, "gopher_short", None],
+        }
+    )
+    clusters = pa.table(
+        {"doc_id": ["a", "b", "c"], "cluster_id": ["a", "a", "a"], "cluster_size": [3, 3, 3], "keep": [True, False, False]}
+    )
+    out = minhash_filter(batch, FuzzyDedupParams(), clusters=clusters).to_pylist()
+    assert [r["keep"] for r in out] == [True, False, False, True]
+    assert [r["drop_reason"] for r in out] == [None, "mh_duplicate", "gopher_short", None]
+    assert [r["mh_cluster_id"] for r in out] == ["a", "a", "a", "z"]
+    assert [r["mh_cluster_size"] for r in out] == [3, 3, 3, 1]
+
+
+def test_rejected_docs_do_not_enter_lsh():
+    sig = _sig_table(["a", "b"], [BASE, BASE], keep=[True, False])
+    edges = minhash_edges(sig, FuzzyDedupParams())
+    assert set(edges.column("doc_id").to_pylist()) == {"a"}
+
+
+# --- planted near-duplicate corpus from real C4 docs --------------------------------------------------------------
+
+
+def _planted_corpus(n_base: int = 150, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Real C4 docs plus edited copies: k random word substitutions (k spans true Jaccard ~0.3..1.0) or truncation."""
+    rng = random.Random(seed)
+    docs = [d["text"] for d in _jsonl(C4)]
+    docs = [t for t in docs if 150 <= len(t.split()) <= 900][:n_base]
+    ids, texts = [], []
+    for i, text in enumerate(docs):
+        ids.append(f"b{i:03d}")
+        texts.append(text)
+        if i % 2:  # half of the base docs get near-duplicates
+            continue
+        words = text.split()
+        for j, k in enumerate(rng.sample([1, 2, 3, 4, 5, 6, 8, 10, 14, 20], 4)):
+            w = list(words)
+            for p in rng.sample(range(len(w)), k):
+                w[p] = f"edit{rng.randrange(10**6)}"
+            ids.append(f"b{i:03d}_v{j}")
+            texts.append(" ".join(w))
+        cut = rng.uniform(0.75, 0.95)  # truncated copy (boilerplate-trimmed page)
+        ids.append(f"b{i:03d}_t")
+        texts.append(" ".join(words[: int(len(words) * cut)]))
+    return ids, texts
+
+
+def _shingles(text: str) -> set[str]:
+    w = rpv2_normalize(text).split()
+    return {" ".join(w[i : i + 13]) for i in range(len(w) - 12)}
+
+
+@pytest.mark.skipif(not C4.exists(), reason="shared C4 sample (../shared/data/web/c4_sample) is absent")
+def test_precision_recall_at_0_8_against_true_jaccard_on_planted_near_duplicates():
+    ids, texts = _planted_corpus()
+    sig = _sig_table(ids, texts)
+    params = FuzzyDedupParams(similarity=0.8, num_partitions=4)
+    edges = minhash_edges(sig, params)
+    parts = [minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(4)]
+    clusters = minhash_clusters(parts)
+    cluster_of = dict(zip(clusters.column("doc_id").to_pylist(), clusters.column("cluster_id").to_pylist()))
+
+    sh = [_shingles(t) for t in texts]
+    b, r = lsh_bands(0.8, 128)
+    true_pairs, pred_pairs, expected_hits = set(), set(), 0.0
+    for i in range(len(ids)):
+        for j in range(i + 1, len(ids)):
+            inter = len(sh[i] & sh[j])
+            jac = inter / (len(sh[i]) + len(sh[j]) - inter) if inter else 0.0
+            if jac >= 0.8:
+                true_pairs.add((i, j))
+                expected_hits += 1 - (1 - jac**r) ** b  # LSH S-curve: P(candidate | Jaccard)
+            ci, cj = cluster_of.get(ids[i]), cluster_of.get(ids[j])
+            if ci is not None and ci == cj:
+                pred_pairs.add((i, j))
+    tp = len(true_pairs & pred_pairs)
+    precision, recall = tp / len(pred_pairs), tp / len(true_pairs)
+    print(
+        f"\nplanted corpus: {len(ids)} docs, {len(true_pairs)} true pairs (J>=0.8), {len(pred_pairs)} same-cluster "
+        f"pairs; precision={precision:.3f} recall={recall:.3f} (S-curve expected pair recall "
+        f"{expected_hits / len(true_pairs):.3f})"
+    )
+    assert len(true_pairs) >= 100
+    # clustering is transitive, so recall is at least the per-pair S-curve expectation (minus sampling noise)
+    assert recall >= expected_hits / len(true_pairs) - 0.05
+    assert recall >= 0.85
+    # false positives are pairs below 0.8 that collide; edits here put most of them just below the threshold
+    assert precision >= 0.7
+
+
+@pytest.mark.skipif(not C4.exists(), reason="shared C4 sample (../shared/data/web/c4_sample) is absent")
+def test_duckdb_sql_variant_gives_same_clusters_and_keepers_as_arrow(tmp_path):
+    ids, texts = _planted_corpus(n_base=60, seed=1)
+    sig = _sig_table(ids, texts)
+    params = FuzzyDedupParams(num_partitions=3)
+    edges = minhash_edges(sig, params)
+    arrow_clusters = minhash_clusters(
+        [minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(3)]
+    )
+    members = arrow_clusters.append_column(
+        "text", pa.array([texts[ids.index(d)] for d in arrow_clusters.column("doc_id").to_pylist()])
+    )
+    arrow_keep = select_cluster_keepers(members, params)
+
+    import pyarrow.parquet as pq
+
+    pq.write_table(edges, tmp_path / "edges.parquet")
+    pq.write_table(sig.select(["doc_id", "text"]), tmp_path / "docs.parquet")
+    con = duckdb.connect()
+    con.execute(f"SET temp_directory='{tmp_path / 'spill'}'")
+    rounds = run_fuzzy_dedup_sql(
+        con, f"read_parquet('{tmp_path}/edges.parquet')", f"read_parquet('{tmp_path}/docs.parquet')", params
+    )
+    assert rounds >= 1
+    sql_rows = con.execute("SELECT doc_id, cluster_id, cluster_size, keep FROM mh_clusters ORDER BY doc_id").fetchall()
+    arrow_rows = sorted(tuple(r.values()) for r in arrow_keep.to_pylist())
+    assert sql_rows == arrow_rows
+    assert any(not r[3] for r in sql_rows)  # the corpus has duplicates to drop
