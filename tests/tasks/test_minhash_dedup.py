@@ -109,7 +109,7 @@ def test_chain_of_near_duplicates_forms_one_cluster_with_min_id():
     sig = _sig_table(list(texts), list(texts.values()))
     pairs = minhash_buckets(minhash_edges(sig, FuzzyDedupParams(num_partitions=1)))
     clusters = minhash_clusters(pairs)
-    got = dict(zip(clusters.column("doc_id").to_pylist(), clusters.column("cluster_id").to_pylist()))
+    got = dict(zip(clusters.column("doc_id").to_pylist(), clusters.column("cluster_id").to_pylist(), strict=True))
     assert got == {"d1": "d1", "d2": "d1", "d3": "d1"}  # d0 is a singleton and never enters the pair graph
 
 
@@ -158,7 +158,12 @@ def test_filter_keeps_every_row_and_folds_duplicates_into_drop_reason():
         }
     )
     clusters = pa.table(
-        {"doc_id": ["a", "b", "c"], "cluster_id": ["a", "a", "a"], "cluster_size": [3, 3, 3], "keep": [True, False, False]}
+        {
+            "doc_id": ["a", "b", "c"],
+            "cluster_id": ["a", "a", "a"],
+            "cluster_size": [3, 3, 3],
+            "keep": [True, False, False],
+        }
     )
     out = minhash_filter(batch, FuzzyDedupParams(), clusters=clusters).to_pylist()
     assert [r["keep"] for r in out] == [True, False, False, True]
@@ -213,34 +218,52 @@ def test_precision_recall_at_0_8_against_true_jaccard_on_planted_near_duplicates
     edges = minhash_edges(sig, params)
     parts = [minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(4)]
     clusters = minhash_clusters(parts)
-    cluster_of = dict(zip(clusters.column("doc_id").to_pylist(), clusters.column("cluster_id").to_pylist()))
+    cluster_of = dict(
+        zip(clusters.column("doc_id").to_pylist(), clusters.column("cluster_id").to_pylist(), strict=True)
+    )
+    buckets: dict[tuple, list[int]] = {}
+    pos = {d: i for i, d in enumerate(ids)}
+    for band, key, doc in zip(*(edges.column(c).to_pylist() for c in ("band", "key", "doc_id")), strict=True):
+        buckets.setdefault((band, key), []).append(pos[doc])
+    candidates = {(i, j) for m in buckets.values() for i in m for j in m if i < j}
 
     sh = [_shingles(t) for t in texts]
     b, r = lsh_bands(0.8, 128)
-    true_pairs, pred_pairs, expected_hits = set(), set(), 0.0
+    true_pairs, cluster_pairs = set(), set()
+    exp_tp = exp_pos = 0.0
+    bins = np.zeros((10, 2))  # per true-Jaccard decile: [pairs, candidate pairs]
     for i in range(len(ids)):
         for j in range(i + 1, len(ids)):
             inter = len(sh[i] & sh[j])
-            jac = inter / (len(sh[i]) + len(sh[j]) - inter) if inter else 0.0
+            if not inter:
+                continue
+            jac = inter / (len(sh[i]) + len(sh[j]) - inter)
+            p_cand = 1 - (1 - jac**r) ** b  # LSH S-curve: P(share a bucket | Jaccard)
+            exp_pos += p_cand
             if jac >= 0.8:
                 true_pairs.add((i, j))
-                expected_hits += 1 - (1 - jac**r) ** b  # LSH S-curve: P(candidate | Jaccard)
-            ci, cj = cluster_of.get(ids[i]), cluster_of.get(ids[j])
-            if ci is not None and ci == cj:
-                pred_pairs.add((i, j))
-    tp = len(true_pairs & pred_pairs)
-    precision, recall = tp / len(pred_pairs), tp / len(true_pairs)
+                exp_tp += p_cand
+            bins[min(int(jac * 10), 9)] += (1, (i, j) in candidates)
+            if cluster_of.get(ids[i]) is not None and cluster_of.get(ids[i]) == cluster_of.get(ids[j]):
+                cluster_pairs.add((i, j))
+    c_tp, k_tp = len(true_pairs & candidates), len(true_pairs & cluster_pairs)
+    c_prec, c_rec = c_tp / len(candidates), c_tp / len(true_pairs)
+    k_prec, k_rec = k_tp / len(cluster_pairs), k_tp / len(true_pairs)
     print(
-        f"\nplanted corpus: {len(ids)} docs, {len(true_pairs)} true pairs (J>=0.8), {len(pred_pairs)} same-cluster "
-        f"pairs; precision={precision:.3f} recall={recall:.3f} (S-curve expected pair recall "
-        f"{expected_hits / len(true_pairs):.3f})"
+        f"\nplanted corpus: {len(ids)} docs, {len(true_pairs)} pairs with true Jaccard>=0.8\n"
+        f"  bucket pairs : {len(candidates)} precision={c_prec:.3f} recall={c_rec:.3f} "
+        f"(S-curve expectation precision={exp_tp / exp_pos:.3f} recall={exp_tp / len(true_pairs):.3f})\n"
+        f"  cluster pairs: {len(cluster_pairs)} precision={k_prec:.3f} recall={k_rec:.3f}\n"
+        "  candidate rate by true Jaccard: "
+        + " ".join(f"[{d / 10:.1f},{(d + 1) / 10:.1f}):{int(c)}/{int(n)}" for d, (n, c) in enumerate(bins) if n)
     )
     assert len(true_pairs) >= 100
-    # clustering is transitive, so recall is at least the per-pair S-curve expectation (minus sampling noise)
-    assert recall >= expected_hits / len(true_pairs) - 0.05
-    assert recall >= 0.85
-    # false positives are pairs below 0.8 that collide; edits here put most of them just below the threshold
-    assert precision >= 0.7
+    # the implementation behaves as the b=9, r=13 S-curve predicts (RPv2's 0.8 layout; its midpoint is ~0.845)
+    assert abs(c_rec - exp_tp / len(true_pairs)) <= 0.08
+    assert abs(c_prec - exp_tp / exp_pos) <= 0.08
+    assert bins[9, 1] / bins[9, 0] >= 0.95  # >=0.9 Jaccard is nearly always caught
+    assert bins[:5, 1].sum() == 0  # below 0.5 the collision chance is <0.12 % per pair
+    assert k_rec >= c_rec  # components add transitive pairs, never lose bucket pairs
 
 
 @pytest.mark.skipif(not C4.exists(), reason="shared C4 sample (../shared/data/web/c4_sample) is absent")
