@@ -101,16 +101,38 @@ def connected(profile: Profile) -> Iterator[None]:
         if runtime_env:
             kwargs["runtime_env"] = runtime_env
         ray.init(**kwargs)
-        _quiet_ray_data()
     yield
 
 
 def _quiet_ray_data() -> None:
     import ray.data
 
+    # our own per-shard progress bar (below) replaces Ray Data's per-operator bars and execution banners
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+
+
+@contextlib.contextmanager
+def _progress(desc: str, total: int) -> Iterator[Callable[[], None]]:
+    """A Rich progress bar over shards (stderr), so long stages show how far they are."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("shards"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=not console.is_terminal,
+        disable=os.environ.get("QUARRY_PROGRESS", "1") == "0",
+    ) as bar:
+        task = bar.add_task(desc, total=total)
+        yield lambda: bar.advance(task)
 
 
 class _ActorWorker:
@@ -161,12 +183,18 @@ def run_shards(
     engine = profile.engine if profile else "ray"
     if engine == "serial":
         state = setup() if setup else None
-        return [work(dict(it), state) if setup else work(dict(it)) for it in items]
+        results = []
+        with _progress(desc, len(items)) as advance:
+            for it in items:
+                results.append(work(dict(it), state) if setup else work(dict(it)))
+                advance()
+        return results
     if engine == "dask":
         return _run_dask(items, work, setup, profile)
 
     import ray.data
 
+    _quiet_ray_data()
     rows = [{"item": json.dumps(it, default=str)} for it in items]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     if setup is None:
@@ -192,8 +220,12 @@ def run_shards(
             max_restarts=resources.max_retries,
             max_task_retries=resources.max_retries,
         )
-    results = [json.loads(r["result"]) for r in ds.take_all()]
     # Ray Data does not preserve order across blocks; items carry their own key so callers can match them.
+    with _progress(desc, len(items)) as advance:
+        results = []
+        for row in ds.iter_rows():
+            results.append(json.loads(row["result"]))
+            advance()
     return results
 
 
