@@ -279,3 +279,69 @@ def ingest_task(sources, root, dataset, docs_per_shard, profile, fail_from_shard
 def run_stage(src: DatasetRef, stage: str, fn: Callable, params: Any, profile: runtime.Profile, stateful: bool = False) -> DatasetRef:
     """The one generic stage task: skips committed versions, resumes partial ones, logs row counts."""
     return map_stage(src, stage, fn, params, profile, stateful=stateful)
+
+
+# ------------------------------------------------------------------------------------------------ SQL and global steps
+
+
+def sandboxed_duckdb(memory_limit: str | None = None, temp_directory: str | None = None):
+    """A DuckDB connection for user SQL (filters are data, not code): it cannot read or write files or attach."""
+    import duckdb
+
+    con = duckdb.connect()
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    if temp_directory:
+        con.execute(f"SET temp_directory = '{temp_directory}'")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def sql_over_batch(sql_fn: Callable[[Any], str], params: Any, batch: pa.Table) -> pa.Table:
+    """Run a stage's SQL (built by a pure ``sql_fn(params)`` in tasks/) over one batch registered as ``batch``."""
+    con = sandboxed_duckdb()
+    try:
+        con.register("batch", batch)
+        return con.execute(sql_fn(params)).to_arrow_table()
+    finally:
+        con.close()
+
+
+def global_stage(
+    srcs: DatasetRef | Sequence[DatasetRef],
+    stage: str,
+    fn: Callable[..., pa.Table],
+    params: Any,
+    profile: runtime.Profile,
+    *,
+    columns: Sequence[str] | None = None,
+    extra_args: Sequence[Any] = (),
+    code: Any = None,
+) -> DatasetRef:
+    """A global step (k-means fit, sampling, dedup components): one worker reads the inputs, ``fn`` returns a table."""
+    log = _logger()
+    srcs = [srcs] if isinstance(srcs, DatasetRef) else list(srcs)
+    dst = datasets.derive(srcs, stage, code or fn, params)
+    if datasets.is_committed(dst):
+        log.info(f"{stage}: {dst} already committed, skipping")
+        return dst
+    t0 = time.perf_counter()
+    runtime.run_remote(
+        _global_work, fn, [_asdict(s) for s in srcs], _asdict(dst), params, list(columns) if columns else None,
+        list(extra_args), resources=profile.resources(stage), profile=profile,
+    )
+    manifest = datasets.commit(
+        dst, parents=srcs, params=params, code=datasets.code_hash(code or fn),
+        extra={"stats": {"seconds": round(time.perf_counter() - t0, 3)}},
+    )
+    log.info(f"{stage}: {manifest['num_rows']} rows -> {dst.uri}")
+    return dst
+
+
+def _global_work(fn, srcs, dst, params, columns, extra_args) -> int:
+    tables = [datasets.read_table(DatasetRef(**s), columns=columns) for s in srcs]
+    out = fn(*tables, params, *extra_args)
+    ref = DatasetRef(**dst)
+    datasets.write_shards(ref, out)
+    return out.num_rows

@@ -318,16 +318,21 @@ def commit(
     return read_manifest(ref)
 
 
-def write_table(ref: DatasetRef, table: pa.Table, *, max_rows_per_shard: int = 100_000, **commit_kwargs) -> dict:
-    """Write a whole (small, global-step) table as shards and commit it; a no-op when already committed."""
-    if is_committed(ref):
-        return read_manifest(ref)
+def write_shards(ref: DatasetRef, table: pa.Table, *, max_rows_per_shard: int = 100_000) -> None:
+    """Write a whole (small, global-step) table as shards, skipping shards already there; does not commit."""
     n = max(1, -(-table.num_rows // max_rows_per_shard))
     done = existing_shards(ref)
     for i in range(n):
         name = shard_name(i)
         if name not in done:
             write_shard(ref, name, table.slice(i * max_rows_per_shard, max_rows_per_shard))
+
+
+def write_table(ref: DatasetRef, table: pa.Table, *, max_rows_per_shard: int = 100_000, **commit_kwargs) -> dict:
+    """Write a table as shards and commit it; a no-op when already committed."""
+    if is_committed(ref):
+        return read_manifest(ref)
+    write_shards(ref, table, max_rows_per_shard=max_rows_per_shard)
     return commit(ref, **commit_kwargs)
 
 
