@@ -1,0 +1,44 @@
+"""tasks.train under a real Ray Train TorchTrainer (1 CPU worker, gloo process group): the engine's wrapping."""
+
+import pyarrow as pa
+import pytest
+
+from tasks.tokenize import TokenizeParams, pack_sequences, save_packed, tokenize_docs
+from tasks.train import TrainParams, read_metrics, train
+
+TEXT = [f"Document {i}: the quick brown fox jumps over the lazy dog number {i % 7}." for i in range(200)]
+
+
+def _loop(config: dict) -> None:
+    import ray.train
+    import torch.distributed as dist
+
+    assert dist.is_initialized()  # Ray Train set up the process group; train() must wrap the model in DDP
+    summary = train(config["params"], config["data_dir"], config["out_dir"], report=None)
+    ray.train.report({"final_loss": summary["final_loss"], "steps": summary["steps"]})
+
+
+@pytest.mark.slow
+def test_train_runs_inside_ray_torch_trainer(ray_local, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    params = TokenizeParams(seq_len=32)
+    docs = pa.table({"doc_id": [str(i) for i in range(len(TEXT))], "text": TEXT})
+    save_packed(pack_sequences(tokenize_docs(docs, params), params), tmp_path / "data")
+    tp = TrainParams(max_steps=6, micro_batch_size=4, warmup_steps=2, checkpoint_every=3)
+    trainer = TorchTrainer(
+        _loop,
+        train_loop_config={"params": tp, "data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "run")},
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="train"),
+    )
+    result = trainer.fit()
+    assert result.error is None
+    assert read_metrics(tmp_path / "run")["step"].to_pylist() == list(range(1, 7))
+    # the same data + params without Ray give the same curve: DDP with one rank changes nothing
+    train(tp, tmp_path / "data", tmp_path / "plain")
+    assert read_metrics(tmp_path / "run")["loss"].to_pylist() == pytest.approx(
+        read_metrics(tmp_path / "plain")["loss"].to_pylist(), abs=1e-6
+    )
+    assert (tmp_path / "run" / "hf" / "config.json").is_file()
