@@ -119,6 +119,7 @@ def ingest(
 ) -> DatasetRef:
     """Ingest every source file into ``{dataset}/ingest/{version}`` (+ ``ingest_quarantine``); no-op when committed."""
     log = _logger()
+    datasets.ensure_writable(root)
     files = list_input_files(sources)
     params = {"sources": list(sources), "docs_per_shard": docs_per_shard}
     ref = datasets.source_ref(root, dataset, "ingest", ingest_mod, params, [f for _, f in files])

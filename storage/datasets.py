@@ -45,6 +45,22 @@ def default_root() -> str:
     return os.environ.get(DEFAULT_ROOT_ENV) or str(Path.cwd() / "data")
 
 
+class StorageError(RuntimeError):
+    """The storage root cannot be used (not writable, not a folder, unreachable); the message names the path."""
+
+
+def ensure_writable(root: str) -> None:
+    """Fail early, naming the root, when a flow could not write its outputs there."""
+    fs, base = filesystem(root)
+    probe = _join(base, f"{TMP_PREFIX}probe-{uuid.uuid4().hex}")
+    try:
+        fs.makedirs(base, exist_ok=True)
+        fs.pipe_file(probe, b"")
+        fs.rm(probe)
+    except Exception as e:
+        raise StorageError(f"storage root {root!r} is not writable: {type(e).__name__}: {e}") from e
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for a URI and the path inside it (local paths stay absolute)."""
     fs, path = fsspec.core.url_to_fs(uri)

@@ -12,9 +12,7 @@ a broken record becomes a quarantine row and the rest of the file is still read.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import lzma
 import zlib
@@ -105,23 +103,6 @@ def detect_format(name: str) -> Format:
 def doc_id(source: str, position: str) -> str:
     """A stable id: the same file and position always give the same id, across machines and re-runs."""
     return hashlib.sha1(f"{source}#{position}".encode()).hexdigest()[:20]
-
-
-def _decompress(stream: IO[bytes], name: str) -> IO[bytes]:
-    lower = name.lower()
-    if lower.endswith(".gz"):
-        return gzip.GzipFile(fileobj=stream)
-    if lower.endswith((".zst", ".zstd")):
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
-    if lower.endswith(".xz"):
-        return lzma.LZMAFile(stream)
-    if lower.endswith(".bz2"):
-        import bz2
-
-        return bz2.BZ2File(stream)
-    return stream
 
 
 def _quarantine(source: str, position: str, reason: str, raw: bytes | str | None = None) -> dict:
@@ -218,20 +199,72 @@ def _record_to_doc(rec: dict, source: str, position: str, spec: IngestSource) ->
     return _document(source, position, text, spec, url=str(url) if url is not None else None, lang=lang if isinstance(lang, str) else None, meta=meta or None)
 
 
+class TruncatedArchive(EOFError):
+    """A compressed stream ended before its end-of-stream marker."""
+
+
+def _decompressor(name: str):
+    lower = name.lower()
+    if lower.endswith(".gz"):
+        return lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header, multi-member handled by the caller
+    if lower.endswith((".zst", ".zstd")):
+        import zstandard
+
+        return lambda: zstandard.ZstdDecompressor().decompressobj()
+    if lower.endswith(".xz"):
+        return lzma.LZMADecompressor
+    if lower.endswith(".bz2"):
+        import bz2
+
+        return bz2.BZ2Decompressor
+    return None
+
+
+def _chunks(stream: IO[bytes], name: str, size: int = 1 << 16) -> Iterator[bytes]:
+    """Decompressed chunks; a truncated archive yields everything before the cut, then raises TruncatedArchive."""
+    make = _decompressor(name)
+    if make is None:
+        while chunk := stream.read(size):
+            yield chunk
+        return
+    d, started = make(), False
+    while chunk := stream.read(size):
+        while chunk:
+            out = d.decompress(chunk)
+            started = True
+            if out:
+                yield out
+            if getattr(d, "eof", False):
+                chunk = d.unused_data  # concatenated members/frames (gzip -c a b, pigz, zstd frames)
+                if chunk:
+                    d = make()
+            else:
+                chunk = b""
+    if started and not getattr(d, "eof", True):
+        raise TruncatedArchive("compressed stream ended before its end-of-stream marker")
+
+
+def _lines(stream: IO[bytes], name: str) -> Iterator[bytes]:
+    buf = b""
+    for chunk in _chunks(stream, name):
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        yield from lines
+    if buf:
+        yield buf
+
+
 def read_jsonl(stream: IO[bytes], source: str, spec: IngestSource) -> Iterator[tuple[str, dict]]:
     """One document per JSON line; bad lines, non-UTF-8 lines and a truncated archive become quarantine rows."""
-    reader = io.BufferedReader(_decompress(stream, source)) if source.lower().endswith((".gz", ".zst", ".zstd", ".xz", ".bz2")) else stream
     lineno = 0
+    lines = _lines(stream, source)
     while True:
         try:
-            line = reader.readline()
-        except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            line = next(lines)
+        except StopIteration:
+            return
+        except Exception as e:  # TruncatedArchive, zlib.error, lzma.LZMAError, zstandard.ZstdError
             yield "quarantine", _quarantine(source, f"line:{lineno + 1}", f"truncated or corrupt archive after line {lineno}: {type(e).__name__}: {e}")
-            return
-        except Exception as e:  # zstandard.ZstdError and friends
-            yield "quarantine", _quarantine(source, f"line:{lineno + 1}", f"corrupt archive after line {lineno}: {type(e).__name__}: {e}")
-            return
-        if not line:
             return
         lineno += 1
         position = f"line:{lineno}"
@@ -276,8 +309,8 @@ def read_parquet(stream: IO[bytes], source: str, spec: IngestSource) -> Iterator
 def read_text(stream: IO[bytes], source: str, spec: IngestSource) -> Iterator[tuple[str, dict]]:
     """A whole text file is one document."""
     try:
-        data = _decompress(stream, source).read()
-    except (EOFError, OSError, zlib.error) as e:
+        data = b"".join(_chunks(stream, source))
+    except Exception as e:
         yield "quarantine", _quarantine(source, "file", f"truncated or corrupt archive: {type(e).__name__}: {e}")
         return
     try:
@@ -292,7 +325,11 @@ def read_text(stream: IO[bytes], source: str, spec: IngestSource) -> Iterator[tu
 
 def read_html(stream: IO[bytes], source: str, spec: IngestSource) -> Iterator[tuple[str, dict]]:
     """A whole HTML file is one document (main text extracted)."""
-    data = _decompress(stream, source).read()
+    try:
+        data = b"".join(_chunks(stream, source))
+    except Exception as e:
+        yield "quarantine", _quarantine(source, "file", f"truncated or corrupt archive: {type(e).__name__}: {e}")
+        return
     text = extract_html(data, extractor=spec.extractor, main_content=spec.main_content)
     if not text.strip():
         yield "quarantine", _quarantine(source, "file", "no extractable text in HTML", data)
