@@ -49,6 +49,20 @@ def test_normalization_keeps_unicode_punctuation_and_decomposes_accents():
     assert rpv2_normalize("  Café, “Hi”!\n\tDon't  ") == "cafe\u0301 “hi” dont"
 
 
+def test_fast_normalization_equals_rpv2_reference_formulation_on_odd_whitespace():
+    import re
+    import string
+    import unicodedata
+
+    def reference(text: str) -> str:  # RPv2 utilities/text/normalization.py, verbatim semantics
+        text = text.translate(str.maketrans("", "", string.punctuation)).lower().strip()
+        return unicodedata.normalize("NFD", re.sub(r"\s+", " ", text))
+
+    odd = "A\x1cB\x1f C\xa0D\u2028E\u3000F\u200bG\u0085H\r\nİ ǅ ß Ω ½ 日本 «x» — a-b_c \x0b\x0c end."
+    assert rpv2_normalize(odd) == reference(odd)
+    assert rpv2_normalize(" \t\n ") == reference(" \t\n ") == ""
+
+
 @pytest.mark.skipif(not GOLD.exists(), reason="shared gold data (../shared/data/gold) is absent")
 @pytest.mark.parametrize("name", ["c4", "edge"])
 def test_signatures_identical_to_rpv2_gold(name):
