@@ -16,7 +16,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tasks.datatrove_signals import DatatroveSignalsParams
+from tasks.exact_dedup import ExactDedupParams
 from tasks.ingest import IngestSource
+from tasks.minhash_dedup import FuzzyDedupParams, MinhashParams
+from tasks.quality_filter import QualityFilterParams
+from tasks.quality_signals import QualitySignalsParams
 
 RECIPES_DIR = Path(__file__).resolve().parent
 
@@ -42,6 +47,13 @@ class RunConfig(BaseModel):
     storage_root: str | None = None  # default: $QUARRY_ROOT, else ./data under the working directory
     cluster: str = "local"  # a profile in ray_cluster/profiles
     ingest: IngestConfig
+    # curation stages, in flow order; a missing section skips the stage
+    quality_signals: QualitySignalsParams | None = None
+    minhash_signatures: MinhashParams | None = None
+    datatrove_signals: DatatroveSignalsParams | None = None
+    quality_filter: QualityFilterParams | None = None
+    exact_dedup: ExactDedupParams | None = None
+    minhash_dedup: FuzzyDedupParams | None = None
 
     @property
     def root(self) -> str:

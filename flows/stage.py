@@ -194,18 +194,25 @@ def _publish_table(key: str, rows: list[dict], description: str) -> None:
 # ------------------------------------------------------------------------------------------------ map stages
 
 
+@functools.lru_cache(maxsize=8)
+def _side_table(ref: DatasetRef) -> pa.Table:
+    """A side input (dedup keepers, sampler selection) read once per worker process."""
+    return datasets.read_table(ref)
+
+
 def _apply_to_shard(item: dict, state: Any = None) -> dict:
     """Read one input shard in batches, apply the stage function (or the loaded model), write the output shard."""
     _maybe_fail(item)
     src_uri, dst = item["src"], DatasetRef(**item["dst"])
     fn = state if state is not None else item["fn"]
+    side = {k: _side_table(DatasetRef(**v)) for k, v in (item.get("side") or {}).items()}
     fs, path = datasets.filesystem(src_uri)
     outs = []
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         for batch in pf.iter_batches(batch_size=item["batch_size"]):
             table = pa.Table.from_batches([batch])
-            outs.append(fn(table) if state is not None else fn(table, item["params"]))
+            outs.append(fn(table) if state is not None else fn(table, item["params"], **side))
     out = pa.concat_tables(outs, promote_options="permissive") if outs else pa.table({})
     datasets.write_shard(dst, item["name"], out)
     return {"index": item["index"], "name": item["name"], "rows_in": pf.metadata.num_rows, "rows_out": out.num_rows}
@@ -219,11 +226,18 @@ def map_stage(
     profile: runtime.Profile,
     *,
     stateful: bool = False,
+    side: dict[str, DatasetRef] | None = None,
+    code: Any = None,
     fail_from_shard: int | None = None,
 ) -> DatasetRef:
-    """Run a per-batch function (or a callable class, ``stateful=True``) over every shard of ``src``."""
+    """Run a per-batch function (or a callable class, ``stateful=True``) over every shard of ``src``.
+
+    ``side`` maps keyword names to small committed tables passed to every call (``fn(batch, params, **side)``).
+    """
     log = _logger()
-    dst = datasets.derive(src, stage, fn, params)
+    side = side or {}
+    code = code or fn  # what the version hashes: fn's module, or e.g. (glue, the tasks module it calls)
+    dst = datasets.derive([src, *side.values()], stage, code, params)
     if datasets.is_committed(dst):
         log.info(f"{stage}: {dst} already committed, skipping")
         return dst
@@ -241,6 +255,7 @@ def map_stage(
             "dst": _asdict(dst),
             "batch_size": resources.batch_size,
             "fail_from_shard": fail_from_shard,
+            "side": {k: _asdict(v) for k, v in side.items()},
         }
         items.append(item)
     t0 = time.perf_counter()
@@ -254,9 +269,9 @@ def map_stage(
     rows_in = sum(r["rows_in"] for r in results)
     manifest = datasets.commit(
         dst,
-        parents=[src],
+        parents=[src, *side.values()],
         params=params,
-        code=datasets.code_hash(fn),
+        code=datasets.code_hash(code),
         extra={"stats": {"shards_computed": len(results), "shards_resumed": len(done), "seconds": round(elapsed, 3), "rows_in_computed": rows_in}},
     )
     log.info(f"{stage}: {manifest['num_rows']} rows ({len(results)} shards computed, {len(done)} resumed) -> {dst.uri}")
@@ -277,9 +292,17 @@ def ingest_task(sources, root, dataset, docs_per_shard, profile, fail_from_shard
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="{stage}")
-def run_stage(src: DatasetRef, stage: str, fn: Callable, params: Any, profile: runtime.Profile, stateful: bool = False) -> DatasetRef:
+def run_stage(
+    src: DatasetRef,
+    stage: str,
+    fn: Callable,
+    params: Any,
+    profile: runtime.Profile,
+    stateful: bool = False,
+    side: dict[str, DatasetRef] | None = None,
+) -> DatasetRef:
     """The one generic stage task: skips committed versions, resumes partial ones, logs row counts."""
-    return map_stage(src, stage, fn, params, profile, stateful=stateful)
+    return map_stage(src, stage, fn, params, profile, stateful=stateful, side=side)
 
 
 # ------------------------------------------------------------------------------------------------ SQL and global steps
@@ -346,3 +369,69 @@ def _global_work(fn, srcs, dst, params, columns, extra_args) -> int:
     ref = DatasetRef(**dst)
     datasets.write_shards(ref, out)
     return out.num_rows
+
+
+
+def sql_stage(
+    srcs: DatasetRef | Sequence[DatasetRef],
+    stage: str,
+    run: Callable[..., str],
+    params: Any,
+    *,
+    code: Any = None,
+    rows_per_shard: int = 500_000,
+) -> DatasetRef:
+    """A global step in DuckDB that spills to disk: ``run(con, *input_exprs, params)`` builds a table and returns its
+    name; the table is streamed out as shards. Used for dedup group-bys that must not hold everything in RAM."""
+    log = _logger()
+    srcs = [srcs] if isinstance(srcs, DatasetRef) else list(srcs)
+    dst = datasets.derive(srcs, stage, code or run, params)
+    if datasets.is_committed(dst):
+        log.info(f"{stage}: {dst} already committed, skipping")
+        return dst
+    from storage import catalog
+
+    t0 = time.perf_counter()
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=f"quarry-{stage}-") as spill:
+        con = catalog.scratch(dst.root, temp_directory=spill)
+        try:
+            name = run(con, *[catalog.parquet_expr(datasets.files(s)) for s in srcs], params)
+            reader = con.sql(f"SELECT * FROM {name}").to_arrow_reader(rows_per_shard)
+            index = 0
+            for batch in reader:
+                if batch.num_rows or index == 0:
+                    datasets.write_shard(dst, datasets.shard_name(index), pa.Table.from_batches([batch]))
+                    index += 1
+            if index == 0:  # an empty result still commits a (schema-carrying) shard
+                datasets.write_shard(dst, datasets.shard_name(0), reader.schema.empty_table())
+        finally:
+            con.close()
+    manifest = datasets.commit(
+        dst, parents=srcs, params=params, code=datasets.code_hash(code or run),
+        extra={"stats": {"seconds": round(time.perf_counter() - t0, 3)}},
+    )
+    log.info(f"{stage}: {manifest['num_rows']} rows -> {dst.uri}")
+    return dst
+
+
+def publish_funnel(ref: DatasetRef) -> list[dict]:
+    """The filter funnel (documents per drop_reason) of a version, as a Prefect table artifact and a log line."""
+    if not any(f["name"] == "drop_reason" for f in datasets.read_manifest(ref)["schema"]):
+        return []
+    from storage import catalog
+
+    con = catalog.scratch(ref.root)
+    try:
+        rows = catalog.query(
+            con,
+            f"SELECT coalesce(drop_reason, '(kept)') AS drop_reason, count(*) AS documents, "
+            f"round(100.0 * count(*) / sum(count(*)) OVER (), 2) AS percent "
+            f"FROM {catalog.parquet_expr(datasets.files(ref))} GROUP BY 1 ORDER BY documents DESC",
+        ).to_pylist()
+    finally:
+        con.close()
+    _logger().info("funnel of %s: %s", ref, ", ".join(f"{r['drop_reason']}={r['documents']}" for r in rows))
+    _publish_table("filter-funnel", rows, f"filter funnel of {ref}")
+    return rows

@@ -157,3 +157,20 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     if result is None:
         return pa.table({})
     return result.to_arrow_table()
+
+
+def scratch(root: str, *, temp_directory: str | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for engine-side global SQL (dedup group-bys) that spills to disk past ``memory_limit``."""
+    con = duckdb.connect()
+    _register_fs(con, root)
+    if temp_directory:
+        con.execute(f"SET temp_directory = '{temp_directory}'")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET preserve_insertion_order = false")  # lets big group-bys/sorts stream and spill
+    return con
+
+
+def parquet_expr(files: list[str]) -> str:
+    """A ``read_parquet([...])`` table expression over an explicit file list (a manifest's files)."""
+    return f"read_parquet({_quote_list(files)}, union_by_name=true)"

@@ -106,7 +106,12 @@ class DatasetRef:
 
 
 def code_hash(obj: Any) -> str:
-    """sha1 of the source of the module that defines ``obj`` (covers its private helpers, like Prefect's TASK_SOURCE)."""
+    """sha1 of the source of the module that defines ``obj`` (covers its private helpers, like Prefect's TASK_SOURCE).
+
+    A tuple or list hashes every member's module (engine glue plus the pure stage logic it calls).
+    """
+    if isinstance(obj, (tuple, list)):
+        return hashlib.sha1("".join(code_hash(o) for o in obj).encode()).hexdigest()
     module = inspect.getmodule(obj) if not inspect.ismodule(obj) else obj
     try:
         src = inspect.getsource(module) if module is not None else repr(obj)

@@ -1,0 +1,50 @@
+"""Selections between stages: keep the documents earlier stages kept, or the ones a sampler chose.
+
+Filters and dedup never delete rows (they set ``keep``/``drop_reason``, so the funnel stays queryable); the model
+stages after them (embed, k-means, augment, tokenize) only need the kept documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeptParams:
+    keep_column: str = "keep"
+    # columns of earlier stages that downstream stages do not need (line spans are large); None keeps all
+    drop_columns: tuple[str, ...] | None = None
+
+
+def kept_documents(batch: pa.Table, params: KeptParams = KeptParams()) -> pa.Table:
+    """Rows whose ``keep`` is true (all rows when no filter ran); ``drop_columns`` (or all ``rps_lines_*``) removed."""
+    if params.keep_column in batch.column_names:
+        batch = batch.filter(pc.fill_null(batch.column(params.keep_column), False))
+    drop = params.drop_columns
+    if drop is None:
+        drop = tuple(c for c in batch.column_names if c.startswith(("rps_lines_", "minhash_signature_", "mh_values")))
+    return batch.drop_columns([c for c in drop if c in batch.column_names])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SelectedParams:
+    copies_column: str = "copies"  # how many times the sampler chose a document (m > 1 gives repeats)
+
+
+def selected_documents(batch: pa.Table, params: SelectedParams = SelectedParams(), *, selection: pa.Table) -> pa.Table:
+    """The batch's rows that ``selection`` (doc_id, copies) chose, each repeated ``copies`` times (at least once)."""
+    ids = selection.column("doc_id").combine_chunks().cast(pa.string())
+    idx = pc.index_in(batch.column("doc_id").combine_chunks().cast(pa.string()), value_set=ids)
+    rows = pc.indices_nonzero(pc.is_valid(idx))
+    picked = batch.take(rows)
+    if params.copies_column in selection.column_names and picked.num_rows:
+        copies = pc.take(selection.column(params.copies_column), pc.take(idx, rows)).to_numpy(zero_copy_only=False)
+        import numpy as np
+
+        copies = np.maximum(copies.astype(np.int64), 1)
+        picked = picked.take(pa.array(np.repeat(np.arange(picked.num_rows), copies)))
+        picked = picked.append_column("sample_copy", pa.array(np.concatenate([np.arange(c) for c in copies]) if len(copies) else [], pa.int64()))
+    return picked
