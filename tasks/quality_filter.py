@@ -143,9 +143,9 @@ def line_filter(batch: pa.Table, params: QualityFilterParams) -> pa.Table:
         first = per_signal[signals[0]]
         keep = np.ones(len(first), dtype=bool)
         for r in rules:
-            scores = np.array([np.nan if s[2] is None else s[2] for s in per_signal[r["signal"]]], dtype=float)
+            scores = np.array([_f(s, 2) for s in per_signal[r["signal"]]], dtype=float)
             keep &= _OPS[r["op"]](scores, float(r["value"]))  # NaN (null score) compares False: line dropped
-        new_text.append("".join(text[int(s[0]) : int(s[1])] for s, k in zip(first, keep, strict=True) if k))
+        new_text.append("".join(text[int(_f(s, 0)) : int(_f(s, 1))] for s, k in zip(first, keep, strict=True) if k))
         n_total.append(len(first))
         n_kept.append(int(keep.sum()))
         errors.append(None)
@@ -164,6 +164,15 @@ def line_filter(batch: pa.Table, params: QualityFilterParams) -> pa.Table:
     return out.append_column("qf_line_filter_error", pa.array(errors, pa.string()))
 
 
+_SPAN_FIELDS = ("start", "end", "score")
+
+
+def _f(span: Any, i: int) -> float:
+    """Field i of a span: quality_signals emits struct<start, end, score> (a dict here); [start, end, score] works too."""
+    v = span[_SPAN_FIELDS[i]] if isinstance(span, dict) else span[i]
+    return np.nan if v is None else v
+
+
 def _check_spans(text: str | None, per_signal: dict[str, Any]) -> str | None:
     if text is None:
         return "null text"
@@ -177,9 +186,9 @@ def _check_spans(text: str | None, per_signal: dict[str, Any]) -> str | None:
     first = next(iter(per_signal.values()))
     pos = 0
     for s in first:
-        if s is None or len(s) != 3 or int(s[0]) != pos or int(s[1]) < pos:
+        if s is None or len(s) != 3 or np.isnan(_f(s, 0)) or int(_f(s, 0)) != pos or not _f(s, 1) >= pos:
             return f"line spans do not tile the text at offset {pos}"
-        pos = int(s[1])
+        pos = int(_f(s, 1))
     if pos != len(text):
         return f"line spans end at {pos} but text has {len(text)} chars"
     return None

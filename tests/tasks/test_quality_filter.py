@@ -15,7 +15,12 @@ from tasks.quality_filter import (
 )
 
 GOLD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gold"
-LINE_TYPE = pa.list_(pa.list_(pa.float64()))
+# the layout tasks.quality_signals emits for rps_lines_*
+LINE_TYPE = pa.list_(pa.struct([("start", pa.int64()), ("end", pa.int64()), ("score", pa.float64())]))
+
+
+def _spans(rows):
+    return [None if r is None else [{"start": a, "end": b, "score": c} for a, b, c in r] for r in rows]
 
 
 def _run(sql: str, batch: pa.Table) -> pa.Table:
@@ -38,7 +43,7 @@ def _gold_table(name: str = "c4") -> pa.Table:
     }
     for key in sigs[0]:
         if key.startswith("rps_lines_"):
-            cols[key] = pa.array([s[key] for s in sigs], LINE_TYPE)
+            cols[key] = pa.array(_spans([s[key] for s in sigs]), LINE_TYPE)
         elif key.startswith("rps_doc_"):
             cols[key] = pa.array([s[key] for s in sigs], pa.float64())
     return pa.table(cols)
@@ -158,7 +163,7 @@ def test_c4_line_filter_keeps_exactly_the_passing_raw_lines_on_gold():
                 row["rps_lines_javascript_counts"],
                 strict=True,
             )
-            if p[2] == 1 and w[2] >= 3 and j[2] == 0
+            if p["score"] == 1 and w["score"] >= 3 and j["score"] == 0
         ]
         assert new_text == "".join(want)
         assert kept == len(want)
@@ -173,10 +178,10 @@ def test_line_filter_with_misaligned_spans_keeps_text_and_says_why():
         {
             "text": ["Good line here.\nbad\n", "abc"],
             "rps_lines_ending_with_terminal_punctution_mark": pa.array(
-                [[[0, 16, 1], [16, 20, 0]], [[0, 9, 1]]], LINE_TYPE
+                _spans([[[0, 16, 1], [16, 20, 0]], [[0, 9, 1]]]), LINE_TYPE
             ),
-            "rps_lines_num_words": pa.array([[[0, 16, 3], [16, 20, 1]], [[0, 9, 3]]], LINE_TYPE),
-            "rps_lines_javascript_counts": pa.array([[[0, 16, 0], [16, 20, 0]], None], LINE_TYPE),
+            "rps_lines_num_words": pa.array(_spans([[[0, 16, 3], [16, 20, 1]], [[0, 9, 3]]]), LINE_TYPE),
+            "rps_lines_javascript_counts": pa.array(_spans([[[0, 16, 0], [16, 20, 0]], None]), LINE_TYPE),
         }
     )
     out = line_filter(batch, QualityFilterParams(line_rules="c4")).to_pylist()
