@@ -337,7 +337,29 @@ def norm_pass(norm, table, n_newlines, line_off):
         nw = wi - doc_w0
         norm_len[d] = chars + (nw - 1 if nw > 0 else 0)
     return ln_words, ln_len, ln_numeric, ln_js, norm_len, lorem_candidate, word_id[:wi], word_len[:wi], word_off, \
-        first_start[:n_distinct], n_distinct
+        first_start[:n_distinct], first_len[:n_distinct], slots, n_distinct
+
+
+@njit(cache=True)
+def lookup_words(cps, off, norm, slots, first_start, first_len):
+    """Batch word id of each string `cps[off[i]:off[i+1]]`, or -1 if no document of the batch contains it."""
+    n = off.shape[0] - 1
+    out = np.full(n, -1, np.int64)
+    mask = np.uint64(slots.shape[0] - 1)
+    for i in range(n):
+        s, e = off[i], off[i + 1]
+        if e == s:
+            continue
+        p = _fnv(cps, s, e, 0) & mask
+        while True:
+            j = slots[p]
+            if j == -1:
+                break
+            if _same(norm, first_start[j], first_len[j], cps, s, e - s):
+                out[i] = j
+                break
+            p = (p + np.uint64(1)) & mask
+    return out
 
 
 @njit(cache=True, inline="always")
@@ -393,6 +415,7 @@ def word_pass(word_id, word_len, word_off, n_distinct, doc_lang, bad1, multi_fir
     cur = np.empty(max_n, np.int64)
     nxt = np.empty(max_n, np.int64)
     gcount = np.empty(max_n, np.int64)
+    pcount = np.empty(max_n, np.int64)
     mark = np.empty(max_n, np.bool_)
     n_multi = multi_off.shape[0] - 1
     for d in range(n_docs):
@@ -443,19 +466,32 @@ def word_pass(word_id, word_len, word_off, n_distinct, doc_lang, bad1, multi_fir
         # n-grams of size 2..10
         for i in range(n):
             cur[i] = word_id[w0 + i]
+            counts[cur[i]] += 1
+        for i in range(n):
+            pcount[i] = counts[cur[i]]  # occurrences in this doc of the (n-1)-gram starting at i
+        for i in range(n):
+            counts[cur[i]] = 0
         for ng in range(2, 11):
             m = n - ng + 1  # number of n-grams
             if m <= 0:
                 break
             # intern (cur[i], word[i+ng-1]) -> dense id in first-occurrence order
             used = 0
+            n_touched = 0
             for i in range(m):
+                if pcount[i] == 1:
+                    # the (n-1)-gram at i occurs once, so the n-gram at i does too: a fresh id, no hashing
+                    gcount[used] = 1
+                    nxt[i] = used
+                    used += 1
+                    continue
                 key = cur[i] * (n_distinct + 1) + word_id[w0 + i + ng - 1]
                 p = (key * _MIX) & (cap - 1)
                 while True:
                     if not slot_used[p]:
                         slot_used[p] = True
-                        touched[used] = p
+                        touched[n_touched] = p
+                        n_touched += 1
                         slot_key[p] = key
                         slot_val[p] = used
                         gcount[used] = 0
@@ -467,10 +503,11 @@ def word_pass(word_id, word_len, word_off, n_distinct, doc_lang, bad1, multi_fir
                         break
                     p = (p + 1) & (cap - 1)
                 gcount[nxt[i]] += 1
-            for g in range(used):  # clear only the slots we touched
+            for g in range(n_touched):  # clear only the slots we touched
                 slot_used[touched[g]] = False
             for i in range(m):
                 cur[i] = nxt[i]
+                pcount[i] = gcount[nxt[i]]
             if ng <= 4:
                 best = -1
                 best_c = 1

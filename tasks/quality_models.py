@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import regex
 
 CCNET_LABEL = "__label__cc"  # RPv2 core/constants.py
 # RPv2 configs/rp_v2.0.conf: UT1 categories that make up rps_doc_ut1_blacklist
@@ -234,13 +235,14 @@ def perplexity_cutoffs(perplexities: Sequence[float], head: float = 30, tail: fl
 # ---------------------------------------------------------------------------------------------------------------
 # DSIR importance weights (RPv2 importance_weights.py, artifacts/hash_dist.py)
 
-_WORDPUNCT = re.compile(r"\w+|[^\w\s]+")  # nltk WordPunctTokenizer
+# nltk WordPunctTokenizer: this pattern compiled by the `regex` engine with nltk's default flags (nltk/redos.py)
+_WORDPUNCT = regex.compile(r"\w+|[^\w\s]+", re.UNICODE | re.MULTILINE | re.DOTALL)
 
 
 def _bucket(token: str, buckets: int) -> int:
     import xxhash
 
-    return xxhash.xxh3_64_intdigest(token) % buckets
+    return xxhash.xxh3_64_intdigest(token.encode("utf-8", "surrogatepass")) % buckets
 
 
 def dsir_features(texts: Sequence[str], buckets: int) -> list[np.ndarray]:

@@ -172,6 +172,16 @@ def _ldnoobw(directory: str | None, lang: str) -> frozenset[str]:
         return frozenset(ln.strip() for ln in f)  # RPv2 load_bad_words: set(ln.strip())
 
 
+@functools.cache
+def _ldnoobw_tokens(directory: str | None, lang: str):
+    """LDNOOBW entries of a language as token lists, plus its distinct tokens as code points for lookup."""
+    entries = sorted(e.split(" ") for e in _ldnoobw(directory, lang))
+    tokens = sorted({t for e in entries for t in e})
+    off = np.zeros(len(tokens) + 1, np.int64)
+    np.cumsum([len(t) for t in tokens], out=off[1:])
+    return entries, tokens, (_cps("".join(tokens)) if tokens else np.zeros(0, np.uint32)), off
+
+
 def _cps(s: str) -> np.ndarray:
     return np.frombuffer(s.encode("utf-32-le", "surrogatepass"), np.uint32)
 
@@ -268,36 +278,28 @@ class QualitySignals:
                 out[i] = self.lang_index.get(key, default)
         return out
 
-    def _ldnoobw_tables(self, norm, first_start, word_len_by_id, n_distinct, used_langs):
-        """Map LDNOOBW entries onto this batch's word ids: 1-word entries as flags, multi-word ones as id lists."""
-        lookup = {}
-        ids_needed = set()
-        for lang in used_langs:
-            for entry in self.bad[self.langs[lang]]:
-                ids_needed.update(entry.split(" "))
-        # only tokens that are words of this batch can ever match; find them through the batch vocabulary
-        vocab = {}
-        if ids_needed:
-            for wid in range(n_distinct):
-                s = first_start[wid]
-                w = norm[s:s + word_len_by_id[wid]].tobytes().decode("utf-32-le", "surrogatepass")
-                if w in ids_needed:
-                    vocab[w] = wid
-        bad1 = np.zeros((len(self.langs), n_distinct if vocab else 0), np.bool_)
+    def _ldnoobw_tables(self, norm, first_start, first_len, slots, n_distinct, used_langs):
+        """Map LDNOOBW entries onto this batch's word ids: 1-word entries as flags, multi-word ones as id lists.
+        An entry whose tokens are not all words of the batch can never match (RPv2 joins normalized words)."""
+        bad1 = np.zeros((len(self.langs), n_distinct), np.bool_)
         multi = []
         for lang in used_langs:
-            for entry in self.bad[self.langs[lang]]:
-                toks = entry.split(" ")
-                if not all(t in vocab for t in toks):
+            entries, tokens, cps, off = _ldnoobw_tokens(self.params.ldnoobw_dir, self.langs[lang])
+            if not tokens:
+                continue
+            ids = dict(zip(tokens, K.lookup_words(cps, off, norm, slots, first_start, first_len).tolist(),
+                           strict=True))
+            for toks in entries:
+                wids = [ids[t] for t in toks]
+                if min(wids) < 0:
                     continue
-                if len(toks) == 1:
-                    bad1[lang, vocab[toks[0]]] = True
+                if len(wids) == 1:
+                    bad1[lang, wids[0]] = True
                 else:
-                    multi.append((vocab[toks[0]], lang, [vocab[t] for t in toks]))
-        lookup["bad1"] = bad1
+                    multi.append((wids[0], lang, wids))
         multi.sort(key=lambda e: e[0])
         multi_off = np.zeros(len(multi) + 1, np.int64)
-        multi_off[1:] = np.cumsum([len(e[2]) for e in multi])
+        np.cumsum([len(e[2]) for e in multi], out=multi_off[1:])
         multi_tok = np.asarray([t for e in multi for t in e[2]], np.int64)
         multi_lang = np.asarray([e[1] for e in multi], np.int64)
         multi_first = np.zeros(n_distinct if multi else 0, np.int64)
@@ -330,10 +332,8 @@ class QualitySignals:
          n_alpha, n_caps, n_stop, n_symbols, n_curly, n_sent) = K.raw_pass(raw, raw_off, self.table, doc_lang,
                                                                             *self.sw)
         (ln_words, ln_len, ln_numeric, ln_js, norm_len, lorem_cand, word_id, word_len, word_off, first_start,
-         n_distinct) = K.norm_pass(norm, self.table, n_newlines, line_off)
-        wl_by_id = np.zeros(n_distinct, np.int64)
-        wl_by_id[word_id] = word_len
-        ld = self._ldnoobw_tables(norm, first_start, wl_by_id, n_distinct, sorted(set(doc_lang.tolist())))
+         first_len, slots, n_distinct) = K.norm_pass(norm, self.table, n_newlines, line_off)
+        ld = self._ldnoobw_tables(norm, first_start, first_len, slots, n_distinct, sorted(set(doc_lang.tolist())))
         n_unique, entropy, total_chars, top, dupe, ldnoobw = K.word_pass(word_id, word_len, word_off, n_distinct,
                                                                          doc_lang, *ld)
         n_words = np.diff(word_off)
