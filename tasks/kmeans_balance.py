@@ -123,7 +123,10 @@ def _chunk_rows(k: int, chunk_bytes: int) -> int:
 def _as_tensor(a: Any, device: torch.device, dtype=torch.float32) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a.to(device=device, dtype=dtype)
-    return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:  # Arrow-backed buffers are read-only; torch wants writable memory
+        a = a.copy()
+    return torch.as_tensor(a, dtype=dtype, device=device)
 
 
 def _nearest(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor):
