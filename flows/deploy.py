@@ -1,0 +1,630 @@
+"""Prefect as a service: a local server + process worker, and the deployments declared in ``prefect.yaml``.
+
+    quarry server up          # Prefect server on 127.0.0.1:4200 (SQLite; Postgres when
+                              # PREFECT_API_DATABASE_CONNECTION_URL is set) + a process work pool and worker
+    quarry deploy             # register every deployment of prefect.yaml whose flow exists (+ discovered flows)
+    quarry server status | down
+    python -m flows.deploy up | deploy | run ingest/tiny --param recipe=datasets_cfg/tiny.yaml | down
+
+Server and worker are subprocesses in their own sessions with pid files under ``.quarry/`` (``$QUARRY_STATE_DIR``),
+so ``server_down`` ends exactly the processes ``server_up`` started and nothing else.
+
+Deployments are ``<flow>/<dataset>`` (design §4). ``prefect.yaml`` is the single declaration (schedules, concurrency
+limits, parameters) and stays usable with ``prefect deploy --all``; ``deploy()`` reads the same file so that a flow
+whose module does not exist yet is skipped instead of failing the batch, and a new ``flows/<verb>.py`` with a
+``@flow(name="<verb>")`` taking ``recipe`` gets a default deployment without touching the YAML.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_FILE = REPO / "prefect.yaml"
+DEFAULT_POOL = "quarry-process"
+DEFAULT_RECIPE = "datasets_cfg/tiny.yaml"
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# modules in flows/ that hold helpers, not flows
+_NOT_FLOWS = {"__init__", "stage", "deploy"}
+
+
+def state_dir(path: str | Path | None = None) -> Path:
+    """Where pid files, logs and the default PREFECT_HOME live: ``path``, ``$QUARRY_STATE_DIR`` or ``.quarry/``."""
+    d = Path(path or os.environ.get("QUARRY_STATE_DIR") or REPO / ".quarry")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# ----------------------------------------------------------------------------------------------- server + worker
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of this process is dead for our purposes
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def _read_state(sd: Path) -> dict:
+    f = sd / "server.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path, pid_file: Path) -> int:
+    out = open(log, "ab")
+    # own session: server_down signals the whole group (uvicorn, services, flow-run children) and nothing else
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    out.close()
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def _prefect_env(home: Path, api_url: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+        }
+    )
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    else:
+        env.pop("PREFECT_API_URL", None)
+    # another test API (prefect_test_harness) may have set this for the current process only
+    env.pop("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", None)
+    return env
+
+
+def server_up(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 4200,
+    pool: str = DEFAULT_POOL,
+    worker: bool = True,
+    home: str | Path | None = None,
+    state: str | Path | None = None,
+    timeout: float = 120.0,
+    worker_env: dict[str, str] | None = None,
+) -> dict:
+    """Start a Prefect server and a process worker in the background; returns api/ui URLs and pids.
+
+    The database is SQLite under ``PREFECT_HOME`` unless ``PREFECT_API_DATABASE_CONNECTION_URL`` is set (e.g.
+    ``postgresql+asyncpg://prefect:prefect@db:5432/prefect``), which the server picks up from the environment.
+    A server already running from the same state folder is reused.
+    """
+    sd = state_dir(state)
+    home = Path(home or sd / "prefect_home")
+    home.mkdir(parents=True, exist_ok=True)
+    current = server_status(state=sd)
+    if current["server_running"] and current["healthy"]:
+        if worker and not current["worker_running"]:
+            current["worker_pid"] = _start_worker(current["api_url"], pool, home, sd, worker_env)
+            current["worker_running"] = True
+        return current
+    api_url = f"http://{host}:{port}/api"
+    if _healthy(api_url):
+        raise RuntimeError(f"port {port} already serves a Prefect API that quarry did not start; choose --port")
+    env = _prefect_env(home, None)
+    db_url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
+    pid = _spawn(cmd, env, sd / "server.log", sd / "server.pid")
+    deadline = time.monotonic() + timeout
+    while not _healthy(api_url):
+        if not _alive(pid):
+            tail = (sd / "server.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"prefect server exited during start-up; log {sd / 'server.log'}:\n{tail}")
+        if time.monotonic() > deadline:
+            _kill_group(pid)
+            raise TimeoutError(f"prefect server not healthy after {timeout:.0f}s; see {sd / 'server.log'}")
+        time.sleep(0.5)
+    info = {
+        "api_url": api_url,
+        "ui_url": f"http://{host}:{port}",
+        "server_pid": pid,
+        "prefect_home": str(home),
+        "database": _redact(db_url) if db_url else f"sqlite:{home / 'prefect.db'}",
+        "pool": pool,
+    }
+    (sd / "server.json").write_text(json.dumps(info, indent=2))
+    if worker:
+        info["worker_pid"] = _start_worker(api_url, pool, home, sd, worker_env)
+    return server_status(state=sd)
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def _start_worker(api_url: str, pool: str, home: Path, sd: Path, extra_env: dict[str, str] | None) -> int:
+    """A process worker (creates the process work pool when missing); flow runs are its child processes."""
+    env = _prefect_env(home, api_url)
+    env.update(extra_env or {})
+    cmd = [
+        sys.executable, "-m", "prefect", "worker", "start",
+        "--pool", pool, "--type", "process", "--name", f"quarry-{socket.gethostname()}-{os.getpid()}",
+    ]  # fmt: skip
+    pid = _spawn(cmd, env, sd / "worker.log", sd / "worker.pid")
+    info = _read_state(sd)
+    info["worker_pid"] = pid
+    (sd / "server.json").write_text(json.dumps(info, indent=2))
+    return pid
+
+
+def _kill_group(pid: int, grace: float = 15.0) -> None:
+    """SIGTERM the process group ``pid`` leads, then SIGKILL what is left after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)  # leftover children of a leader that already exited
+                return
+            time.sleep(0.2)
+
+
+def server_down(*, state: str | Path | None = None) -> dict:
+    """Stop the worker, then the server, that ``server_up`` started from this state folder; removes the pid files."""
+    sd = state_dir(state)
+    stopped = {}
+    for name in ("worker", "server"):
+        pid_file = sd / f"{name}.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text().strip() or 0)
+            if pid and _alive(pid):
+                _kill_group(pid)
+                stopped[name] = pid
+            pid_file.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (sd / "server.json").unlink()
+    return stopped
+
+
+def server_status(*, state: str | Path | None = None) -> dict:
+    """Is the server (and its worker) running and healthy; the URLs and pids from the state folder."""
+    sd = state_dir(state)
+    info = _read_state(sd)
+    out = dict(info)
+    for name in ("server", "worker"):
+        pid_file = sd / f"{name}.pid"
+        pid = int(pid_file.read_text().strip() or 0) if pid_file.exists() else 0
+        out[f"{name}_pid"] = pid or None
+        out[f"{name}_running"] = bool(pid) and _alive(pid)
+    out["healthy"] = bool(info.get("api_url")) and out["server_running"] and _healthy(info["api_url"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- deployments
+
+
+@dataclass
+class DeploymentSpec:
+    """One deployment: a flow entrypoint, its name, default parameters, schedules and concurrency."""
+
+    flow: str
+    name: str
+    entrypoint: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+    schedules: list[dict[str, Any]] = field(default_factory=list)
+    concurrency_limit: int | None = None
+    collision_strategy: str | None = None
+    work_pool: str = DEFAULT_POOL
+    work_queue: str | None = None
+    job_variables: dict[str, Any] = field(default_factory=dict)
+    paused: bool | None = None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow}/{self.name}"
+
+    @property
+    def path(self) -> Path:
+        return REPO / self.entrypoint.split(":")[0]
+
+
+_TEMPLATE_RE = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
+
+
+def _expand(value: Any) -> Any:
+    """Resolve prefect.yaml's ``{{ $ENV }}`` templates ($PWD is the repository root)."""
+    if isinstance(value, str):
+        return _TEMPLATE_RE.sub(lambda m: str(REPO) if m.group(1) == "PWD" else os.environ.get(m.group(1), ""), value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def discover_flows() -> dict[str, str]:
+    """flow name -> entrypoint for every ``@flow(name=...)`` in flows/*.py (read with ast; nothing is imported)."""
+    found: dict[str, str] = {}
+    for path in sorted((REPO / "flows").glob("*.py")):
+        if path.stem in _NOT_FLOWS:
+            continue
+        try:
+            tree = ast.parse(path.read_text())
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for dec in node.decorator_list:
+                call = dec if isinstance(dec, ast.Call) else None
+                target = call.func if call else dec
+                if not (isinstance(target, ast.Name) and target.id == "flow"):
+                    continue
+                name = node.name
+                for kw in call.keywords if call else []:
+                    if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                        name = kw.value.value
+                args = {a.arg for a in node.args.args + node.args.kwonlyargs}
+                if "recipe" in args:  # a deployment needs the recipe parameter the deployments pass
+                    found[name] = f"flows/{path.name}:{node.name}"
+    return found
+
+
+def load_deployments(prefect_file: str | Path = PREFECT_FILE, *, recipe: str | None = None) -> list[DeploymentSpec]:
+    """The deployments of prefect.yaml, plus a default one for each discovered flow the file does not mention.
+
+    ``recipe`` replaces the ``recipe`` parameter of every deployment (deploy the same set for another dataset).
+    """
+    data = yaml.safe_load(Path(prefect_file).read_text()) or {}
+    specs: list[DeploymentSpec] = []
+    flows = discover_flows()
+    by_entry = {v: k for k, v in flows.items()}
+    for d in data.get("deployments") or []:
+        d = _expand(d)
+        entry = d["entrypoint"]
+        pool = d.get("work_pool") or {}
+        limit = d.get("concurrency_limit")
+        specs.append(
+            DeploymentSpec(
+                flow=d.get("flow_name") or by_entry.get(entry) or entry.split(":")[1],
+                name=d["name"],
+                entrypoint=entry,
+                parameters=dict(d.get("parameters") or {}),
+                description=d.get("description"),
+                tags=list(d.get("tags") or []),
+                schedules=list(d.get("schedules") or []),
+                concurrency_limit=limit.get("limit") if isinstance(limit, dict) else limit,
+                collision_strategy=limit.get("collision_strategy") if isinstance(limit, dict) else None,
+                work_pool=pool.get("name") or DEFAULT_POOL,
+                work_queue=pool.get("work_queue_name"),
+                job_variables=dict(pool.get("job_variables") or {}),
+                paused=d.get("paused"),
+            )
+        )
+    declared = {s.entrypoint for s in specs}
+    default_name = Path(recipe or DEFAULT_RECIPE).stem
+    for name, entry in sorted(flows.items()):
+        if entry not in declared:
+            specs.append(
+                DeploymentSpec(flow=name, name=default_name, entrypoint=entry, parameters={"recipe": DEFAULT_RECIPE})
+            )
+    if recipe:
+        for s in specs:
+            if "recipe" in s.parameters:
+                s.parameters["recipe"] = recipe
+    return specs
+
+
+def pull_steps(prefect_file: str | Path = PREFECT_FILE) -> list[dict]:
+    """The pull steps of prefect.yaml, resolved (the worker runs flows from the repository checkout)."""
+    data = yaml.safe_load(Path(prefect_file).read_text()) or {}
+    return _expand(data.get("pull") or [])
+
+
+class _PullSteps:
+    """Runner storage that only contributes pull steps (the code is already on the worker's disk)."""
+
+    def __init__(self, steps: list[dict]):
+        self.steps = steps
+        self._base = REPO
+
+    def set_base_path(self, path: Path) -> None:
+        self._base = path
+
+    @property
+    def destination(self) -> Path:
+        return self._base
+
+    @property
+    def pull_interval(self) -> int:
+        return 60
+
+    async def pull_code(self) -> None:
+        return None
+
+    def to_pull_step(self) -> list[dict]:
+        return self.steps
+
+    def __eq__(self, other: Any) -> bool:
+        return self.steps == getattr(other, "steps", None)
+
+
+@contextlib.contextmanager
+def using_api(api_url: str | None) -> Iterator[None]:
+    """Point the Prefect client at ``api_url`` (else the server from .quarry/, else PREFECT_API_URL) for a block."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api_url = api_url or _read_state(state_dir()).get("api_url") or os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        raise RuntimeError("no Prefect API: run `quarry server up` or set PREFECT_API_URL")
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        yield
+
+
+def _schedule(cfg: dict):
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+
+    if cfg.get("cron"):
+        sched = CronSchedule(cron=cfg["cron"], timezone=cfg.get("timezone") or "UTC")
+    elif cfg.get("interval"):
+        import datetime as dt
+
+        sched = IntervalSchedule(interval=dt.timedelta(seconds=float(cfg["interval"])), timezone=cfg.get("timezone"))
+    else:
+        raise ValueError(f"a schedule needs cron or interval: {cfg}")
+    return DeploymentScheduleCreate(
+        schedule=sched, active=cfg.get("active", True), parameters=dict(cfg.get("parameters") or {})
+    )
+
+
+def deploy(
+    api_url: str | None = None,
+    *,
+    prefect_file: str | Path = PREFECT_FILE,
+    recipe: str | None = None,
+    names: list[str] | None = None,
+) -> dict[str, str]:
+    """Register the deployments whose flow module exists; returns ``{"flow/name": deployment id or skip reason}``.
+
+    ``names`` limits it to some deployments (``ingest/tiny``). The work pool is created when missing.
+    """
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.flows import load_flow_from_entrypoint
+
+    specs = load_deployments(prefect_file, recipe=recipe)
+    if names:
+        unknown = set(names) - {s.full_name for s in specs}
+        if unknown:
+            raise ValueError(f"unknown deployments {sorted(unknown)}; known: {[s.full_name for s in specs]}")
+        specs = [s for s in specs if s.full_name in names]
+    steps = pull_steps(prefect_file)
+    result: dict[str, str] = {}
+    cwd = os.getcwd()
+    os.chdir(REPO)  # entrypoints are relative to the repository root
+    try:
+        with using_api(api_url):
+            for pool in sorted({s.work_pool for s in specs}):
+                _ensure_pool(pool)
+            for s in specs:
+                if not s.path.exists():
+                    result[s.full_name] = f"skipped: {s.entrypoint.split(':')[0]} does not exist yet"
+                    continue
+                flow = load_flow_from_entrypoint(s.entrypoint)
+                dep = RunnerDeployment(
+                    name=s.name,
+                    flow_name=flow.name,
+                    entrypoint=s.entrypoint,
+                    parameters=s.parameters,
+                    description=s.description,
+                    tags=s.tags,
+                    schedules=[_schedule(c) for c in s.schedules],
+                    concurrency_limit=s.concurrency_limit,
+                    concurrency_options={"collision_strategy": s.collision_strategy} if s.collision_strategy else None,
+                    paused=s.paused,
+                    work_pool_name=s.work_pool,
+                    work_queue_name=s.work_queue,
+                    job_variables=s.job_variables,
+                    storage=_PullSteps(steps),
+                )
+                dep._set_defaults_from_flow(flow)
+                result[s.full_name] = str(dep.apply())
+    finally:
+        os.chdir(cwd)
+    return result
+
+
+def _ensure_pool(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+
+
+def list_deployments(api_url: str | None = None) -> list[dict]:
+    """Registered deployments with their schedules and concurrency limit (what the UI shows)."""
+    from prefect.client.orchestration import get_client
+
+    with using_api(api_url), get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows()}
+        out = []
+        for d in client.read_deployments():
+            out.append(
+                {
+                    "name": f"{flows.get(d.flow_id, '?')}/{d.name}",
+                    "id": str(d.id),
+                    "parameters": d.parameters,
+                    "schedules": [getattr(s.schedule, "cron", None) or str(s.schedule) for s in d.schedules],
+                    "concurrency_limit": d.concurrency_limit,
+                    "work_pool": d.work_pool_name,
+                    "pull_steps": d.pull_steps,
+                }
+            )
+        return sorted(out, key=lambda r: r["name"])
+
+
+def trigger(name: str, parameters: dict[str, Any] | None = None, api_url: str | None = None) -> str:
+    """Create a flow run of deployment ``flow/name`` with parameter overrides; returns the flow run id."""
+    from prefect.client.orchestration import get_client
+
+    with using_api(api_url), get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(name)
+        run = client.create_flow_run_from_deployment(dep.id, parameters=parameters or {})
+        return str(run.id)
+
+
+def wait(flow_run_id: str, timeout: float = 600.0, api_url: str | None = None, poll: float = 2.0) -> str:
+    """Poll a flow run until it reaches a final state (or ``timeout`` seconds); returns the state type name."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with using_api(api_url), get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(UUID(flow_run_id))
+            state = run.state.type.value if run.state else "PENDING"
+            if state in FINAL_STATES:
+                return state
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {flow_run_id} still {state} after {timeout:.0f}s")
+            time.sleep(poll)
+
+
+def run_artifacts(flow_run_id: str, api_url: str | None = None) -> list[dict]:
+    """The artifacts a flow run (and its task runs) published: key, type, description, data."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def _read() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+
+    with using_api(api_url):
+        arts = asyncio.run(_read())
+    out = []
+    for a in arts:
+        data = a.data
+        if isinstance(data, str):
+            with contextlib.suppress(json.JSONDecodeError):
+                data = json.loads(data)
+        out.append({"key": a.key, "type": a.type, "description": a.description, "data": data})
+    return out
+
+
+def flow_run_result(flow_run_id: str, api_url: str | None = None) -> dict:
+    """Name, state and parameters of a flow run (what the CLI prints after a run)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with using_api(api_url), get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(flow_run_id))
+        return {"id": flow_run_id, "name": run.name, "state": run.state.name if run.state else None, "parameters": run.parameters}
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep:
+            raise SystemExit(f"--param needs key=value, got {p!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=4200)
+    up.add_argument("--no-worker", action="store_true")
+    sub.add_parser("down")
+    sub.add_parser("status")
+    dp = sub.add_parser("deploy")
+    dp.add_argument("--recipe")
+    dp.add_argument("--name", action="append")
+    sub.add_parser("ls")
+    rn = sub.add_parser("run")
+    rn.add_argument("deployment")
+    rn.add_argument("--param", action="append", default=[])
+    rn.add_argument("--timeout", type=float, default=3600)
+    args = ap.parse_args(argv)
+    if args.cmd == "up":
+        print(json.dumps(server_up(host=args.host, port=args.port, worker=not args.no_worker), indent=2))
+    elif args.cmd == "down":
+        print(json.dumps(server_down()))
+    elif args.cmd == "status":
+        print(json.dumps(server_status(), indent=2))
+    elif args.cmd == "deploy":
+        print(json.dumps(deploy(recipe=args.recipe, names=args.name), indent=2))
+    elif args.cmd == "ls":
+        print(json.dumps(list_deployments(), indent=2, default=str))
+    elif args.cmd == "run":
+        run_id = trigger(args.deployment, _parse_params(args.param))
+        print(f"flow run {run_id}", flush=True)
+        state = wait(run_id, timeout=args.timeout)
+        print(json.dumps({**flow_run_result(run_id), "artifacts": run_artifacts(run_id)}, indent=2, default=str))
+        return 0 if state == "COMPLETED" else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""A flow submitted as a Ray Job to a real Ray head started by the test (`ray start --head --block`), logs streamed.
+
+The head runs in its own process session and is ended by signalling that session: `ray stop` would also stop every
+other Ray on the machine (other test sessions share it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ray_cluster import jobs
+from storage import catalog
+from tests.conftest import REPO, shared_path
+
+RAY_BIN = Path(sys.executable).with_name("ray")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
+            return r.status == 200
+    except urllib.error.HTTPError:
+        return True  # answering (401 while Ray's token authentication is on): the job client sends the token
+    except OSError:
+        return False
+
+
+@pytest.fixture()
+def ray_head():
+    """A one-CPU Ray head with its dashboard (the job server) on loopback; yields the dashboard URL."""
+    gcs, dash, client, agent_http, agent_grpc, metrics, rt_env, nm, om = _free_ports(9)
+    # short temp dir: Ray's unix socket paths must stay under 107 characters
+    temp = tempfile.mkdtemp(prefix="qrj-", dir="/tmp")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        str(RAY_BIN), "start", "--head", "--block", "--disable-usage-stats", "--num-cpus", "1", "--num-gpus", "0",
+        "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--include-dashboard", "true",
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
+        "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
+        "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env),
+        "--node-manager-port", str(nm), "--object-manager-port", str(om), "--temp-dir", temp,
+    ]  # fmt: skip
+    log = open(Path(temp) / "ray-start.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _up(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray head did not start: {(Path(temp) / 'ray-start.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # raylet/gcs children that outlived the leader
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+def _recipe(tmp_path: Path) -> Path:
+    sources = [
+        {"path": str(shared_path("web", "c4_sample", "c4_sample.jsonl")), "domain": "web", "limit": 30},
+        {"path": str(shared_path("domains", "arxiv_abstracts", "arxiv_abstracts.jsonl")), "domain": "arxiv",
+         "text_field": "abstract", "limit": 20},
+    ]  # fmt: skip
+    path = tmp_path / "rayjob.yaml"
+    path.write_text(yaml.safe_dump({"dataset": "rayjob", "storage_root": str(tmp_path / "store"),
+                                    "ingest": {"docs_per_shard": 20, "sources": sources}}))  # fmt: skip
+    return path
+
+
+def _profile(tmp_path: Path) -> Path:
+    # inside a job RAY_ADDRESS names the cluster: the profile must attach to it, not start a local Ray
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"engine": "ray", "address": "auto", "default": {"num_cpus": 1}}))
+    return path
+
+
+def test_entrypoint_passes_repo_recipes_relative_and_other_paths_as_given(tmp_path):
+    assert jobs.entrypoint("ingest", str(REPO / "datasets_cfg" / "tiny.yaml")) == (
+        "python quarry_cli.py run ingest datasets_cfg/tiny.yaml"
+    )
+    assert jobs.entrypoint("curate", str(tmp_path / "my recipe.yaml")).endswith(f"'{tmp_path / 'my recipe.yaml'}'")
+
+
+def test_runtime_env_ships_the_checkout_without_venv_data_or_tests():
+    env = jobs.runtime_env(profile="gpu8", root="s3://bucket/quarry")
+    assert env["working_dir"] == str(REPO)
+    assert {".git/", ".venv/", "data/", "tests/"} <= set(env["excludes"])
+    assert env["env_vars"]["QUARRY_PROFILE"] == "gpu8" and env["env_vars"]["QUARRY_ROOT"] == "s3://bucket/quarry"
+
+
+def test_ray_client_address_is_rejected_with_the_dashboard_hint():
+    with pytest.raises(ValueError, match="8265"):
+        jobs._dashboard_url("ray://head:10001")
+
+
+@pytest.mark.timeout(600)
+def test_ingest_submitted_as_a_ray_job_succeeds_and_streams_its_logs(tmp_path, ray_head):
+    recipe, profile = _recipe(tmp_path), _profile(tmp_path)
+    lines: list[str] = []
+    job_id, status = jobs.submit(
+        "ingest",
+        str(recipe),
+        ray_head,
+        profile=str(profile),
+        env_vars={"PREFECT_HOME": str(tmp_path / "prefect_home")},  # the job's ephemeral Prefect API stays in tmp
+        timeout=480,
+        log=lines.append,
+    )
+    logs = "".join(lines)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "ingest finished:" in logs and "rayjob/ingest/" in logs  # the CLI's last line, streamed from the job
+    con = catalog.connect(str(tmp_path / "store"))
+    counts = dict(con.execute("select domain, count(*) from rayjob__ingest group by 1").fetchall())
+    assert counts == {"web": 30, "arxiv": 20}
+    assert jobs.job_logs(job_id, ray_head).strip()  # the job server kept the full log
