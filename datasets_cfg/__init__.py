@@ -17,11 +17,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.datatrove_signals import DatatroveSignalsParams
+from tasks.evaluate import EvaluateParams
 from tasks.exact_dedup import ExactDedupParams
 from tasks.ingest import IngestSource
 from tasks.minhash_dedup import FuzzyDedupParams, MinhashParams
 from tasks.quality_filter import QualityFilterParams
 from tasks.quality_signals import QualitySignalsParams
+from tasks.select import SplitParams
+from tasks.tokenize import TokenizeParams
+from tasks.train import TrainParams
 
 RECIPES_DIR = Path(__file__).resolve().parent
 
@@ -47,6 +51,7 @@ class RunConfig(BaseModel):
     storage_root: str | None = None  # default: $QUARRY_ROOT, else ./data under the working directory
     cluster: str = "local"  # a profile in ray_cluster/profiles
     ingest: IngestConfig
+    heldout: SplitParams | None = None  # documents held out by doc id before curation, for per-domain bits/byte
     # curation stages, in flow order; a missing section skips the stage
     quality_signals: QualitySignalsParams | None = None
     minhash_signatures: MinhashParams | None = None
@@ -54,6 +59,10 @@ class RunConfig(BaseModel):
     quality_filter: QualityFilterParams | None = None
     exact_dedup: ExactDedupParams | None = None
     minhash_dedup: FuzzyDedupParams | None = None
+    # training and evaluation
+    tokenize: TokenizeParams | None = None
+    train: TrainParams | None = None
+    evaluate: EvaluateParams | None = None
 
     @property
     def root(self) -> str:
@@ -67,6 +76,9 @@ def _resolve_paths(data: dict, base: Path) -> dict:
         for src in ingest["sources"]:
             if isinstance(src, dict) and isinstance(src.get("path"), str):
                 src["path"] = _resolve(src["path"], base)
+    evaluate = data.get("evaluate")
+    if isinstance(evaluate, dict) and isinstance(evaluate.get("eval_dir"), str):
+        evaluate["eval_dir"] = _resolve(evaluate["eval_dir"], base)
     if isinstance(data.get("storage_root"), str):
         data["storage_root"] = _resolve(data["storage_root"], base)
     return data

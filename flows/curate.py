@@ -10,6 +10,7 @@ Every line is a stage; a recipe section that is absent skips its stage. Re-runni
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -38,6 +39,9 @@ def curate(recipe: str) -> str:
     profile = runtime.load_profile(cfg.cluster)
     with runtime.connected(profile):
         ref = ingest_task(cfg.ingest.sources, cfg.root, cfg.dataset, cfg.ingest.docs_per_shard, profile)
+        if cfg.heldout:  # evaluation text leaves before curation, so no stage (or model) ever sees it
+            run_stage(ref, "heldout", select_mod.split_by_doc_id, replace(cfg.heldout, side="heldout"), profile)
+            ref = run_stage(ref, "train_split", select_mod.split_by_doc_id, replace(cfg.heldout, side="train"), profile)
         if cfg.quality_signals:
             ref = run_stage(ref, "quality_signals", qs_mod.quality_signals, cfg.quality_signals, profile)
         if cfg.minhash_signatures:

@@ -213,6 +213,9 @@ def _apply_to_shard(item: dict, state: Any = None) -> dict:
         for batch in pf.iter_batches(batch_size=item["batch_size"]):
             table = pa.Table.from_batches([batch])
             outs.append(fn(table) if state is not None else fn(table, item["params"], **side))
+        if not outs:  # an empty shard still gets an output with the stage's schema
+            empty = pf.schema_arrow.empty_table()
+            outs.append(fn(empty) if state is not None else fn(empty, item["params"], **side))
     out = pa.concat_tables(outs, promote_options="permissive") if outs else pa.table({})
     datasets.write_shard(dst, item["name"], out)
     return {"index": item["index"], "name": item["name"], "rows_in": pf.metadata.num_rows, "rows_out": out.num_rows}

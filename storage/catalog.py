@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import duckdb
 import pyarrow as pa
@@ -117,11 +118,15 @@ def refresh(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
             continue
         view = f"{dataset}__{stage}"
         if row["files"]:
+            try:
+                con.execute(
+                    f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM read_parquet({_quote_list(row["files"])}, '
+                    "union_by_name=true)"
+                )
+            except duckdb.Error as e:  # one unreadable version must not take the whole catalog down
+                warnings.warn(f"catalog: no view {view} for {row['ref']}: {e}", stacklevel=2)
+                continue
             files.extend(row["files"])
-            con.execute(
-                f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM read_parquet({_quote_list(row["files"])}, '
-                "union_by_name=true)"
-            )
             if stage.endswith("_quarantine"):
                 quarantines.setdefault(dataset, []).append(view)
         else:

@@ -48,3 +48,36 @@ def selected_documents(batch: pa.Table, params: SelectedParams = SelectedParams(
         picked = picked.take(pa.array(np.repeat(np.arange(picked.num_rows), copies)))
         picked = picked.append_column("sample_copy", pa.array(np.concatenate([np.arange(c) for c in copies]) if len(copies) else [], pa.int64()))
     return picked
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SplitParams:
+    """Hold documents out by doc id before curation, so evaluation text is never trained on."""
+
+    fraction: float = 0.05  # share of documents held out (per domain in expectation: the hash is uniform)
+    seed: int = 0
+    side: str = "train"  # which side of the split this stage keeps: "train" or "heldout"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"fraction must be in [0, 1), got {self.fraction}")
+        if self.side not in ("train", "heldout"):
+            raise ValueError(f"side must be 'train' or 'heldout', got {self.side!r}")
+
+
+def _unit_hash(ids: list[str], seed: int) -> "np.ndarray":
+    import hashlib
+
+    import numpy as np
+
+    return np.array(
+        [int.from_bytes(hashlib.sha1(f"{seed}:{i}".encode()).digest()[:8], "big") / 2**64 for i in ids], dtype=np.float64
+    )
+
+
+def split_by_doc_id(batch: pa.Table, params: SplitParams = SplitParams()) -> pa.Table:
+    """The rows on ``params.side`` of a seeded hash split of ``doc_id`` (deterministic, independent of order)."""
+    u = _unit_hash(batch.column("doc_id").to_pylist(), params.seed)
+    held = u < params.fraction
+    mask = held if params.side == "heldout" else ~held
+    return batch.filter(pa.array(mask))
