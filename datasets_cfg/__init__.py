@@ -41,6 +41,26 @@ class IngestConfig(BaseModel):
     docs_per_shard: int = Field(default=50_000, gt=0)  # a large input file is split into shards of this many docs
 
 
+class ExperimentVariant(BaseModel):
+    """One data recipe of an experiment: the base recipe with some stages switched off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    skip: list[str] = Field(default_factory=list)  # stage sections of the recipe to leave out (e.g. quality_filter)
+
+
+class ExperimentConfig(BaseModel):
+    """A matrix of data recipes x model sizes x seeds, each trained on the same token budget and evaluated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    variants: dict[str, ExperimentVariant] = Field(min_length=1)
+    model_sizes: list[str] = Field(default_factory=lambda: ["tiny"])  # TrainParams presets (tasks.train.MODEL_PRESETS)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    target_tokens: int = Field(gt=0)  # every cell trains on exactly this many tokens (resampled per variant)
+
+
 class RunConfig(BaseModel):
     """One dataset recipe. Stage sections that are absent are skipped by the flows."""
 
@@ -63,10 +83,24 @@ class RunConfig(BaseModel):
     tokenize: TokenizeParams | None = None
     train: TrainParams | None = None
     evaluate: EvaluateParams | None = None
+    experiment: ExperimentConfig | None = None
+
+    def variant(self, skip: list[str]) -> "RunConfig":
+        """This recipe with the named stage sections removed (an experiment's data variant)."""
+        unknown = [s for s in skip if s not in _SKIPPABLE]
+        if unknown:
+            raise RecipeError(f"cannot skip {unknown}: skippable stages are {sorted(_SKIPPABLE)}")
+        return self.model_copy(update={s: None for s in skip})
 
     @property
     def root(self) -> str:
         return self.storage_root or os.environ.get("QUARRY_ROOT") or str(Path.cwd() / "data")
+
+
+_SKIPPABLE = {  # not heldout: every variant must be evaluated on the same never-trained-on documents
+    "quality_signals", "minhash_signatures", "datatrove_signals", "quality_filter", "exact_dedup",
+    "minhash_dedup",
+}
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:

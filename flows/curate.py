@@ -32,31 +32,36 @@ def composite(stage: str, fn, src: DatasetRef, params, profile: runtime.Profile)
     return fn(src, params, profile)
 
 
+def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> tuple[DatasetRef, DatasetRef | None]:
+    """The stages of a validated recipe, in order; returns (curated version, held-out version or None)."""
+    ref = ingest_task(cfg.ingest.sources, cfg.root, cfg.dataset, cfg.ingest.docs_per_shard, profile)
+    heldout = None
+    if cfg.heldout:  # evaluation text leaves before curation, so no stage (or model) ever sees it
+        heldout = run_stage(ref, "heldout", select_mod.split_by_doc_id, replace(cfg.heldout, side="heldout"), profile)
+        ref = run_stage(ref, "train_split", select_mod.split_by_doc_id, replace(cfg.heldout, side="train"), profile)
+    if cfg.quality_signals:
+        ref = run_stage(ref, "quality_signals", qs_mod.quality_signals, cfg.quality_signals, profile)
+    if cfg.minhash_signatures:
+        ref = run_stage(ref, "minhash_signatures", minhash_mod.minhash_signatures, cfg.minhash_signatures, profile)
+    if cfg.datatrove_signals:
+        ref = run_stage(ref, "datatrove_signals", dt_mod.datatrove_signals, cfg.datatrove_signals, profile)
+    if cfg.quality_filter:
+        ref = composite("quality_filter", steps.quality_filter, ref, cfg.quality_filter, profile)
+    if cfg.exact_dedup:
+        ref = composite("exact_dedup", steps.exact_dedup, ref, cfg.exact_dedup, profile)
+    if cfg.minhash_dedup:
+        ref = composite("minhash_dedup", steps.minhash_dedup, ref, cfg.minhash_dedup, profile)
+    publish_funnel(ref)
+    return run_stage(ref, "kept", select_mod.kept_documents, select_mod.KeptParams(), profile), heldout
+
+
 @flow(name="curate", log_prints=True)
 def curate(recipe: str) -> str:
     """Run the recipe's curation stages; returns the final dataset version (dataset/stage/version)."""
     cfg = datasets_cfg.load(recipe)
     profile = runtime.load_profile(cfg.cluster)
     with runtime.connected(profile):
-        ref = ingest_task(cfg.ingest.sources, cfg.root, cfg.dataset, cfg.ingest.docs_per_shard, profile)
-        if cfg.heldout:  # evaluation text leaves before curation, so no stage (or model) ever sees it
-            run_stage(ref, "heldout", select_mod.split_by_doc_id, replace(cfg.heldout, side="heldout"), profile)
-            ref = run_stage(ref, "train_split", select_mod.split_by_doc_id, replace(cfg.heldout, side="train"), profile)
-        if cfg.quality_signals:
-            ref = run_stage(ref, "quality_signals", qs_mod.quality_signals, cfg.quality_signals, profile)
-        if cfg.minhash_signatures:
-            ref = run_stage(ref, "minhash_signatures", minhash_mod.minhash_signatures, cfg.minhash_signatures, profile)
-        if cfg.datatrove_signals:
-            ref = run_stage(ref, "datatrove_signals", dt_mod.datatrove_signals, cfg.datatrove_signals, profile)
-        if cfg.quality_filter:
-            ref = composite("quality_filter", steps.quality_filter, ref, cfg.quality_filter, profile)
-        if cfg.exact_dedup:
-            ref = composite("exact_dedup", steps.exact_dedup, ref, cfg.exact_dedup, profile)
-        if cfg.minhash_dedup:
-            ref = composite("minhash_dedup", steps.minhash_dedup, ref, cfg.minhash_dedup, profile)
-        publish_funnel(ref)
-        ref = run_stage(ref, "kept", select_mod.kept_documents, select_mod.KeptParams(), profile)
-    return str(ref)
+        return str(curate_stages(cfg, profile)[0])
 
 
 if __name__ == "__main__":
