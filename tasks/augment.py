@@ -233,7 +233,9 @@ def aug_keys(batch: pa.Table, params: AugmentParams) -> pa.Array:
     return pa.array([aug_key(str(d), teacher, pj) for d in batch.column("doc_id").to_pylist()], pa.string())
 
 
-def pending_docs(batch: pa.Table, done: pa.Table | None, params: AugmentParams, *, retry_failed: bool = True) -> pa.Table:
+def pending_docs(
+    batch: pa.Table, done: pa.Table | None, params: AugmentParams, *, retry_failed: bool = True
+) -> pa.Table:
     """Rows of `batch` not yet augmented with these (teacher, template, params) according to `done` (previous
     augment output). Failed rows (aug_error set) count as not done unless retry_failed=False."""
     if done is None or done.num_rows == 0:
@@ -329,7 +331,10 @@ def _row(p: _Prepared, c: Completion | None, params: AugmentParams, teacher: str
 
 
 def parse_completions(
-    batch: pa.Table, prepared: Sequence[_Prepared], completions: Sequence[Completion | None], params: AugmentParams,
+    batch: pa.Table,
+    prepared: Sequence[_Prepared],
+    completions: Sequence[Completion | None],
+    params: AugmentParams,
     teacher: str,
 ) -> pa.Table:
     """The input batch plus the aug_* columns, one row per input row (completion None = never sent)."""
@@ -389,7 +394,9 @@ class Augmenter:
             for d, t in zip(batch.column("doc_id").to_pylist(), batch.column("text").to_pylist(), strict=True)
         ]
         todo = [i for i, p in enumerate(prepared) if p.messages is not None]
-        done = self.backend.generate([prepared[i].messages for i in todo], self.sampling, [prepared[i].seed for i in todo])
+        done = self.backend.generate(
+            [prepared[i].messages for i in todo], self.sampling, [prepared[i].seed for i in todo]
+        )
         completions: list[Completion | None] = [None] * len(prepared)
         for i, c in zip(todo, done, strict=True):
             completions[i] = c
@@ -424,8 +431,15 @@ def vllm_preprocess(row: Mapping, params: AugmentParams) -> dict:
     out = dict(row)
     out[_CARRY] = json.dumps(list(row.keys()))
     out["aug_prep"] = json.dumps(
-        {"doc_id": p.doc_id, "document": p.document, "full_text": p.full_text, "doc_tokens": p.doc_tokens,
-         "truncated": p.truncated, "seed": p.seed, "error": p.error}
+        {
+            "doc_id": p.doc_id,
+            "document": p.document,
+            "full_text": p.full_text,
+            "doc_tokens": p.doc_tokens,
+            "truncated": p.truncated,
+            "seed": p.seed,
+            "error": p.error,
+        }
     )
     if p.messages is None:
         out["messages"] = [{"role": "user", "content": "."}]
@@ -442,8 +456,16 @@ def vllm_postprocess(row: Mapping, params: AugmentParams) -> dict:
     Ray's vLLM stage reports no finish reason: a generation that used all max_tokens is "length", else "stop".
     Engine failures (`__inference_error__`, with should_continue_on_error=True) become error rows."""
     prep = json.loads(row["aug_prep"])
-    p = _Prepared(prep["doc_id"], prep["document"], prep["full_text"], prep["doc_tokens"], prep["truncated"],
-                  prep["seed"], None, prep["error"])
+    p = _Prepared(
+        prep["doc_id"],
+        prep["document"],
+        prep["full_text"],
+        prep["doc_tokens"],
+        prep["truncated"],
+        prep["seed"],
+        None,
+        prep["error"],
+    )
     if p.error is not None:
         c = None
     elif row.get("__inference_error__"):
@@ -451,8 +473,13 @@ def vllm_postprocess(row: Mapping, params: AugmentParams) -> dict:
     else:
         n_gen = int(row.get("num_generated_tokens") or 0)
         reason = "length" if n_gen >= params.max_new_tokens else "stop"
-        c = Completion(row.get("generated_text"), reason, row.get("num_input_tokens"), n_gen,
-                       float(row.get("time_taken_llm") or 0.0))
+        c = Completion(
+            row.get("generated_text"),
+            reason,
+            row.get("num_input_tokens"),
+            n_gen,
+            float(row.get("time_taken_llm") or 0.0),
+        )
     out = {k: row[k] for k in json.loads(row[_CARRY]) if k in row}
     out.update(_row(p, c, params, params.model, _params_json(params)))
     return out

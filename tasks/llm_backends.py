@@ -161,7 +161,9 @@ class LocalBackend:
             self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_list
         ]
 
-    def generate(self, messages_list: Sequence[list[dict]], sampling: Sampling, seeds: Sequence[int]) -> list[Completion]:
+    def generate(
+        self, messages_list: Sequence[list[dict]], sampling: Sampling, seeds: Sequence[int]
+    ) -> list[Completion]:
         """One completion per message list, in input order."""
         return self.generate_prompts(self.chat_prompts(messages_list), sampling, seeds)
 
@@ -262,7 +264,9 @@ class OpenAIBackend:
     def close(self) -> None:
         self._client.close()
 
-    def generate(self, messages_list: Sequence[list[dict]], sampling: Sampling, seeds: Sequence[int]) -> list[Completion]:
+    def generate(
+        self, messages_list: Sequence[list[dict]], sampling: Sampling, seeds: Sequence[int]
+    ) -> list[Completion]:
         """One completion per message list, in input order; failures come back as finish_reason "error"."""
         with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(lambda a: self._one(a[0], sampling, a[1]), zip(messages_list, seeds, strict=True)))
@@ -307,7 +311,9 @@ class OpenAIBackend:
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
                 time.sleep(min(self.max_backoff_s, retry_after) if retry_after is not None else delay)
         attempts = attempt + 1
-        return Completion(None, "error", None, None, time.perf_counter() - t0, self._redact(f"{error} ({attempts} attempts)"))
+        return Completion(
+            None, "error", None, None, time.perf_counter() - t0, self._redact(f"{error} ({attempts} attempts)")
+        )
 
     def _parse(self, r, latency: float) -> Completion:
         try:
@@ -321,6 +327,12 @@ class OpenAIBackend:
         except (ValueError, KeyError, IndexError, TypeError) as e:
             return Completion(None, "error", None, None, latency, self._redact(f"bad response: {e}: {r.text[:200]}"))
         if reason not in ("stop", "length"):  # content_filter, tool_calls, ...: not a thinking trace
-            return Completion(text, "error", usage.get("prompt_tokens"), usage.get("completion_tokens"), latency,
-                              f"finish_reason {reason!r}")
+            return Completion(
+                text,
+                "error",
+                usage.get("prompt_tokens"),
+                usage.get("completion_tokens"),
+                latency,
+                f"finish_reason {reason!r}",
+            )
         return Completion(text, reason, usage.get("prompt_tokens"), usage.get("completion_tokens"), latency)

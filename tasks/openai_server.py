@@ -69,7 +69,9 @@ class MicroBatcher:
                 groups.setdefault(j.sampling, []).append(j)
             for sampling, group in groups.items():
                 try:
-                    results = self.backend.generate_prompts([j.prompt for j in group], sampling, [j.seed for j in group])
+                    results = self.backend.generate_prompts(
+                        [j.prompt for j in group], sampling, [j.seed for j in group]
+                    )
                 except Exception as e:  # never leave a client hanging
                     results = [Completion(None, "error", None, None, 0.0, f"{type(e).__name__}: {e}")] * len(group)
                 for j, r in zip(group, results, strict=True):
@@ -150,8 +152,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat(self, body: dict) -> None:
         messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in messages
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in messages)
         ):
             raise BadRequest("messages must be a non-empty list of {role, content: str}")
         sampling, seed = _sampling(body)
@@ -160,8 +164,11 @@ class _Handler(BaseHTTPRequestHandler):
         if c.finish_reason == "error":
             self._error(500, c.error or "generation failed", "server_error")
             return
-        choice = {"index": 0, "message": {"role": "assistant", "content": _cut_at_stop(c.text, sampling.stop)},
-                  "finish_reason": c.finish_reason}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": _cut_at_stop(c.text, sampling.stop)},
+            "finish_reason": c.finish_reason,
+        }
         self._send(200, self._envelope("chat.completion", [choice], [c]))
 
     def _completions(self, body: dict) -> None:
@@ -184,8 +191,10 @@ class _Handler(BaseHTTPRequestHandler):
         if failed:
             self._error(500, failed[0].error if failed[0] else "generation failed", "server_error")
             return
-        choices = [{"index": i, "text": _cut_at_stop(r.text, sampling.stop), "finish_reason": r.finish_reason}
-                   for i, r in enumerate(results)]
+        choices = [
+            {"index": i, "text": _cut_at_stop(r.text, sampling.stop), "finish_reason": r.finish_reason}
+            for i, r in enumerate(results)
+        ]
         self._send(200, self._envelope("text_completion", choices, results))
 
     def _envelope(self, obj: str, choices: list, comps: list) -> dict:
@@ -202,8 +211,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    *, host: str = "127.0.0.1", port: int = 8000, model: str = SMOLLM2, max_batch: int = 8, window_ms: float = 10.0,
-    num_threads: int | None = None, verbose: bool = False,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model: str = SMOLLM2,
+    max_batch: int = 8,
+    window_ms: float = 10.0,
+    num_threads: int | None = None,
+    verbose: bool = False,
 ) -> ThreadingHTTPServer:
     """A ready (model loaded) server; call serve_forever() on it. port=0 picks a free port (see server_address)."""
     backend = LocalBackend(model, batch_size=max_batch, num_threads=num_threads)
@@ -225,8 +240,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--verbose", action="store_true", help="log every request")
     args = ap.parse_args(argv)
-    server = make_server(host=args.host, port=args.port, model=args.model, max_batch=args.max_batch,
-                         window_ms=args.window_ms, num_threads=args.threads, verbose=args.verbose)
+    server = make_server(
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        max_batch=args.max_batch,
+        window_ms=args.window_ms,
+        num_threads=args.threads,
+        verbose=args.verbose,
+    )
     host, port = server.server_address[:2]
     print(f"listening on http://{host}:{port}", flush=True)  # the ready line tests and scripts wait for
     try:
