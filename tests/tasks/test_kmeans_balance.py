@@ -116,12 +116,15 @@ def test_empty_cluster_keeps_its_centroid():
     assert kept[0].tolist() == [0, 0, 0, 0] and kept[1].tolist() == [0.5] * 4
 
 
-def test_partial_sums_over_shards_add_up_to_the_whole_in_float64():
+def test_partial_sums_over_shards_add_up_to_the_whole_and_match_float64_numpy():
     x, _ = _mixture(sizes=(300, 200, 100), dim=8, seed=4)
     c = x[:5]
     whole = assign_and_partial_sums(x, c, device="cpu")
     parts = [assign_and_partial_sums(s, c, device="cpu") for s in np.array_split(x, 3)]
     assert whole[0].dtype == np.float64
+    labels = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), 1)
+    exact = np.stack([x[labels == j].astype(np.float64).sum(0) for j in range(5)])
+    assert np.allclose(whole[0], exact, rtol=0, atol=1e-9)
     assert np.allclose(sum(p[0] for p in parts), whole[0], rtol=0, atol=1e-9)
     assert np.array_equal(sum(p[1] for p in parts), whole[1])
     assert sum(p[2] for p in parts) == pytest.approx(whole[2], rel=1e-9)
@@ -375,3 +378,13 @@ def test_cuda_fit_matches_cpu_inertia():
         KMeansParams(device="auto")
         and str(__import__("tasks.kmeans_balance").kmeans_balance.resolve_device()) == "cuda"
     )
+
+
+def test_sums_do_not_drift_over_millions_of_points():
+    x = np.full((2_000_000, 1), 0.1, dtype=np.float32)
+    sums, counts, _ = assign_and_partial_sums(x, np.zeros((1, 1), np.float32), device="cpu")
+    exact = 2_000_000 * float(np.float32(0.1))
+    assert counts[0] == 2_000_000
+    assert abs(sums[0, 0] - exact) / exact < 1e-6
+    naive = torch.zeros(1, 1).index_add_(0, torch.zeros(2_000_000, dtype=torch.int64), torch.from_numpy(x))
+    assert abs(float(naive[0, 0]) - exact) / exact > 1e-4, "a single float32 accumulator would drift"
