@@ -149,6 +149,9 @@ def server_up(
     if _healthy(api_url):
         raise RuntimeError(f"port {port} already serves a Prefect API that quarry did not start; choose --port")
     env = _prefect_env(home, None)
+    # the UI's browser code calls the API at this URL (its default is port 4200, whatever port we serve on)
+    if not env.get("PREFECT_UI_API_URL") and not env.get("PREFECT_SERVER_UI_API_URL"):
+        env["PREFECT_UI_API_URL"] = api_url
     db_url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
     pid = _spawn(cmd, env, sd / "server.log", sd / "server.pid")
@@ -504,7 +507,12 @@ def list_deployments(api_url: str | None = None) -> list[dict]:
                     "id": str(d.id),
                     "parameters": d.parameters,
                     "schedules": [getattr(s.schedule, "cron", None) or str(s.schedule) for s in d.schedules],
-                    "concurrency_limit": d.concurrency_limit,
+                    # Prefect 3 keeps a deployment's limit as a global concurrency limit object
+                    "concurrency_limit": d.concurrency_limit
+                    or (d.global_concurrency_limit.limit if d.global_concurrency_limit else None),
+                    "collision_strategy": str(d.concurrency_options.collision_strategy.value)
+                    if d.concurrency_options
+                    else None,
                     "work_pool": d.work_pool_name,
                     "pull_steps": d.pull_steps,
                 }
