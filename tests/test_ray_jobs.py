@@ -150,3 +150,31 @@ def test_ingest_submitted_as_a_ray_job_succeeds_and_streams_its_logs(tmp_path, r
     counts = dict(con.execute("select domain, count(*) from rayjob__ingest group by 1").fetchall())
     assert counts == {"web": 30, "arxiv": 20}
     assert jobs.job_logs(job_id, ray_head).strip()  # the job server kept the full log
+
+
+def test_cluster_launcher_config_passes_rays_schema_with_a_cpu_head_and_a_gpu_group():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((REPO / "ray_cluster" / "gpu8.cluster.yaml").read_text()))
+    validate_config(config)  # Ray's own ray-schema.json
+    nodes = config["available_node_types"]
+    assert nodes[config["head_node_type"]]["resources"].get("GPU", 0) == 0
+    assert any(n["resources"].get("GPU", 0) >= 1 for n in nodes.values())
+    assert "2.60.0" in config["docker"]["image"]  # the Ray the job client runs
+
+
+def test_kuberay_manifests_define_a_gpu_worker_group_and_a_job_with_the_cli_entrypoint():
+    cluster = yaml.safe_load((REPO / "ray_cluster" / "kuberay" / "raycluster.yaml").read_text())
+    job = yaml.safe_load((REPO / "ray_cluster" / "kuberay" / "rayjob.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
+        assert spec["rayVersion"] == "2.60.0"
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+        gpu = [g for g in spec["workerGroupSpecs"] if g["rayStartParams"].get("num-gpus")]
+        limits = gpu[0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == gpu[0]["rayStartParams"]["num-gpus"]
+    assert job["spec"]["entrypoint"] == jobs.entrypoint("curate", "datasets_cfg/tiny.yaml")
+    assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["QUARRY_PROFILE"] == "gpu8"
+    text = "\n".join(p.read_text() for p in (REPO / "ray_cluster").rglob("*.yaml"))
+    assert "aws_secret_access_key" not in text.lower() and "password" not in text.lower()  # infra only, no secrets
