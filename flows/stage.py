@@ -185,6 +185,10 @@ def _ingest_stats(results: list[dict], elapsed: float) -> dict:
 
 def _publish_table(key: str, rows: list[dict], description: str) -> None:
     """A Prefect table artifact when running inside a flow; silently nothing in plain Python."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        return  # outside a run Prefect would start a temporary API server just to store the artifact
     try:
         create_table_artifact(key=key, table=rows, description=description)
     except Exception:
