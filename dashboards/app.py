@@ -177,7 +177,9 @@ def _chart(st, panel: Panel, df) -> None:
         enc["xOffset"] = a["offset"]
     chart = mark.encode(**enc)
     if "facet" in a:
-        chart = chart.properties(width=260, height=160).facet(facet=a["facet"], columns=2).resolve_scale(x="independent")
+        chart = (
+            chart.properties(width=260, height=160).facet(facet=a["facet"], columns=2).resolve_scale(x="independent")
+        )
     st.altair_chart(chart, use_container_width="facet" not in a)
 
 

@@ -579,7 +579,12 @@ def flow_run_result(flow_run_id: str, api_url: str | None = None) -> dict:
 
     with using_api(api_url), get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(flow_run_id))
-        return {"id": flow_run_id, "name": run.name, "state": run.state.name if run.state else None, "parameters": run.parameters}
+        return {
+            "id": flow_run_id,
+            "name": run.name,
+            "state": run.state.name if run.state else None,
+            "parameters": run.parameters,
+        }
 
 
 # ----------------------------------------------------------------------------------------------- command line

@@ -61,7 +61,8 @@ def _fingerprint(uri: str) -> tuple[int | None, str]:
 
 def new_files(sources: list[IngestSource], state: pa.Table) -> tuple[list[tuple[int, str]], list[str]]:
     """(source index, file) of every listed file not taken yet, and the taken files that changed since."""
-    taken = dict(zip(state["file"].to_pylist(), zip(state["size"].to_pylist(), state["mtime"].to_pylist())))
+    sizes_mtimes = zip(state["size"].to_pylist(), state["mtime"].to_pylist(), strict=True)
+    taken = dict(zip(state["file"].to_pylist(), sizes_mtimes, strict=True))
     fresh, changed = [], []
     for s, uri in stage.list_input_files(sources):
         if uri not in taken:
@@ -73,14 +74,21 @@ def new_files(sources: list[IngestSource], state: pa.Table) -> tuple[list[tuple[
 
 @task(cache_policy=NO_CACHE, task_run_name="watch_state")
 def record_taken(
-    root: str, dataset: str, previous: DatasetRef | None, state: pa.Table, batch: DatasetRef, files: list[tuple[str, str]]
+    root: str,
+    dataset: str,
+    previous: DatasetRef | None,
+    state: pa.Table,
+    batch: DatasetRef,
+    files: list[tuple[str, str]],
 ) -> DatasetRef:
     """Commit a new state version: the previous rows plus one row per file of ``batch``."""
     now = dt.datetime.now(dt.timezone.utc).isoformat()
     rows = []
     for prefix, uri in files:
         size, mtime = _fingerprint(uri)
-        rows.append({"prefix": prefix, "file": uri, "size": size, "mtime": mtime, "batch": str(batch), "taken_at": now})
+        rows.append(
+            {"prefix": prefix, "file": uri, "size": size, "mtime": mtime, "batch": str(batch), "taken_at": now}
+        )
     table = pa.concat_tables([state, pa.Table.from_pylist(rows, schema=STATE_SCHEMA)])
     parents = [p for p in (previous, batch) if p is not None]
     ref = datasets.derive(parents, STATE_STAGE, sys.modules[__name__], None)

@@ -38,7 +38,9 @@ def _dashboard_url(address: str | None) -> str:
     """The job server (Ray dashboard) URL: the given address, $RAY_ADDRESS, or the local head's default port."""
     address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     if address.startswith("ray://"):
-        raise ValueError(f"{address!r} is a Ray Client address; job submission needs the dashboard, http://<head>:8265")
+        raise ValueError(
+            f"{address!r} is a Ray Client address; job submission needs the dashboard, http://<head>:8265"
+        )
     return address if "://" in address else f"http://{address}"
 
 

@@ -79,7 +79,9 @@ class Browser:
         self.proc.wait(timeout=30)
         shutil.rmtree(self.profile, ignore_errors=True)
 
-    def render(self, url: str, expect: list[str], screenshot: Path, timeout: float = 120, full_height: int | None = None) -> str:
+    def render(
+        self, url: str, expect: list[str], screenshot: Path, timeout: float = 120, full_height: int | None = None
+    ) -> str:
         """Open ``url``, wait until the page text holds every ``expect`` string, screenshot it; returns the text."""
         return asyncio.run(self._render(url, expect, screenshot, timeout, full_height))
 
@@ -166,8 +168,12 @@ def _build_store(root: Path) -> dict:
     dedup = _write(filtered, "minhash_dedup", pa.table({
         "doc_id": ids["doc_id"], "mh_cluster_id": [f"c{i // 3 if i < 9 else i}" for i in range(n)],
         "mh_cluster_size": [3 if i < 9 else 1 for i in range(n)]}))  # fmt: skip
-    assign = _write(dedup, "kmeans_assign", pa.table({"doc_id": ids["doc_id"], "km_l1": [i % 4 if i % 5 else 0 for i in range(n)]}))
-    sample = _write(assign, "kmeans_sample", pa.table({"doc_id": ids["doc_id"][:40], "km_l1": [i % 4 for i in range(40)]}))
+    assign = _write(
+        dedup, "kmeans_assign", pa.table({"doc_id": ids["doc_id"], "km_l1": [i % 4 if i % 5 else 0 for i in range(n)]})
+    )
+    sample = _write(
+        assign, "kmeans_sample", pa.table({"doc_id": ids["doc_id"][:40], "km_l1": [i % 4 for i in range(40)]})
+    )
     aug = _write(sample, "augment", pa.table({
         "aug_source_id": ids["doc_id"][:10], "domain": ids["domain"][:10],
         "text": [f"<think>step {i}</think> " + t for i, t in enumerate(ids["text"][:10].to_pylist())]}))  # fmt: skip
@@ -178,7 +184,14 @@ def _build_store(root: Path) -> dict:
         "model_version": ["m1"] * 4 + ["m2"] * 4, "task": ["arc_easy", "arc_easy", "heldout/web", "heldout/web"] * 2,
         "metric": ["acc", "acc_norm", "bits_per_byte", "perplexity"] * 2,
         "value": [0.31, 0.30, 1.9, 40.0, 0.35, 0.33, 1.7, 33.0], "stderr": [0.02] * 8, "n": [100] * 8}))  # fmt: skip
-    return {"docs": docs, "signals": signals, "filtered": filtered, "n": n, "kept": sum(ids["keep"].to_pylist()), "eval": ev}
+    return {
+        "docs": docs,
+        "signals": signals,
+        "filtered": filtered,
+        "n": n,
+        "kept": sum(ids["keep"].to_pylist()),
+        "eval": ev,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +300,10 @@ def test_dashboard_renders_every_panel_in_headless_chromium(store, tmp_path):
         titles = [p.title for p in app.load_panels()]
         shot = tmp_path / "dashboard.png"
         text = browser.render(
-            f"http://127.0.0.1:{port}/", expect=[*titles, "experiment_comparison.sql"], screenshot=shot, full_height=9000
+            f"http://127.0.0.1:{port}/",
+            expect=[*titles, "experiment_comparison.sql"],
+            screenshot=shot,
+            full_height=9000,
         )
         assert "failed:" not in text  # no panel raised
         assert "no data yet: run python -m flows.watch" in text  # the one panel without data says what to run

@@ -76,7 +76,9 @@ def test_server_deploys_and_runs_ingest_with_new_parameters_publishing_artifacts
     assert listed["watch/tiny"]["schedules"] == ["0 2 * * *"] and listed["watch/tiny"]["concurrency_limit"] == 1
     assert listed["watch/tiny"]["collision_strategy"] == "CANCEL_NEW"
     assert listed["ingest/tiny"]["work_pool"] == deploy.DEFAULT_POOL
-    assert listed["ingest/tiny"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+    assert listed["ingest/tiny"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"][
+        "directory"
+    ] == str(REPO)
 
     recipe = tmp_path / "deployed.yaml"
     recipe.write_text(yaml.safe_dump({
