@@ -337,6 +337,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, params))
 
     step, resumed_from = 0, None
+    last_loss = float("nan")
     latest = _latest_checkpoint(ckpt_dir)
     if latest is not None:
         state = torch.load(latest, map_location=device, weights_only=False)  # our own file: holds numpy RNG state
@@ -349,6 +350,8 @@ def train(
         step, resumed_from = int(state["step"]), str(latest)
         if is_main:
             _trim_metrics(metrics_dir, step)
+            with contextlib.suppress(FileNotFoundError):
+                last_loss = read_metrics(out)["loss"][-1].as_py()  # a finished run re-called reports its loss
 
     ddp = None
     if distributed:
@@ -361,7 +364,6 @@ def train(
     peak = _peak_flops(params, device)
     tokens_np = data.tokens
     pending: list[dict] = []
-    last_loss = float("nan")
 
     def checkpoint() -> None:
         if is_main:

@@ -78,6 +78,9 @@ def test_kill_and_resume_replays_the_same_loss_curve(data_dir, tmp_path):
     m = read_metrics(tmp_path / "killed")
     assert m["step"].to_pylist() == list(range(1, 21))  # replayed steps 11-13 are not duplicated
     np.testing.assert_allclose(m["loss"].to_pylist(), straight, rtol=0, atol=1e-6)
+    again = train(params, data_dir, tmp_path / "killed")  # a finished run is a no-op that reports its result
+    assert again["steps"] == 20 and again["final_loss"] == pytest.approx(straight[-1], abs=1e-6)
+    assert read_metrics(tmp_path / "killed").num_rows == 20
 
 
 def test_resume_with_changed_params_is_refused(data_dir, tmp_path):
