@@ -54,7 +54,7 @@ AUG_SCHEMA = pa.schema(
         ("aug_prompt_tokens", pa.int64()),
         ("aug_completion_tokens", pa.int64()),
         ("aug_finish_reason", pa.string()),  # "stop" | "length" | "error"
-        ("aug_latency_s", pa.float64()),
+        ("aug_latency_s", pa.float64()),  # local: its generate() chunk's wall time; openai: incl. retries
         ("aug_error", pa.string()),
         ("aug_key", pa.string()),
     ]
@@ -241,7 +241,7 @@ def pending_docs(
     if done is None or done.num_rows == 0:
         return batch
     ok = done if not retry_failed else done.filter(pc.is_null(done.column("aug_error")))
-    return batch.filter(pc.invert(pc.is_in(aug_keys(batch, params), value_set=ok.column("aug_key"))))
+    return batch.filter(pc.invert(pc.is_in(aug_keys(batch, params), value_set=ok.column("aug_key").combine_chunks())))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -272,6 +272,16 @@ def test_augments_8_real_documents_with_full_provenance(augmenter, tokenizer):
     )
 
 
+def test_empty_batch_gives_an_empty_table_with_the_aug_columns(augmenter):
+    out = augmenter(pa.table({"doc_id": pa.array([], pa.string()), "text": pa.array([], pa.string())}))
+    assert out.num_rows == 0 and out.select(AUG_SCHEMA.names).schema == AUG_SCHEMA
+
+
+def test_missing_text_column_is_a_clear_error(augmenter):
+    with pytest.raises(KeyError, match="doc_id and text"):
+        augmenter(pa.table({"doc_id": ["a"]}))
+
+
 def test_hitting_max_new_tokens_reports_length(augmenter):
     msgs = [build_messages("Explain in great detail how a steam engine works.", augmenter.params)]
     c = augmenter.backend.generate(msgs, Sampling(0.6, 0.9, 3, ("</think>",)), [1])[0]
