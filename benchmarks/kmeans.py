@@ -32,6 +32,13 @@ C4 = REPO / ".." / "shared" / "data" / "web" / "c4_sample" / "c4_sample.jsonl"
 
 
 def _rss_mb() -> float:
+    """Peak RSS of this process: VmHWM (ru_maxrss survives exec, so it would report the parent's data generation)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
