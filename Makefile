@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test browser lint bench clean freeze
 
 setup: $(STAMP)
 
@@ -30,7 +30,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/quarry run demo datasets_cfg/tiny.yaml
 
-test: setup
+# Debian's Chromium renders the dashboard in its browser test (skipped, with the reason, where it cannot install)
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the dashboard browser test will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q -p no:randomly
 
 lint: setup

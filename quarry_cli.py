@@ -32,6 +32,7 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 # flow name -> module:function; a flow is a verb and its module has the same name (design §4)
 FLOWS = {
     "ingest": "flows.ingest:ingest",
+    "watch": "flows.watch:watch",
     "curate": "flows.curate:curate",
     "augment": "flows.augment:augment",
     "train": "flows.train:train",
@@ -202,6 +203,95 @@ def gc(
     for r in doomed:
         ds.delete_version(ds.ref_from_string(root, r["ref"]))
     console.print(f"deleted {len(doomed)} versions")
+
+
+# ---------------------------------------------------------------------------------------------- service commands
+server_app = typer.Typer(no_args_is_help=True, help="A local Prefect server (SQLite, or Postgres) and a process worker.")
+app.add_typer(server_app, name="server")
+ray_app = typer.Typer(no_args_is_help=True, help="Run flows on a Ray cluster.")
+app.add_typer(ray_app, name="ray")
+
+
+@server_app.command("up")
+def server_up(
+    port: int = typer.Option(4200, help="API and UI port"),
+    host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 to serve a team)"),
+    worker: bool = typer.Option(True, help="also start a process worker on the quarry-process pool"),
+) -> None:
+    """Start the Prefect server and a worker in the background (pid files and logs in .quarry/)."""
+    from flows import deploy
+
+    info = deploy.server_up(host=host, port=port, worker=worker)
+    console.print(f"[green]Prefect UI[/green] {info['ui_url']}   API {info['api_url']}   database {info['database']}")
+    console.print(f"export PREFECT_API_URL={info['api_url']}   # so `quarry run` reports to this server")
+
+
+@server_app.command("down")
+def server_down() -> None:
+    """Stop the worker and the server that `quarry server up` started."""
+    from flows import deploy
+
+    stopped = deploy.server_down()
+    console.print(f"stopped {', '.join(f'{k} ({v})' for k, v in stopped.items())}" if stopped else "nothing running")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Is the server healthy, is the worker running."""
+    from flows import deploy
+
+    status = deploy.server_status()
+    console.print_json(json.dumps(status))
+    if not status["healthy"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def deploy(
+    recipe: str | None = typer.Option(None, help="use this recipe as every deployment's `recipe` parameter"),
+    name: list[str] | None = typer.Option(None, "--name", "-n", help="only these deployments (flow/name)"),
+    api_url: str | None = typer.Option(None, help="Prefect API (default: the server from `quarry server up`)"),
+) -> None:
+    """Register the deployments of prefect.yaml (schedules, concurrency limits) whose flows exist."""
+    from flows import deploy as dep
+
+    for full_name, result in dep.deploy(api_url, recipe=recipe, names=name or None).items():
+        style = "yellow" if result.startswith("skipped") else "green"
+        console.print(f"[{style}]{full_name}[/{style}]  {result}")
+
+
+@ray_app.command("submit")
+def ray_submit(
+    flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
+    recipe: str = typer.Argument(..., help="a recipe inside this repo (shipped with the job) or a path the cluster can read"),
+    address: str | None = typer.Option(None, help="Ray dashboard URL, e.g. http://head:8265 (default $RAY_ADDRESS)"),
+    profile: str = typer.Option("gpu8", help="cluster profile the job uses (its address must be `auto`)"),
+    root: str | None = typer.Option(None, help="storage root on shared storage (QUARRY_ROOT), e.g. s3://bucket/quarry"),
+    wait: bool = typer.Option(True, help="stream the logs until the job ends"),
+    timeout: float | None = typer.Option(None, help="stop the job after this many seconds"),
+) -> None:
+    """Submit a flow as a Ray Job (runtime_env working_dir = this checkout) and stream its logs."""
+    from ray_cluster import jobs
+
+    if flow not in FLOWS:
+        raise typer.BadParameter(f"unknown flow {flow!r}; choose one of {', '.join(FLOWS)}")
+    job_id, status = jobs.submit(flow, recipe, address, profile=profile, root=root, wait=wait, timeout=timeout)
+    console.print(f"job {job_id}: [{'green' if status == 'SUCCEEDED' else 'red'}]{status}[/]")
+    if wait and status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@app.command()
+def dashboard(
+    port: int = typer.Option(8501, help="port to serve on"),
+    host: str = typer.Option("127.0.0.1", help="bind address"),
+    root: str | None = typer.Option(None, help="storage root (default $QUARRY_ROOT or ./data)"),
+) -> None:
+    """Open the read-only dashboard over the catalog (Streamlit) at http://HOST:PORT."""
+    from dashboards import app as dash
+
+    console.print(f"dashboard on http://{host}:{port}  (Ctrl-C to stop)")
+    raise typer.Exit(dash.serve(_root(root), port=port, host=host))
 
 
 def main() -> None:  # pragma: no cover

@@ -90,12 +90,14 @@ def connected(profile: Profile) -> Iterator[None]:
         runtime_env: dict[str, Any] = {}
         if profile.env_vars:
             runtime_env["env_vars"] = dict(profile.env_vars)
-        if profile.address in (None, "local"):
+        # Inside a Ray Job (or with RAY_ADDRESS set) join that cluster; the job already shipped the working dir.
+        in_job = bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"))
+        if profile.address in (None, "local") and not in_job:
             kwargs["address"] = "local"
             kwargs["num_cpus"] = profile.num_cpus or os.cpu_count()
         else:
-            kwargs["address"] = profile.address
-            if profile.working_dir:
+            kwargs["address"] = profile.address if profile.address not in (None, "local") else "auto"
+            if profile.working_dir and not in_job:
                 runtime_env["working_dir"] = profile.working_dir
                 runtime_env["excludes"] = ["tests/", "data/", ".venv/", ".git/"]
         if runtime_env:
