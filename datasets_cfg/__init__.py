@@ -17,13 +17,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.datatrove_signals import DatatroveSignalsParams
+from tasks.embed import EmbedParams
 from tasks.evaluate import EvaluateParams
 from tasks.exact_dedup import ExactDedupParams
 from tasks.ingest import IngestSource
+from tasks.kmeans_balance import BalanceParams, KMeansParams
 from tasks.minhash_dedup import FuzzyDedupParams, MinhashParams
 from tasks.quality_filter import QualityFilterParams
 from tasks.quality_signals import QualitySignalsParams
 from tasks.select import SplitParams
+from tasks.semdedup import SemDeDupParams
 from tasks.tokenize import TokenizeParams
 from tasks.train import TrainParams
 
@@ -79,13 +82,18 @@ class RunConfig(BaseModel):
     quality_filter: QualityFilterParams | None = None
     exact_dedup: ExactDedupParams | None = None
     minhash_dedup: FuzzyDedupParams | None = None
+    # embedding-space curation (Vo et al. 2024): needs embed + hkmeans; semdedup and balance are optional
+    embed: EmbedParams | None = None
+    hkmeans: KMeansParams | None = None
+    semdedup: SemDeDupParams | None = None
+    balance: BalanceParams | None = None
     # training and evaluation
     tokenize: TokenizeParams | None = None
     train: TrainParams | None = None
     evaluate: EvaluateParams | None = None
     experiment: ExperimentConfig | None = None
 
-    def variant(self, skip: list[str]) -> "RunConfig":
+    def variant(self, skip: list[str]) -> RunConfig:
         """This recipe with the named stage sections removed (an experiment's data variant)."""
         unknown = [s for s in skip if s not in _SKIPPABLE]
         if unknown:
@@ -99,7 +107,7 @@ class RunConfig(BaseModel):
 
 _SKIPPABLE = {  # not heldout: every variant must be evaluated on the same never-trained-on documents
     "quality_signals", "minhash_signatures", "datatrove_signals", "quality_filter", "exact_dedup",
-    "minhash_dedup",
+    "minhash_dedup", "embed", "hkmeans", "semdedup", "balance",
 }
 
 

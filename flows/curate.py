@@ -21,6 +21,7 @@ import tasks.minhash_dedup as minhash_mod
 import tasks.quality_signals as qs_mod
 import tasks.select as select_mod
 from flows import steps
+from flows.cluster import embedding_curation
 from flows.stage import ingest_task, publish_funnel, run_stage
 from ray_cluster import runtime
 from storage.datasets import DatasetRef
@@ -52,7 +53,10 @@ def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> tupl
     if cfg.minhash_dedup:
         ref = composite("minhash_dedup", steps.minhash_dedup, ref, cfg.minhash_dedup, profile)
     publish_funnel(ref)
-    return run_stage(ref, "kept", select_mod.kept_documents, select_mod.KeptParams(), profile), heldout
+    ref = run_stage(ref, "kept", select_mod.kept_documents, select_mod.KeptParams(), profile)
+    if cfg.embed and cfg.hkmeans:
+        ref = embedding_curation(ref, cfg, profile)
+    return ref, heldout
 
 
 @flow(name="curate", log_prints=True)

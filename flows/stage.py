@@ -252,7 +252,7 @@ def map_stage(
     done = datasets.existing_shards(dst)
     names = [posixpath.basename(u) for u in datasets.files(src)]
     items = []
-    for i, (name, uri) in enumerate(zip(names, datasets.files(src))):
+    for i, (name, uri) in enumerate(zip(names, datasets.files(src), strict=True)):
         if name in done:
             continue
         item = {

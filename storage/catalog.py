@@ -153,12 +153,13 @@ ORDER BY l.depth, l.ref
 
 def lineage(con: duckdb.DuckDBPyConnection, ref: str | datasets.DatasetRef) -> pa.Table:
     """Every version ``ref`` was derived from (depth 0 is ``ref`` itself)."""
-    return con.sql(LINEAGE_SQL, params=[str(ref)]).to_arrow_table()
+    # a cursor (same database) so a caller's half-fetched result on ``con`` does not block this query (DuckDB 2)
+    return con.cursor().sql(LINEAGE_SQL, params=[str(ref)]).to_arrow_table()
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     """Run SQL and return an Arrow table."""
-    result = con.sql(sql)
+    result = con.cursor().sql(sql)
     if result is None:
         return pa.table({})
     return result.to_arrow_table()

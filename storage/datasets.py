@@ -357,6 +357,13 @@ def write_table(ref: DatasetRef, table: pa.Table, *, max_rows_per_shard: int = 1
     return commit(ref, **commit_kwargs)
 
 
+def read_shard(ref: DatasetRef, name: str) -> pa.Table:
+    """One shard of a (possibly not yet committed) version: resume logic reads what an earlier attempt wrote."""
+    fs, path = filesystem(shard_uri(ref, name))
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
 def files(ref: DatasetRef) -> list[str]:
     """The shard URIs of a committed version, as its manifest lists them."""
     manifest = read_manifest(ref)

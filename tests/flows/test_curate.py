@@ -34,9 +34,10 @@ def test_curate_runs_twice_to_the_same_version_and_explains_its_funnel(tiny_reci
 
     con = catalog.connect(root)
     stages = {r[0] for r in con.execute("select stage from versions where dataset = 'tiny'").fetchall()}
-    assert {"ingest", "quality_signals", "minhash_signatures", "quality_filter", "exact_dedup", "minhash_dedup", "kept"} <= stages
+    assert {"ingest", "heldout", "train_split", "quality_signals", "minhash_signatures", "quality_filter", "exact_dedup",
+            "minhash_dedup", "kept", "embed", "hkmeans", "semdedup", "balance", "curated"} <= stages
     funnel = dict(con.execute("select coalesce(drop_reason, 'kept'), count(*) from tiny__minhash_dedup group by 1").fetchall())
-    ingested = con.execute("select count(*) from tiny__ingest").fetchone()[0]
+    ingested = con.execute("select count(*) from tiny__train_split").fetchone()[0]
     assert sum(funnel.values()) == ingested  # no document disappears from the funnel
     # the recipe ingests 30 C4 documents twice (c4_sample and gold/c4_docs): the copies are exact URL duplicates
     assert funnel.get("ed_url_duplicate", 0) >= 1
@@ -50,5 +51,15 @@ def test_curate_runs_twice_to_the_same_version_and_explains_its_funnel(tiny_reci
     # signals are the RPv2 names, queryable per domain
     by_domain = dict(con.execute("select domain, avg(rps_doc_word_count) from tiny__quality_signals group by 1").fetchall())
     assert set(by_domain) == {"web", "wikipedia", "code", "stackexchange", "arxiv"}
+    # embeddings are unit vectors; every kept doc has cluster labels at both levels; the sample meets its target
+    norms = con.execute("select min(list_dot_product(embedding::float[], embedding::float[])), "
+                        "max(list_dot_product(embedding::float[], embedding::float[])) from tiny__embed").fetchone()
+    assert 0.999 < norms[0] <= norms[1] < 1.001
+    assert con.execute("select count(*), count(distinct km_l1), count(distinct km_l2) from tiny__hkmeans").fetchone() == (kept, 12, 4)
+    assert con.execute("select count(*) from tiny__curated").fetchone()[0] == 100
+    stats = con.execute("select level, kl_uniform_before, kl_uniform_after from tiny__balance_level_stats order by level").fetchall()
+    assert [s[0] for s in stats] == [1, 2] and stats[1][2] <= stats[1][1]  # the top level gets more uniform
+    held = con.execute("select count(*) from tiny__heldout h join tiny__curated c using (doc_id)").fetchone()[0]
+    assert held == 0  # held-out documents never reach the curated data
     lineage = catalog.lineage(con, first)["stage"].to_pylist()
-    assert lineage[0] == "kept" and "ingest" in lineage
+    assert lineage[0] == "curated" and "ingest" in lineage and "balance" in lineage
