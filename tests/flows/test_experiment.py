@@ -18,7 +18,7 @@ def experiment_recipe(tmp_path_factory):
         src["path"] = str((REPO / "datasets_cfg" / src["path"]).resolve())
     data["evaluate"]["eval_dir"] = str((REPO / "datasets_cfg" / data["evaluate"]["eval_dir"]).resolve())
     data["storage_root"] = str(tmp / "store")
-    data["experiment"]["seeds"] = [0]  # 2 cells (raw, curated) keep CI short; the recipe itself runs 2 seeds
+    data["experiment"]["seeds"] = [0]  # 3 cells keep CI short; the recipe itself runs 2 seeds
     data["train"]["max_steps"] = 30
     path = tmp / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -34,7 +34,7 @@ def test_experiment_matrix_trains_evaluates_and_compares(experiment_recipe, pref
     root = str(experiment_recipe.parent / "store")
     con = catalog.connect(root)
     cells = con.execute("select distinct variant, model_size, seed from tiny_matrix__experiment order by 1").fetchall()
-    assert cells == [("curated", "tiny", 0), ("raw", "tiny", 0)]
+    assert cells == [("balanced", "tiny", 0), ("filtered_dedup", "tiny", 0), ("raw", "tiny", 0)]
     # every cell has held-out bits/byte and the harness tasks, with stderr and n
     got = con.execute(
         "select variant, count(distinct task) from tiny_matrix__experiment "
@@ -45,7 +45,7 @@ def test_experiment_matrix_trains_evaluates_and_compares(experiment_recipe, pref
     assert all(0 < v < 10 for (v,) in bpb)
     # each cell trained: the loss went down over its 30 steps, on its own model version
     train_refs = [r[0] for r in con.execute("select ref from versions where stage = 'train'").fetchall()]
-    assert len(train_refs) == 2
+    assert len(train_refs) == 3
     for ref in train_refs:
         m = datasets.read_table(datasets.ref_from_string(root, ref)).sort_by("step")
         loss = m["loss"].to_pylist()
