@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tasks.augment import AugmentParams
 from tasks.datatrove_signals import DatatroveSignalsParams
 from tasks.embed import EmbedParams
 from tasks.evaluate import EvaluateParams
@@ -87,6 +88,7 @@ class RunConfig(BaseModel):
     hkmeans: KMeansParams | None = None
     semdedup: SemDeDupParams | None = None
     balance: BalanceParams | None = None
+    augment: AugmentParams | None = None  # TPT: run by the augment flow on the curated documents
     # training and evaluation
     tokenize: TokenizeParams | None = None
     train: TrainParams | None = None

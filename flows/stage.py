@@ -235,6 +235,7 @@ def map_stage(
     stateful: bool = False,
     side: dict[str, DatasetRef] | None = None,
     code: Any = None,
+    stats_fn: Callable[[DatasetRef], dict] | None = None,
     fail_from_shard: int | None = None,
 ) -> DatasetRef:
     """Run a per-batch function (or a callable class, ``stateful=True``) over every shard of ``src``.
@@ -274,12 +275,15 @@ def map_stage(
         results = runtime.run_shards(items, work, resources, profile=profile, desc=stage)
     elapsed = time.perf_counter() - t0
     rows_in = sum(r["rows_in"] for r in results)
+    stats = {"shards_computed": len(results), "shards_resumed": len(done), "seconds": round(elapsed, 3), "rows_in_computed": rows_in}
+    if stats_fn is not None:
+        stats.update(stats_fn(dst))
     manifest = datasets.commit(
         dst,
         parents=[src, *side.values()],
         params=params,
         code=datasets.code_hash(code),
-        extra={"stats": {"shards_computed": len(results), "shards_resumed": len(done), "seconds": round(elapsed, 3), "rows_in_computed": rows_in}},
+        extra={"stats": stats},
     )
     log.info(f"{stage}: {manifest['num_rows']} rows ({len(results)} shards computed, {len(done)} resumed) -> {dst.uri}")
     return dst

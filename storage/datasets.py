@@ -364,6 +364,12 @@ def read_shard(ref: DatasetRef, name: str) -> pa.Table:
         return pq.read_table(f)
 
 
+def read_table_uncommitted(ref: DatasetRef) -> pa.Table:
+    """Every shard written so far (for a stage's own bookkeeping just before its commit)."""
+    tables = [read_shard(ref, name) for name in sorted(existing_shards(ref))]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+
+
 def files(ref: DatasetRef) -> list[str]:
     """The shard URIs of a committed version, as its manifest lists them."""
     manifest = read_manifest(ref)
