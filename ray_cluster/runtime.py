@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -119,7 +120,14 @@ def _quiet_ray_data() -> None:
 def _progress(desc: str, total: int) -> Iterator[Callable[[], None]]:
     """A Rich progress bar over shards (stderr), so long stages show how far they are."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     with Progress(
@@ -147,7 +155,7 @@ class _ActorWorker:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        items = [dict(zip(batch.keys(), values)) for values in zip(*batch.values())]
+        items = [dict(zip(batch.keys(), values, strict=True)) for values in zip(*batch.values(), strict=True)]
         results = [self.work(_unwrap(item), self.state) for item in items]
         return {"result": np.array([_encode(r) for r in results], dtype=object)}
 
@@ -204,13 +212,18 @@ def run_shards(
         def _call(row: dict) -> dict:
             return {"result": _encode(work(_unwrap(row)))}
 
-        ds = ds.map(
-            _call,
-            num_cpus=resources.num_cpus,
-            num_gpus=resources.num_gpus or None,
-            max_retries=resources.max_retries,
-            retry_exceptions=False,
-        )
+        # A bounded number of retries when a worker dies (Ray Data's default is -1: a document that kills its worker
+        # every time, e.g. by OOM, would retry forever). Ray 2.60 has no named parameter for it yet and deprecates
+        # **ray_remote_args; silence that one warning until the replacement lands.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            ds = ds.map(
+                _call,
+                num_cpus=resources.num_cpus,
+                num_gpus=resources.num_gpus or None,
+                max_retries=resources.max_retries,
+                retry_exceptions=False,
+            )
     else:
         ds = ds.map_batches(
             _ActorWorker,

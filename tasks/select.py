@@ -65,7 +65,7 @@ class SplitParams:
             raise ValueError(f"side must be 'train' or 'heldout', got {self.side!r}")
 
 
-def _unit_hash(ids: list[str], seed: int) -> "np.ndarray":
+def _unit_hash(ids: list[str], seed: int):  # -> np.ndarray of floats in [0, 1)
     import hashlib
 
     import numpy as np

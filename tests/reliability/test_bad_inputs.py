@@ -8,7 +8,6 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -79,7 +78,7 @@ def test_every_bad_file_is_quarantined_with_reasons_and_good_rows_survive(bad_di
         else:
             assert got > 0, name  # what came before the cut is kept
         assert len(bad) == len(reasons), (name, bad)
-        for want, have in zip(reasons, bad):
+        for want, have in zip(reasons, bad, strict=True):
             assert want in have, (name, bad)
         tried += 1
         quarantined += len(bad)

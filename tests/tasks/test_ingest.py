@@ -71,7 +71,7 @@ def test_html_pages_extract_main_text_containing_the_expected_snippets():
     docs, bad = _read_file(path, html_field="html", limit=60)
     assert docs.num_rows == 60
     with gzip.open(path, "rt") as f:
-        pages = [json.loads(line) for _, line in zip(range(200), f)]
+        pages = [json.loads(line) for _, line in zip(range(200), f, strict=False)]
     by_url = {p["url"]: p for p in pages}
     hits = total = 0
     for row in docs.to_pylist():
@@ -104,7 +104,7 @@ def test_bad_json_wrong_types_non_utf8_and_nul_are_quarantined_with_position():
     ]
     docs, bad = _read(b"\n".join(lines) + b"\n", "bad.jsonl")
     assert docs["text"].to_pylist() == ["good one", "good two"]
-    reasons = dict(zip(bad["position"].to_pylist(), bad["reason"].to_pylist()))
+    reasons = dict(zip(bad["position"].to_pylist(), bad["reason"].to_pylist(), strict=True))
     assert reasons["line:2"].startswith("invalid JSON")
     assert "not a string" in reasons["line:3"]
     assert "not an object" in reasons["line:4"]
