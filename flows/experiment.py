@@ -24,7 +24,6 @@ from flows.stage import _logger, _publish_table, run_stage
 from flows.train import fit, pack
 from ray_cluster import runtime
 from storage import datasets
-from storage.datasets import DatasetRef
 
 
 @flow(name="experiment-cell", flow_run_name="{variant}-{model_size}-seed{seed}", log_prints=True)
