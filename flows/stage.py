@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import os
 import posixpath
 import time
 from collections import Counter
@@ -225,6 +226,17 @@ def _apply_to_shard(item: dict, state: Any = None) -> dict:
     return {"index": item["index"], "name": item["name"], "rows_in": pf.metadata.num_rows, "rows_out": out.num_rows}
 
 
+def secret_env(params: Any) -> dict[str, str]:
+    """The secrets a stage's workers need: params name environment variables (fields ending in ``_env``, e.g.
+    ``api_key_env``), never hold values. Those set in the driver's environment are forwarded to the workers."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(params):
+        return {}
+    names = [getattr(params, f.name) for f in dataclasses.fields(params) if f.name.endswith("_env")]
+    return {n: os.environ[n] for n in names if isinstance(n, str) and os.environ.get(n)}
+
+
 def map_stage(
     src: DatasetRef,
     stage: str,
@@ -269,10 +281,11 @@ def map_stage(
     t0 = time.perf_counter()
     if stateful:
         setup = functools.partial(fn, params)
-        results = runtime.run_shards(items, _apply_to_shard, resources, profile=profile, setup=setup, desc=stage)
+        results = runtime.run_shards(items, _apply_to_shard, resources, profile=profile, setup=setup, desc=stage,
+                                     secrets=secret_env(params))
     else:
         work = functools.partial(_apply_with, fn, params)
-        results = runtime.run_shards(items, work, resources, profile=profile, desc=stage)
+        results = runtime.run_shards(items, work, resources, profile=profile, desc=stage, secrets=secret_env(params))
     elapsed = time.perf_counter() - t0
     rows_in = sum(r["rows_in"] for r in results)
     stats = {"shards_computed": len(results), "shards_resumed": len(done), "seconds": round(elapsed, 3), "rows_in_computed": rows_in}

@@ -160,6 +160,16 @@ class _ActorWorker:
         return {"result": np.array([_encode(r) for r in results], dtype=object)}
 
 
+def _with_env_work(env: dict[str, str], work: Callable, *args: Any) -> Any:
+    os.environ.update(env)
+    return work(*args)
+
+
+def _with_env_setup(env: dict[str, str], setup: Callable[[], Any]) -> Any:
+    os.environ.update(env)
+    return setup()
+
+
 def _unwrap(item: dict) -> dict:
     import json
 
@@ -180,16 +190,26 @@ def run_shards(
     profile: Profile | None = None,
     setup: Callable[[], Any] | None = None,
     desc: str = "shards",
+    secrets: dict[str, str] | None = None,
 ) -> list[dict]:
     """Run ``work`` on every item (one item = one shard to produce) and return the results in item order.
 
     ``work(item) -> dict`` for stateless stages; with ``setup``, ``work(item, state) -> dict`` where ``state`` is
     what ``setup()`` returned, built once per actor. Items and results must be JSON-serialisable.
+    ``secrets`` (env var name -> value, e.g. an API key) are set in each worker's environment before ``setup``/``work``
+    run: workers of an already-running cluster did not inherit the driver's environment. They travel with the
+    function (Ray's in-memory function table / Dask's task), never in a runtime_env (shown by Ray's dashboard and
+    job API), a log or a manifest.
     """
+    import functools
     import json
 
     if not items:
         return []
+    if secrets:
+        work = functools.partial(_with_env_work, dict(secrets), work)
+        if setup is not None:
+            setup = functools.partial(_with_env_setup, dict(secrets), setup)
     engine = profile.engine if profile else "ray"
     if engine == "serial":
         state = setup() if setup else None
@@ -225,16 +245,18 @@ def run_shards(
                 retry_exceptions=False,
             )
     else:
-        ds = ds.map_batches(
-            _ActorWorker,
-            fn_constructor_kwargs={"setup": setup, "work": work},
-            batch_size=1,
-            concurrency=max(1, resources.concurrency),
-            num_cpus=resources.num_cpus,
-            num_gpus=resources.num_gpus or None,
-            max_restarts=resources.max_retries,
-            max_task_retries=resources.max_retries,
-        )
+        with warnings.catch_warnings():  # same reason: bounded actor restarts and task retries
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            ds = ds.map_batches(
+                _ActorWorker,
+                fn_constructor_kwargs={"setup": setup, "work": work},
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=max(1, resources.concurrency)),
+                num_cpus=resources.num_cpus,
+                num_gpus=resources.num_gpus or None,
+                max_restarts=resources.max_retries,
+                max_task_retries=resources.max_retries,
+            )
     # Ray Data does not preserve order across blocks; items carry their own key so callers can match them.
     with _progress(desc, len(items)) as advance:
         results = []

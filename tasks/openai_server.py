@@ -8,7 +8,8 @@ is what makes client-side concurrency pay off. Used by the openai backend's test
     python -m tasks.openai_server --port 8000            # prints "listening on http://127.0.0.1:8000" when ready
     curl -s localhost:8000/v1/chat/completions -d '{"model":"smollm2","messages":[{"role":"user","content":"Hi"}]}'
 
-No authentication: bind it to loopback only.
+Authentication is off unless `--api-key-env NAME` names an environment variable holding the key every request
+must send as `Authorization: Bearer <key>` (the key itself never appears on the command line). Keep it on loopback.
 """
 
 from __future__ import annotations
@@ -132,7 +133,21 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, f"no route {self.path}")
 
+    def _authorized(self) -> bool:
+        import hmac
+
+        key = self.server.api_key  # type: ignore[attr-defined]
+        if key is None:
+            return True
+        got = self.headers.get("Authorization") or ""
+        if hmac.compare_digest(got.encode(), f"Bearer {key}".encode()):
+            return True
+        self._error(401, "missing or wrong API key", "authentication_error")  # never echo what was sent
+        return False
+
     def do_POST(self):
+        if not self._authorized():
+            return
         length = int(self.headers.get("Content-Length") or 0)
         if length > _MAX_BODY:
             self._error(413, f"request body over {_MAX_BODY} bytes")
@@ -219,6 +234,7 @@ def make_server(
     window_ms: float = 10.0,
     num_threads: int | None = None,
     verbose: bool = False,
+    api_key: str | None = None,
 ) -> ThreadingHTTPServer:
     """A ready (model loaded) server; call serve_forever() on it. port=0 picks a free port (see server_address)."""
     backend = LocalBackend(model, batch_size=max_batch, num_threads=num_threads)
@@ -227,19 +243,28 @@ def make_server(
     server.batcher = MicroBatcher(backend, max_batch=max_batch, window_s=window_ms / 1000)  # type: ignore[attr-defined]
     server.model_name = model  # type: ignore[attr-defined]
     server.verbose = verbose  # type: ignore[attr-defined]
+    server.api_key = api_key  # type: ignore[attr-defined]
     return server
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host", default="127.0.0.1", help="bind address (keep loopback: there is no auth)")
+    ap.add_argument("--host", default="127.0.0.1", help="bind address (keep loopback)")
     ap.add_argument("--port", type=int, default=8000, help="0 = any free port (printed on the ready line)")
     ap.add_argument("--model", default=SMOLLM2, help="'smollm2' (bundled GGUF) or a local HF model directory")
     ap.add_argument("--max-batch", type=int, default=8, help="requests generated together")
     ap.add_argument("--window-ms", type=float, default=10.0, help="how long the first request waits for company")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--verbose", action="store_true", help="log every request")
+    ap.add_argument("--api-key-env", default=None, help="env var holding the key clients must send (default: no auth)")
     args = ap.parse_args(argv)
+    api_key = None
+    if args.api_key_env:
+        import os
+
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            ap.error(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
     server = make_server(
         host=args.host,
         port=args.port,
@@ -248,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         window_ms=args.window_ms,
         num_threads=args.threads,
         verbose=args.verbose,
+        api_key=api_key,
     )
     host, port = server.server_address[:2]
     print(f"listening on http://{host}:{port}", flush=True)  # the ready line tests and scripts wait for
