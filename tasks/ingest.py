@@ -423,13 +423,16 @@ _READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "text": read_text, "ht
 def read_source(stream: IO[bytes], source: str, spec: IngestSource) -> Iterator[tuple[str, dict]]:
     """Rows ("document" | "quarantine", row) of one file; stops after ``spec.limit`` documents."""
     fmt = spec.format if spec.format != "auto" else detect_format(source)
-    kept = 0
+    kept = seen = 0
     for kind, row in _READERS[fmt](stream, source, spec):
+        seen += 1
         if kind == "document":
             if spec.limit is not None and kept >= spec.limit:
                 return
             kept += 1
         yield kind, row
+    if seen == 0:  # a 0-byte (or blank) file: say so in the quarantine table rather than pass over it in silence
+        yield "quarantine", _quarantine(source, "file", "no records in file (empty or only blank lines)")
 
 
 def rows_to_tables(rows: list[tuple[str, dict]]) -> tuple[pa.Table, pa.Table]:

@@ -48,7 +48,7 @@ def _corpus() -> dict[str, tuple[bytes, int, list[str]]]:
         "non_utf8.jsonl": (_jsonl(GOOD[:1]) + '{"text": "déjà vu"}\n'.encode("latin-1") + '{"text": "naïve"}\n'.encode("cp1252") + _jsonl(GOOD[1:]), 5, ["non-UTF-8", "non-UTF-8"]),
         "nul_bytes.jsonl": (_jsonl([{"text": "a\u0000b"}, *GOOD]), 5, ["NUL byte"]),
         "gigantic.jsonl": (big + _jsonl(GOOD), 5, ["too large"]),
-        "empty.jsonl": (b"", 0, []),
+        "empty.jsonl": (b"", 0, ["no records in file"]),
         "bad_length.warc": (_warc_record("http://ok/1", good_html) + _warc_record("http://bad/2", good_html, declared=999_999), 1, ["bytes missing"]),
         "no_body.html": (b"<html><head><title>t</title></head></html>", 0, ["no extractable text"]),
     }

@@ -128,9 +128,9 @@ def test_gigantic_document_is_quarantined_not_carried():
     assert docs.num_rows == 0 and "too large" in bad["reason"][0].as_py()
 
 
-def test_empty_file_gives_no_rows_and_broken_warc_is_quarantined():
-    docs, bad = _read(b"", "empty.jsonl")
-    assert docs.num_rows == 0 and bad.num_rows == 0
+def test_empty_file_is_recorded_and_broken_warc_is_quarantined():
+    docs, bad = _read(b"", "empty.jsonl")  # no documents, but the empty file is named in the quarantine table
+    assert docs.num_rows == 0 and bad.num_rows == 1 and "no records in file" in bad["reason"][0].as_py()
     docs, bad = _read(b"WARC/1.0\r\nContent-Length: 999999\r\n\r\nshort", "broken.warc")
     assert docs.num_rows == 0 and bad.num_rows == 1 and "WARC" in bad["reason"][0].as_py()
 
