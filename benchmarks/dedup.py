@@ -146,6 +146,8 @@ def main() -> None:
             continue
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     base = results.get("quarry")
+    if base is None:
+        sys.exit("quarry's run failed: no ratios to print")
     n, mb = (base["n_docs"], base["mb"]) if base else (0, 0)
     print(f"\n{n} docs, {mb:.2f} MB, one core each\n")
     head = f"{'':12}{'sig docs/s':>12}{'sig MB/s':>10}{'sig+LSH docs/s':>16}{'quarry x':>10}{'peak RSS MB':>13}{'(+work)':>9}  dup docs"

@@ -23,7 +23,6 @@ DuckDB spills its group-bys and joins to disk; this module only builds the SQL t
 
 from __future__ import annotations
 
-import hashlib
 import re
 import string
 import unicodedata
@@ -118,35 +117,10 @@ def signature_column(similarity: float) -> str:
     return f"minhash_signature_{float(similarity)}"
 
 
-def _shingle_hashes(normalized: str, n: int) -> np.ndarray | None:
-    """sha1_hash32 (first 4 digest bytes, little-endian) of every space-joined word n-gram; None below n words.
-
-    `normalized` has single spaces between words, so a shingle is one byte slice of the encoded text (no per-shingle
-    join/encode). Repeated shingles are hashed twice; the min is unchanged (RPv2 hashes a set).
-    """
-    if not normalized:
-        return None
-    raw = normalized.encode("utf-8", "surrogatepass")
-    spaces = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 32)
-    count = len(spaces) + 1 - n + 1  # number of n-grams
-    if count <= 0:
-        return None
-    starts = np.concatenate(([0], spaces + 1))[:count].tolist()
-    ends = np.concatenate((spaces, [len(raw)]))[n - 1 :].tolist()
-    mv, sha1 = memoryview(raw), hashlib.sha1
-    digests = b"".join([sha1(mv[a:b]).digest()[:4] for a, b in zip(starts, ends, strict=True)])
-    return np.frombuffer(digests, dtype="<u4").astype(np.uint64)
-
-
 def minhash_values(text: str, params: MinhashParams = MinhashParams()) -> np.ndarray | None:
     """128 uint32 MinHash values of one document, or None below `ngram_size` normalized words (RPv2)."""
-    h = _shingle_hashes(rpv2_normalize(text), params.ngram_size)
-    if h is None:
-        return None
-    a, b = rpv2_permutations(params.num_perm, params.seed)
-    # uint64 wrap-around in a*h+b is part of RPv2's definition; the 32-bit mask comes before the min (datasketch)
-    phv = np.bitwise_and((np.outer(a, h) + b[:, None]) % _MERSENNE_61, _MAX_HASH_32)
-    return phv.min(axis=1).astype(np.uint32)
+    values, ok = _batch_values([text], params)
+    return values[0] if ok[0] else None
 
 
 def band_keys(values: np.ndarray, bands: int, rows: int) -> list[bytes]:
@@ -154,6 +128,19 @@ def band_keys(values: np.ndarray, bands: int, rows: int) -> list[bytes]:
     be = values[: bands * rows].astype(">u4").tobytes()
     width = rows * 4
     return [be[i * width : (i + 1) * width] for i in range(bands)]
+
+
+def _batch_values(texts: list[str | None], params: MinhashParams) -> tuple[np.ndarray, np.ndarray]:
+    """(uint32[docs, num_perm], ok[docs]) for a batch: normalized texts concatenated, one numba pass (the per-shingle
+    SHA-1 and the permutation min), instead of a Python loop over shingles."""
+    from tasks._minhash_kernel import batch_minhash
+
+    parts = [b"" if t is None else rpv2_normalize(t).encode("utf-8", "surrogatepass") for t in texts]
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    buf = np.frombuffer(b"".join(parts), dtype=np.uint8)
+    a, b = rpv2_permutations(params.num_perm, params.seed)
+    return batch_minhash(buf, offsets, params.ngram_size, a, b)
 
 
 def minhash_signatures(batch: pa.Table, params: MinhashParams = MinhashParams()) -> pa.Table:
@@ -164,21 +151,33 @@ def minhash_signatures(batch: pa.Table, params: MinhashParams = MinhashParams())
     if params.text_column not in batch.column_names:
         raise ValueError(f"minhash_signatures needs a {params.text_column!r} column; got {batch.column_names}")
     texts = batch.column(params.text_column).to_pylist()
-    layout = [(s, *lsh_bands(s, params.num_perm)) for s in params.similarities]
-    values: list[list[int] | None] = []
-    keys: dict[float, list[list[bytes] | None]] = {s: [] for s in params.similarities}
-    for text in texts:
-        mh = minhash_values(text, params) if text is not None else None
-        values.append(None if mh is None else mh.tolist())
-        for s, b, r in layout:
-            keys[s].append(None if mh is None else band_keys(mh, b, r))
+    values, ok = _batch_values(texts, params)
+    mask = pa.array(~ok, pa.bool_())
+    good = values[ok]  # null rows take no slots in the child arrays (consumers index values by offsets)
+
+    def offsets(per_row: int) -> pa.Array:
+        out = np.zeros(len(ok) + 1, dtype=np.int32)
+        np.cumsum(ok.astype(np.int32) * per_row, out=out[1:])
+        return pa.array(out)
+
+    # mh_values: list<uint32> from one (docs x perms) array, null where RPv2 gives None
+    mh_values = pa.ListArray.from_arrays(offsets(params.num_perm), pa.array(good.reshape(-1), pa.uint32()), mask=mask)
+    be = good.astype(">u4")  # band keys are the big-endian bytes of each band's rows
+    keys = {}
+    for s in params.similarities:
+        bands, rows = lsh_bands(s, params.num_perm)
+        width, nkeys = rows * 4, len(good) * bands
+        blob = np.ascontiguousarray(be[:, : bands * rows]).tobytes()
+        key_offs = pa.array(np.arange(0, nkeys * width + 1, width, dtype=np.int32))
+        flat_keys = pa.BinaryArray.from_buffers(pa.binary(), nkeys, [None, key_offs.buffers()[1], pa.py_buffer(blob)])
+        keys[s] = pa.ListArray.from_arrays(offsets(bands), flat_keys, mask=mask)
     out = batch
     for name in ["mh_values", *(signature_column(s) for s in params.similarities)]:
         if name in out.column_names:
             out = out.drop_columns([name])
-    out = out.append_column(pa.field("mh_values", pa.list_(pa.uint32())), pa.array(values, pa.list_(pa.uint32())))
+    out = out.append_column(pa.field("mh_values", pa.list_(pa.uint32())), mh_values)
     for s in params.similarities:
-        out = out.append_column(signature_column(s), pa.array(keys[s], pa.list_(pa.binary())))
+        out = out.append_column(signature_column(s), keys[s])
     return out
 
 
@@ -243,8 +242,9 @@ def minhash_edges(batch: pa.Table, params: FuzzyDedupParams = FuzzyDedupParams()
     if len(keys) == 0:
         return EDGES_SCHEMA.empty_table()
     parent = pc.list_parent_indices(sigs).to_numpy()
-    offsets = sigs.offsets.to_numpy()
-    band = (np.arange(len(keys)) - (offsets[parent] - offsets[0])).astype(np.int32)
+    # position of each key inside its own list (independent of the slots a null list may occupy in the child array)
+    run_start = np.flatnonzero(np.r_[True, parent[1:] != parent[:-1]])
+    band = (np.arange(len(keys)) - np.repeat(run_start, np.diff(np.r_[run_start, len(keys)]))).astype(np.int32)
     first4 = pc.binary_slice(keys, 0, 4)
     head = np.frombuffer(b"".join(first4.to_pylist()).ljust(4 * len(keys), b"\0"), dtype=">u4")
     part = (head % np.uint32(params.num_partitions)).astype(np.int32)

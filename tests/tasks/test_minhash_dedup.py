@@ -17,6 +17,7 @@ from tasks.minhash_dedup import (
     minhash_edges,
     minhash_filter,
     minhash_signatures,
+    minhash_values,
     rpv2_normalize,
     rpv2_permutations,
     run_fuzzy_dedup_sql,
@@ -308,3 +309,39 @@ def test_duckdb_sql_variant_gives_same_clusters_and_keepers_as_arrow(tmp_path):
     arrow_rows = sorted(tuple(r.values()) for r in arrow_keep.to_pylist())
     assert sql_rows == arrow_rows
     assert any(not r[3] for r in sql_rows)  # the corpus has duplicates to drop
+
+
+def test_kernel_sha1_matches_hashlib_across_block_boundaries():
+    """The numba SHA-1 behind the signatures equals hashlib on every length around the 55/56/64-byte padding edges."""
+    import hashlib
+    import struct
+
+    import numpy as np
+
+    from tasks._minhash_kernel import sha1_hash32
+
+    rng = np.random.default_rng(0)
+    for length in [*range(0, 130), 191, 192, 500, 4096]:
+        data = rng.integers(0, 256, length, dtype=np.uint8)
+        want = struct.unpack("<I", hashlib.sha1(data.tobytes()).digest()[:4])[0]
+        assert int(sha1_hash32(data, 0, length)) == want, length
+
+
+def test_minhash_values_single_doc_matches_the_batch():
+    texts = [" ".join(f"w{i}" for i in range(40)), "too short", None]
+    out = minhash_signatures(pa.table({"doc_id": ["a", "b", "c"], "text": texts}), MinhashParams())
+    assert minhash_values(texts[0]).tolist() == out.column("mh_values")[0].as_py()
+    assert minhash_values(texts[1]) is None
+
+
+def test_edges_number_bands_per_document_around_null_signatures():
+    long = [" ".join(f"{w}{i}" for i in range(30)) for w in ("a", "b")]
+    out = minhash_signatures(pa.table({"doc_id": ["x", "short", "y"], "text": [long[0], "tiny", long[1]]}))
+    edges = minhash_edges(out, FuzzyDedupParams(similarity=0.8))
+    bands, _ = lsh_bands(0.8)
+    assert sorted(set(edges.column("doc_id").to_pylist())) == ["x", "y"]
+    for doc in ("x", "y"):
+        got = edges.filter(pa.compute.equal(edges.column("doc_id"), doc))
+        assert sorted(got.column("band").to_pylist()) == list(range(bands))
+        keys = out.filter(pa.compute.equal(out.column("doc_id"), doc)).column("minhash_signature_0.8")[0].as_py()
+        assert dict(zip(got.column("band").to_pylist(), got.column("key").to_pylist(), strict=True)) == dict(enumerate(keys))
