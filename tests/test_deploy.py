@@ -8,7 +8,6 @@ and worker are subprocesses that `server_down` ends by their process groups.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import yaml
 
 from flows import deploy
 from storage import catalog, datasets
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, save_screenshot, shared_path
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +146,7 @@ def test_prefect_ui_shows_the_deployments(server, tmp_path):
         shot = tmp_path / "prefect_ui.png"
         text = browser.render(f"{server['ui_url']}/deployments", expect=["ingest", "watch", "tiny"], screenshot=shot)
         assert "Deployments" in text
-        (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copy(shot, REPO / "docs" / "prefect_ui.png")
+        save_screenshot(shot, "prefect_ui.png")
     finally:
         browser.close()
 

@@ -75,7 +75,7 @@ def ray_head():
             time.sleep(1)
         yield url
     finally:
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):  # `ray start --block` may ignore TERM
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
