@@ -86,11 +86,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5, help="steps excluded from the steady-state median")
     ap.add_argument("--checkpoint-every", type=int, default=20)
+    ap.add_argument("--packed", type=Path, default=None,
+                    help="an already packed token folder (save_packed) instead of tokenizing here, e.g. on a GPU "
+                         "machine without the bundled tokenizer")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        _packed(args.seq_len, tmp / "data")
+        if args.packed is not None:
+            import shutil
+
+            shutil.copytree(args.packed, tmp / "data")
+        else:
+            _packed(args.seq_len, tmp / "data")
         params = TrainParams.preset(
             args.preset, max_steps=args.steps, micro_batch_size=args.micro_batch, warmup_steps=5,
             checkpoint_every=args.checkpoint_every,

@@ -96,6 +96,17 @@ def connected(profile: Profile) -> Iterator[None]:
         if profile.address in (None, "local") and not in_job:
             kwargs["address"] = "local"
             kwargs["num_cpus"] = profile.num_cpus or os.cpu_count()
+
+            def _quiet_workers() -> None:  # pickled by value: runs in every worker of this local Ray
+                import logging
+
+                # Without a dashboard there is no State API, and Ray Train's placement-group cleaner warns about
+                # that every few seconds for the whole run; the cleanup it guards still happens on a normal exit.
+                logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+                    logging.ERROR
+                )
+
+            runtime_env["worker_process_setup_hook"] = _quiet_workers
         else:
             kwargs["address"] = profile.address if profile.address not in (None, "local") else "auto"
             if profile.working_dir and not in_job:
