@@ -53,4 +53,4 @@ clean:
 
 freeze:
 	(echo "# Exact versions the test suite last passed with (pip freeze of .venv). Regenerate: make freeze"; \
-	 $(BIN)/pip freeze --exclude-editable | grep -v -E '^(-e |quarry)' | sed 's/^torch==.*/torch==2.13.0/') > constraints.txt
+	 $(BIN)/pip freeze --exclude-editable | grep -v -E '^(-e |quarry)' | sed -e 's/^torch==.*/torch==2.13.0/' -e 's/^\([A-Za-z0-9_.-]*\) @ file:.*-\([0-9][0-9.]*\)\.tar\.gz.*/\1==\2/') > constraints.txt
