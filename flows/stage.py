@@ -263,9 +263,9 @@ def map_stage(
         return dst
     resources = profile.resources(stage)
     done = datasets.existing_shards(dst)
-    names = [posixpath.basename(u) for u in datasets.files(src)]
     items = []
-    for i, (name, uri) in enumerate(zip(names, datasets.files(src), strict=True)):
+    for i, uri in enumerate(datasets.files(src)):  # one manifest read
+        name = posixpath.basename(uri)
         if name in done:
             continue
         item = {
@@ -280,12 +280,10 @@ def map_stage(
         items.append(item)
     t0 = time.perf_counter()
     if stateful:
-        setup = functools.partial(fn, params)
-        results = runtime.run_shards(items, _apply_to_shard, resources, profile=profile, setup=setup, desc=stage,
-                                     secrets=secret_env(params))
+        work, setup = _apply_to_shard, functools.partial(fn, params)
     else:
-        work = functools.partial(_apply_with, fn, params)
-        results = runtime.run_shards(items, work, resources, profile=profile, desc=stage, secrets=secret_env(params))
+        work, setup = functools.partial(_apply_with, fn, params), None
+    results = runtime.run_shards(items, work, resources, profile=profile, setup=setup, desc=stage, secrets=secret_env(params))
     elapsed = time.perf_counter() - t0
     rows_in = sum(r["rows_in"] for r in results)
     stats = {"shards_computed": len(results), "shards_resumed": len(done), "seconds": round(elapsed, 3), "rows_in_computed": rows_in}

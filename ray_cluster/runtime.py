@@ -171,14 +171,9 @@ class _ActorWorker:
         return {"result": np.array([_encode(r) for r in results], dtype=object)}
 
 
-def _with_env_work(env: dict[str, str], work: Callable, *args: Any) -> Any:
+def _with_env(env: dict[str, str], fn: Callable, *args: Any) -> Any:
     os.environ.update(env)
-    return work(*args)
-
-
-def _with_env_setup(env: dict[str, str], setup: Callable[[], Any]) -> Any:
-    os.environ.update(env)
-    return setup()
+    return fn(*args)
 
 
 def _unwrap(item: dict) -> dict:
@@ -218,9 +213,9 @@ def run_shards(
     if not items:
         return []
     if secrets:
-        work = functools.partial(_with_env_work, dict(secrets), work)
+        work = functools.partial(_with_env, dict(secrets), work)
         if setup is not None:
-            setup = functools.partial(_with_env_setup, dict(secrets), setup)
+            setup = functools.partial(_with_env, dict(secrets), setup)
     engine = profile.engine if profile else "ray"
     if engine == "serial":
         state = setup() if setup else None
@@ -238,16 +233,16 @@ def run_shards(
     _quiet_ray_data()
     rows = [{"item": json.dumps(it, default=str)} for it in items]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    if setup is None:
+    # Bounded retries when a worker dies (Ray Data's default is -1: a document that kills its worker every time,
+    # e.g. by OOM, would retry forever). Ray 2.60 has no named parameters for them yet and deprecates
+    # **ray_remote_args; silence that one warning until the replacement lands.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        if setup is None:
 
-        def _call(row: dict) -> dict:
-            return {"result": _encode(work(_unwrap(row)))}
+            def _call(row: dict) -> dict:
+                return {"result": _encode(work(_unwrap(row)))}
 
-        # A bounded number of retries when a worker dies (Ray Data's default is -1: a document that kills its worker
-        # every time, e.g. by OOM, would retry forever). Ray 2.60 has no named parameter for it yet and deprecates
-        # **ray_remote_args; silence that one warning until the replacement lands.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
             ds = ds.map(
                 _call,
                 num_cpus=resources.num_cpus,
@@ -255,9 +250,7 @@ def run_shards(
                 max_retries=resources.max_retries,
                 retry_exceptions=False,
             )
-    else:
-        with warnings.catch_warnings():  # same reason: bounded actor restarts and task retries
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        else:
             ds = ds.map_batches(
                 _ActorWorker,
                 fn_constructor_kwargs={"setup": setup, "work": work},
