@@ -118,13 +118,13 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 # Rows per chunk. On CPU, 4096 rows keep the chunk's distance block and its float64 copy near the caches: at
 # 200k x 384, k=1000 a step ran 1.5 s with 16384-row chunks and 1.0-1.1 s with 4096 (benchmarks/kmeans.py).
-# GPUs want big kernels: there only the chunk_bytes budget bounds a chunk.
-_MAX_CHUNK_ROWS = {"cpu": 4096}
-_MAX_CHUNK_ROWS_OTHER = 1 << 20
+# GPUs want big kernels: there the chunk_bytes budget is what bounds a chunk.
+_CPU_MAX_CHUNK_ROWS = 4096
+_GPU_MAX_CHUNK_ROWS = 1 << 20
 
 
 def _chunk_rows(k: int, chunk_bytes: int, device: torch.device | None = None) -> int:
-    cap = _MAX_CHUNK_ROWS.get(device.type if device is not None else "cpu", _MAX_CHUNK_ROWS_OTHER)
+    cap = _CPU_MAX_CHUNK_ROWS if device is None or device.type == "cpu" else _GPU_MAX_CHUNK_ROWS
     return max(1, min(cap, chunk_bytes // (4 * max(k, 1))))
 
 
