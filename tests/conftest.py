@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -66,3 +67,28 @@ def save_screenshot(shot: Path, name: str) -> Path:
     if os.environ.get("QUARRY_UPDATE_SCREENSHOTS") == "1":
         shutil.copy(shot, REPO / "docs" / name)
     return keep / name
+
+
+@contextlib.contextmanager
+def openai_server(*extra_args: str, env: dict[str, str] | None = None):
+    """`python -m tasks.openai_server --port 0` (the bundled model) as a subprocess; yields (base URL ending in /v1,
+    a dict whose "stderr" holds what the server logged once the block has exited). The ready line gives the URL;
+    stderr goes to a file, not a pipe, so a chatty server can never block on a full pipe."""
+    import subprocess
+    import sys
+    import tempfile
+
+    full_env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"} | (env or {})
+    cmd = [sys.executable, "-m", "tasks.openai_server", "--port", "0", "--threads", "1", "--max-batch", "4", *extra_args]
+    logs: dict[str, str] = {}
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            line = proc.stdout.readline()  # blocks until the model is loaded (or the process died: empty line)
+            assert line.startswith("listening on "), f"server did not start (exit {proc.poll()})"
+            yield line.split()[-1] + "/v1", logs
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            err.seek(0)
+            logs["stderr"] = err.read()

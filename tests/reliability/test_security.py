@@ -8,9 +8,6 @@ behind: every file under the storage root, the flow run's Prefect logs and artif
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,7 +15,7 @@ import pytest
 import yaml
 
 from datasets_cfg import load as load_recipe
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, openai_server, shared_path
 
 PLANTED = "sk-quarry-planted-7c1e9d2b-NEVER-LOG-ME"
 KEY_ENV = "QUARRY_SECURITY_TEST_KEY"
@@ -95,18 +92,9 @@ def test_sql_filters_cannot_read_files_write_files_or_see_the_environment(predic
 @pytest.fixture(scope="module")
 def keyed_server():
     """Our OpenAI-compatible server with the bundled model, requiring the planted key (read from its environment)."""
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", KEY_ENV: PLANTED}
-    cmd = [sys.executable, "-m", "tasks.openai_server", "--port", "0", "--threads", "1", "--max-batch", "4",
-           "--api-key-env", KEY_ENV]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("listening on "), f"server did not start (exit {proc.poll()})"
-        yield line.split()[-1] + "/v1"
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-        assert PLANTED not in err  # the server does not log the key either
+    with openai_server("--api-key-env", KEY_ENV, env={KEY_ENV: PLANTED}) as (url, logs):
+        yield url
+    assert PLANTED not in logs["stderr"]  # the server does not log the key either
 
 
 def test_our_server_rejects_a_wrong_key_without_echoing_it(keyed_server):

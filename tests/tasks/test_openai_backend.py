@@ -2,37 +2,24 @@
 loopback servers that fail, throttle or stall on purpose to exercise retries, timeouts and the concurrency limit."""
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from tasks.augment import AUG_SCHEMA, Augmenter, AugmentParams, aug_keys, build_messages, load_truncation_tokenizer
+from tests.conftest import SHARED_DATA, openai_server
 
-REPO = Path(__file__).resolve().parents[2]
-C4 = REPO / ".." / "shared" / "data" / "web" / "c4_sample" / "c4_sample.jsonl"
+C4 = SHARED_DATA / "web" / "c4_sample" / "c4_sample.jsonl"
 SECRET = "sk-test-DO-NOT-LEAK-4f9a2c"
 
 
 @pytest.fixture(scope="module")
 def server_url():
-    """`python -m tasks.openai_server --port 0` as a subprocess; its ready line gives the URL."""
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "tasks.openai_server", "--port", "0", "--threads", "1", "--max-batch", "4"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        line = proc.stdout.readline()  # blocks until the model is loaded (or the process died: empty line)
-        assert line.startswith("listening on "), f"server did not start (exit {proc.poll()})"
-        yield line.split()[-1] + "/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with openai_server() as (url, _):
+        yield url
 
 
 def _c4_docs(n: int) -> pa.Table:
