@@ -308,12 +308,12 @@ def save_packed(packed: PackedTokens, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("tokens", "valid", "phase"):
-        tmp = out / f".{name}.npy.tmp"
+        tmp = out / f".{name}.npy.{os.getpid()}.tmp"  # per writer: two racing packers never share a file
         with open(tmp, "wb") as f:
             np.save(f, getattr(packed, name))
         tmp.rename(out / f"{name}.npy")
     pq.write_table(packed.counts, out / "counts.parquet")
-    tmp = out / f".{_MANIFEST}.tmp"
+    tmp = out / f".{_MANIFEST}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(packed.meta, indent=1))
     tmp.rename(out / _MANIFEST)
     return out

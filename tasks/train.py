@@ -229,7 +229,7 @@ def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
 def _save_checkpoint(ckpt_dir: Path, state: dict, keep: int) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step-{state['step']:08d}.pt"
-    tmp = path.with_suffix(".pt.tmp")
+    tmp = path.with_suffix(f".pt.{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a checkpoint file either is complete or does not exist
     for old in sorted(ckpt_dir.glob("step-*.pt"))[:-keep]:
@@ -242,16 +242,28 @@ def _flush_metrics(metrics_dir: Path, rows: list[dict]) -> None:
         return
     metrics_dir.mkdir(parents=True, exist_ok=True)
     path = metrics_dir / f"steps-{rows[0]['step']:08d}-{rows[-1]['step']:08d}.parquet"
-    tmp = path.with_name("." + path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(pa.Table.from_pylist(rows), tmp)
     os.replace(tmp, path)
     rows.clear()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def _trim_metrics(metrics_dir: Path, last_step: int) -> None:
     """Drop metric files past the checkpoint we resume from (those steps are replayed)."""
-    for f in metrics_dir.glob("*.tmp"):
-        f.unlink()
+    for f in metrics_dir.glob("*.tmp"):  # ".{name}.{pid}.tmp": only a writer that is gone leaves one to remove
+        pid = f.name.rsplit(".", 2)[-2]
+        if not (pid.isdigit() and _alive(int(pid))) or int(pid) == os.getpid():
+            f.unlink(missing_ok=True)
     for f in metrics_dir.glob("steps-*.parquet"):
         if int(f.stem.split("-")[2]) > last_step:
             f.unlink()

@@ -1,6 +1,7 @@
 """Versioned Parquet storage: content-addressed versions, atomic shards, manifest-last commits, races."""
 
 import json
+import os
 import threading
 
 import fsspec
@@ -110,3 +111,40 @@ def test_refs_reject_bad_names():
         DatasetRef("/tmp", "Bad-Name", "ingest", "0" * 12)
     with pytest.raises(ValueError, match="12 hex"):
         DatasetRef("/tmp", "ok", "ingest", "xyz")
+
+
+def test_commit_never_removes_a_live_writers_temporary(tmp_path):
+    """The race two runs of one stage hit: run A's commit must not delete run B's half-written shard. Only
+    temporaries whose writer is gone (or whose lease ran out) are removed."""
+    import subprocess
+    import sys
+    import time
+
+    ref = datasets.derive(_src(str(tmp_path)), "stage_live", _table, _params())
+    datasets.write_shard(ref, datasets.shard_name(0), _table(2))
+    folder = tmp_path / "toy" / "stage_live" / ref.version
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        host = datasets._HOST
+        live_tmp = folder / f"_tmp.{live.pid}@{host}.{'a' * 32}.part-00001.parquet"
+        dead_tmp = folder / f"_tmp.{dead.pid}@{host}.{'b' * 32}.part-00002.parquet"
+        old_tmp = folder / f"_tmp.{live.pid}@{host}.{'c' * 32}.part-00003.parquet"
+        for p in (live_tmp, dead_tmp, old_tmp):
+            p.write_bytes(b"PAR1 half")
+        expired = time.time() - datasets.TMP_LEASE_S - 60
+        os.utime(old_tmp, (expired, expired))
+        m = datasets.commit(ref)
+        assert [f["name"] for f in m["files"]] == ["part-00000.parquet"]
+        assert live_tmp.exists()  # the live writer's shard survives the other run's commit
+        assert not dead_tmp.exists() and not old_tmp.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_temporary_names_carry_their_owner():
+    name = datasets.tmp_name("part-00000.parquet")
+    assert name.startswith(f"_tmp.{os.getpid()}@") and name.endswith(".part-00000.parquet")
+    assert not datasets.is_abandoned(name, mtime=None)  # this process is alive
