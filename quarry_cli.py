@@ -219,9 +219,9 @@ def server_up(
     worker: bool = typer.Option(True, help="also start a process worker on the quarry-process pool"),
 ) -> None:
     """Start the Prefect server and a worker in the background (pid files and logs in .quarry/)."""
-    from flows import deploy
+    from services import prefect_server
 
-    info = deploy.server_up(host=host, port=port, worker=worker)
+    info = prefect_server.server_up(host=host, port=port, worker=worker)
     console.print(f"[green]Prefect UI[/green] {info['ui_url']}   API {info['api_url']}   database {info['database']}")
     console.print(f"export PREFECT_API_URL={info['api_url']}   # so `quarry run` reports to this server")
 
@@ -229,18 +229,18 @@ def server_up(
 @server_app.command("down")
 def server_down() -> None:
     """Stop the worker and the server that `quarry server up` started."""
-    from flows import deploy
+    from services import prefect_server
 
-    stopped = deploy.server_down()
+    stopped = prefect_server.server_down()
     console.print(f"stopped {', '.join(f'{k} ({v})' for k, v in stopped.items())}" if stopped else "nothing running")
 
 
 @server_app.command("status")
 def server_status() -> None:
     """Is the server healthy, is the worker running."""
-    from flows import deploy
+    from services import prefect_server
 
-    status = deploy.server_status()
+    status = prefect_server.server_status()
     console.print_json(json.dumps(status))
     if not status["healthy"]:
         raise typer.Exit(1)
@@ -253,11 +253,39 @@ def deploy(
     api_url: str | None = typer.Option(None, help="Prefect API (default: the server from `quarry server up`)"),
 ) -> None:
     """Register the deployments of prefect.yaml (schedules, concurrency limits) whose flows exist."""
-    from flows import deploy as dep
+    from services import deployments
 
-    for full_name, result in dep.deploy(api_url, recipe=recipe, names=name or None).items():
+    for full_name, result in deployments.deploy(api_url, recipe=recipe, names=name or None).items():
         style = "yellow" if result.startswith("skipped") else "green"
         console.print(f"[{style}]{full_name}[/{style}]  {result}")
+
+
+@app.command()
+def trigger(
+    deployment: str = typer.Argument(..., help="flow/name, e.g. ingest/tiny"),
+    param: list[str] | None = typer.Option(None, "--param", "-p", help="key=value (value parsed as YAML)"),
+    wait: bool = typer.Option(True, help="wait for the run to end and print its result and artifacts"),
+    timeout: float = typer.Option(3600, help="seconds to wait"),
+    api_url: str | None = typer.Option(None, help="Prefect API (default: the server from `quarry server up`)"),
+) -> None:
+    """Start a run of a registered deployment (what the UI's "Run" does), optionally waiting for it."""
+    import json
+
+    from services import deployments
+
+    try:
+        params = deployments.parse_params(param or [])
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    run_id = deployments.trigger(deployment, params, api_url)
+    console.print(f"flow run {run_id}")
+    if not wait:
+        return
+    state = deployments.wait(run_id, timeout=timeout, api_url=api_url)
+    result = {**deployments.flow_run_result(run_id, api_url), "artifacts": deployments.run_artifacts(run_id, api_url)}
+    print(json.dumps(result, indent=2, default=str))
+    if state != "COMPLETED":
+        raise typer.Exit(1)
 
 
 @ray_app.command("submit")

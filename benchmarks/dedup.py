@@ -43,8 +43,8 @@ def _run_quarry(ids: list[str], texts: list[str]) -> dict:
     import pyarrow as pa
 
     from tasks.minhash_dedup import (
-        FuzzyDedupParams,
-        MinhashParams,
+        MinhashDedupParams,
+        MinhashSignaturesParams,
         minhash_buckets,
         minhash_clusters,
         minhash_edges,
@@ -52,11 +52,11 @@ def _run_quarry(ids: list[str], texts: list[str]) -> dict:
     )
 
     batch = pa.table({"doc_id": ids, "text": texts})
-    minhash_signatures(batch.slice(0, 2), MinhashParams())  # warm the band-layout cache (scipy quad), not timed
+    minhash_signatures(batch.slice(0, 2), MinhashSignaturesParams())  # warm the band-layout cache (scipy quad), not timed
     t0 = time.perf_counter()
-    sig = minhash_signatures(batch, MinhashParams())
+    sig = minhash_signatures(batch, MinhashSignaturesParams())
     t1 = time.perf_counter()
-    params = FuzzyDedupParams(similarity=0.8, num_partitions=4)
+    params = MinhashDedupParams(similarity=0.8, num_partitions=4)
     edges = minhash_edges(sig, params)
     parts = [minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(4)]
     clusters = minhash_clusters(parts)

@@ -65,7 +65,7 @@ def _data(path: str):
 
 
 def _inertia(x, c) -> float:
-    from tasks.kmeans_balance import KMeansShard
+    from tasks.kmeans import KMeansShard
 
     _, d = KMeansShard(x, device="cpu").assign(c)
     return float(d.astype("float64").sum())
@@ -74,7 +74,7 @@ def _inertia(x, c) -> float:
 def _kmeans_quarry(path, k, iters, seed, kmeanspp) -> dict:
     import torch  # noqa: F401  (import cost counted in the baseline, as faiss's)
 
-    from tasks.kmeans_balance import KMeansShard, kmeans, update_centroids
+    from tasks.kmeans import KMeansShard, kmeans, update_centroids
 
     x, init = _data(path)
     base = _rss_mb()

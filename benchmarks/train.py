@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.tokenize import TokenizeParams, pack_sequences, save_packed, tokenize_docs  # noqa: E402
+from tasks.tokenize import PackParams, TokenizeParams, pack_sequences, save_packed, tokenize_docs  # noqa: E402
 from tasks.train import CausalLMWithMTP, TrainParams, flops_per_token, read_metrics, train  # noqa: E402
 
 SHAKESPEARE = (
@@ -40,8 +40,8 @@ def _packed(seq_len: int, out: Path) -> None:
     else:  # no shared data: synthetic sentences (throughput does not depend on the text)
         paras = [f"Sentence {i} about nothing in particular, repeated for volume." * 5 for i in range(5000)]
     docs = pa.table({"doc_id": [str(i) for i in range(len(paras))], "text": paras})
-    p = TokenizeParams(seq_len=seq_len)
-    save_packed(pack_sequences(tokenize_docs(docs, p), p), out)
+    p = PackParams(seq_len=seq_len)
+    save_packed(pack_sequences(tokenize_docs(docs, TokenizeParams()), p), out)
 
 
 class _PlainLoop:

@@ -14,35 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from tasks.augment import AugmentParams
-from tasks.datatrove_signals import DatatroveSignalsParams
-from tasks.embed import EmbedParams
-from tasks.evaluate import EvaluateParams
-from tasks.exact_dedup import ExactDedupParams
-from tasks.ingest import IngestSource
-from tasks.kmeans_balance import BalanceParams, KMeansParams
-from tasks.minhash_dedup import FuzzyDedupParams, MinhashParams
-from tasks.quality_filter import QualityFilterParams
-from tasks.quality_signals import QualitySignalsParams
-from tasks.select import SplitParams
-from tasks.semdedup import SemDeDupParams
-from tasks.tokenize import TokenizeParams
-from tasks.train import TrainParams
+from tasks import registry
 
 RECIPES_DIR = Path(__file__).resolve().parent
 
 
 class RecipeError(ValueError):
     """A recipe that does not validate; the message names the file and the offending key."""
-
-
-class IngestConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sources: list[IngestSource] = Field(min_length=1)
-    docs_per_shard: int = Field(default=50_000, gt=0)  # a large input file is split into shards of this many docs
 
 
 class ExperimentVariant(BaseModel):
@@ -65,7 +45,7 @@ class ExperimentConfig(BaseModel):
     target_tokens: int = Field(gt=0)  # every cell trains on exactly this many tokens (resampled per variant)
 
 
-class RunConfig(BaseModel):
+class _RecipeBase(BaseModel):
     """One dataset recipe. Stage sections that are absent are skipped by the flows."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -74,25 +54,6 @@ class RunConfig(BaseModel):
     description: str = ""
     storage_root: str | None = None  # default: $QUARRY_ROOT, else ./data under the working directory
     cluster: str = "local"  # a profile in ray_cluster/profiles
-    ingest: IngestConfig
-    heldout: SplitParams | None = None  # documents held out by doc id before curation, for per-domain bits/byte
-    # curation stages, in flow order; a missing section skips the stage
-    quality_signals: QualitySignalsParams | None = None
-    minhash_signatures: MinhashParams | None = None
-    datatrove_signals: DatatroveSignalsParams | None = None
-    quality_filter: QualityFilterParams | None = None
-    exact_dedup: ExactDedupParams | None = None
-    minhash_dedup: FuzzyDedupParams | None = None
-    # embedding-space curation (Vo et al. 2024): needs embed + hkmeans; semdedup and balance are optional
-    embed: EmbedParams | None = None
-    hkmeans: KMeansParams | None = None
-    semdedup: SemDeDupParams | None = None
-    balance: BalanceParams | None = None
-    augment: AugmentParams | None = None  # TPT: run by the augment flow on the curated documents
-    # training and evaluation
-    tokenize: TokenizeParams | None = None
-    train: TrainParams | None = None
-    evaluate: EvaluateParams | None = None
     experiment: ExperimentConfig | None = None
 
     def variant(self, skip: list[str]) -> RunConfig:
@@ -107,10 +68,18 @@ class RunConfig(BaseModel):
         return self.storage_root or os.environ.get("QUARRY_ROOT") or str(Path.cwd() / "data")
 
 
-_SKIPPABLE = {  # not heldout: every variant must be evaluated on the same never-trained-on documents
-    "quality_signals", "minhash_signatures", "datatrove_signals", "quality_filter", "exact_dedup",
-    "minhash_dedup", "embed", "hkmeans", "semdedup", "balance",
+# Every recipe section is a registry stage's params (tasks/registry.py): `ingest` is required, the rest optional.
+_SECTIONS: dict[str, Any] = {
+    name: ((params, ...) if name == "ingest" else (params | None, None))
+    for name, params in registry.sections().items()
+    if params is not None
 }
+RunConfig = create_model("RunConfig", __base__=_RecipeBase, **_SECTIONS)
+RunConfig.__doc__ = _RecipeBase.__doc__
+
+
+# not heldout: every variant must be evaluated on the same never-trained-on documents
+_SKIPPABLE = {*registry.CURATION, "embed", "hkmeans", "semdedup", "balance"}
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:

@@ -1,5 +1,5 @@
 """Curate a dataset: ingest -> RPv2 signals -> MinHash -> SQL filter -> exact + fuzzy dedup -> kept documents
--> embed -> hierarchical k-means -> balanced sample -> (TPT augment).
+-> embed -> hierarchical k-means -> (SemDeDup) -> balanced sample.
 
     quarry run curate datasets_cfg/tiny.yaml
     python -m flows.curate datasets_cfg/tiny.yaml
@@ -12,58 +12,41 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 import datasets_cfg
-import tasks.datatrove_signals as dt_mod
-import tasks.minhash_dedup as minhash_mod
-import tasks.quality_signals as qs_mod
-import tasks.select as select_mod
-from flows import steps
-from flows.cluster import embedding_curation
-from flows.stage import ingest_task, publish_funnel, run_stage
+from flows.run import load, section, stage
 from ray_cluster import runtime
 from storage.datasets import DatasetRef
-
-
-@task(retries=1, cache_policy=NO_CACHE, task_run_name="{stage}")
-def composite(stage: str, fn, src: DatasetRef, params, profile: runtime.Profile) -> DatasetRef:
-    """A multi-step stage (dedup: hash -> group -> mark) as one Prefect task."""
-    return fn(src, params, profile)
+from tasks import registry
+from tasks.select import KeptParams, SelectedParams
 
 
 def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> tuple[DatasetRef, DatasetRef | None]:
     """The stages of a validated recipe, in order; returns (curated version, held-out version or None)."""
-    ref = ingest_task(cfg.ingest.sources, cfg.root, cfg.dataset, cfg.ingest.docs_per_shard, profile)
+    docs = stage("ingest", [], cfg.ingest, profile, root=cfg.root, dataset=cfg.dataset)
     heldout = None
     if cfg.heldout:  # evaluation text leaves before curation, so no stage (or model) ever sees it
-        heldout = run_stage(ref, "heldout", select_mod.split_by_doc_id, replace(cfg.heldout, side="heldout"), profile)
-        ref = run_stage(ref, "train_split", select_mod.split_by_doc_id, replace(cfg.heldout, side="train"), profile)
-    if cfg.quality_signals:
-        ref = run_stage(ref, "quality_signals", qs_mod.quality_signals, cfg.quality_signals, profile)
-    if cfg.minhash_signatures:
-        ref = run_stage(ref, "minhash_signatures", minhash_mod.minhash_signatures, cfg.minhash_signatures, profile)
-    if cfg.datatrove_signals:
-        ref = run_stage(ref, "datatrove_signals", dt_mod.datatrove_signals, cfg.datatrove_signals, profile)
-    if cfg.quality_filter:
-        ref = composite("quality_filter", steps.quality_filter, ref, cfg.quality_filter, profile)
-    if cfg.exact_dedup:
-        ref = composite("exact_dedup", steps.exact_dedup, ref, cfg.exact_dedup, profile)
-    if cfg.minhash_dedup:
-        ref = composite("minhash_dedup", steps.minhash_dedup, ref, cfg.minhash_dedup, profile)
-    publish_funnel(ref)
-    ref = run_stage(ref, "kept", select_mod.kept_documents, select_mod.KeptParams(), profile)
-    if cfg.embed and cfg.hkmeans:
-        ref = embedding_curation(ref, cfg, profile)
-    return ref, heldout
+        heldout = stage("heldout", [docs], replace(cfg.heldout, side="heldout"), profile)
+        docs = stage("train_split", [docs], replace(cfg.heldout, side="train"), profile)
+    for name in registry.CURATION:
+        if getattr(cfg, name) is not None:
+            docs = section(name, docs, getattr(cfg, name), profile)
+    docs = stage("kept", [docs], KeptParams(), profile)
+    if cfg.embed and cfg.hkmeans:  # embedding-space curation (Vo et al. 2024)
+        emb = stage("embed", [docs], cfg.embed, profile)
+        hk = stage("hkmeans", [emb], cfg.hkmeans, profile)
+        sd = stage("semdedup", [emb, hk], cfg.semdedup, profile) if cfg.semdedup else None
+        if cfg.balance:
+            bal = stage("balance", [hk, docs, sd], cfg.balance, profile)
+            docs = stage("curated", [docs, bal], SelectedParams(copies_column="bal_copies"), profile)
+    return docs, heldout
 
 
 @flow(name="curate", log_prints=True)
 def curate(recipe: str) -> str:
     """Run the recipe's curation stages; returns the final dataset version (dataset/stage/version)."""
-    cfg = datasets_cfg.load(recipe)
-    profile = runtime.load_profile(cfg.cluster)
+    cfg, profile = load(recipe)
     with runtime.connected(profile):
         return str(curate_stages(cfg, profile)[0])
 

@@ -11,6 +11,7 @@ import sys
 from prefect import flow
 
 import datasets_cfg
+from dashboards import reports
 from flows.evaluate import evaluate
 from storage import catalog
 
@@ -20,15 +21,9 @@ def demo(recipe: str = "datasets_cfg/tiny.yaml") -> str:
     cfg = datasets_cfg.load(recipe)
     result = evaluate(recipe)  # evaluate -> train -> curate, each a subflow and a no-op when already committed
     con = catalog.connect(cfg.root)
-    d = cfg.dataset
-    print("\n== curation funnel ==")
-    print(con.sql(f"select coalesce(drop_reason, '(kept)') reason, count(*) docs from {d}__minhash_dedup group by 1 order by 2 desc"))
-    print("== kept documents per domain ==")
-    print(con.sql(f"select domain, count(*) docs, sum(raw_bytes) bytes from {d}__kept group by 1 order by 1"))
-    print("== training ==")
-    print(con.sql(f"select min(step) first_step, max(step) steps, arg_max(loss, step) final_loss, min(loss) min_loss from {d}__train"))
-    print("== evaluation ==")
-    print(con.sql(f"select task, metric, round(value, 4) value, round(stderr, 4) stderr, n from {d}__eval_results order by task"))
+    for title, relation in reports.run(con, "demo", dataset=cfg.dataset):
+        print(f"\n== {title} ==")
+        print(relation)
     print(f"explore: quarry sql \"select * from versions\"   (storage root: {cfg.root})")
     return result
 

@@ -12,73 +12,53 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-import pyarrow as pa
-from prefect import flow
+from prefect import flow, get_run_logger
 
 import datasets_cfg
-import tasks.tokenize as tok_mod
-import tasks.train as train_mod
 from flows.curate import curate_stages
-from flows.evaluate import evaluate_model
-from flows.stage import _logger, _publish_table, run_stage
-from flows.train import fit, pack
+from flows.run import load, profile_for, stage
 from ray_cluster import runtime
 from storage import datasets
+from tasks import experiment as experiment_mod
+from tasks.train import MODEL_PRESETS
 
 
 @flow(name="experiment-cell", flow_run_name="{variant}-{model_size}-seed{seed}", log_prints=True)
 def experiment_cell(recipe: str, variant: str, model_size: str, seed: int) -> str:
-    """curate (variant) -> tokenize (equal token budget) -> pack -> train (size, seed) -> evaluate."""
+    """curate (variant) -> tokenize -> pack (equal token budget) -> train (size, seed) -> evaluate."""
     cfg = datasets_cfg.load(recipe)
     exp = cfg.experiment
     vcfg = cfg.variant(exp.variants[variant].skip)
-    if vcfg.tokenize is None or vcfg.train is None or vcfg.evaluate is None:
-        raise datasets_cfg.RecipeError(f"{recipe}: an experiment needs tokenize, train and evaluate sections")
-    profile = runtime.load_profile(vcfg.cluster)
+    missing = [s for s in ("tokenize", "pack", "train", "evaluate") if getattr(vcfg, s) is None]
+    if missing:
+        raise datasets_cfg.RecipeError(f"{recipe}: an experiment needs {missing} section(s)")
+    profile = profile_for(vcfg.cluster)
     with runtime.connected(profile):
         curated, heldout = curate_stages(vcfg, profile)
-        tok = replace(vcfg.tokenize, target_tokens=exp.target_tokens, seed=seed)
-        tokens = run_stage(curated, "tokenize", tok_mod.tokenize_docs, replace(tok, target_tokens=None, seed=0), profile)
-        packed = pack(tokens, tok, profile)
-        params = replace(vcfg.train, **train_mod.MODEL_PRESETS[model_size], seed=seed)
-        model = fit(packed, params, profile)
-        return str(evaluate_model(model, heldout, vcfg.evaluate, profile))
+        tokens = stage("tokenize", [curated], vcfg.tokenize, profile)
+        packed = stage("pack", [tokens], replace(vcfg.pack, target_tokens=exp.target_tokens, seed=seed), profile)
+        model = stage("train", [packed], replace(vcfg.train, **MODEL_PRESETS[model_size], seed=seed), profile)
+        return str(stage("evaluate", [model, heldout], vcfg.evaluate, profile))
 
 
 @flow(name="experiment", log_prints=True)
 def experiment(recipe: str) -> str:
     """Run every cell, then write the comparison table; returns its version."""
-    cfg = datasets_cfg.load(recipe)
+    cfg, profile = load(recipe)
     exp = cfg.experiment
     if exp is None:
         raise datasets_cfg.RecipeError(f"recipe {recipe} has no `experiment` section")
-    unknown = [s for s in exp.model_sizes if s not in train_mod.MODEL_PRESETS]
+    unknown = [s for s in exp.model_sizes if s not in MODEL_PRESETS]
     if unknown:
-        raise datasets_cfg.RecipeError(f"{recipe}: unknown model sizes {unknown}; known: {sorted(train_mod.MODEL_PRESETS)}")
-    cells, parts = [], []
-    for variant in exp.variants:
-        for size in exp.model_sizes:
-            for seed in exp.seeds:
-                ref = datasets.ref_from_string(cfg.root, experiment_cell(recipe, variant, size, seed))
-                cells.append(ref)
-                t = datasets.read_table(ref)
-                n = t.num_rows
-                t = t.append_column("variant", pa.array([variant] * n)).append_column("model_size", pa.array([size] * n))
-                parts.append(t.append_column("seed", pa.array([seed] * n, pa.int64())))
-    module = sys.modules[__name__]
-    dst = datasets.derive(cells, "experiment", module, exp, dataset=exp.name, root=cfg.root)
-    table = pa.concat_tables(parts, promote_options="permissive")
-    datasets.write_table(dst, table, parents=cells, params=exp, code=datasets.code_hash(module))
-    summary = (
-        pa.TableGroupBy(table, ["variant", "model_size", "task", "metric"])
-        .aggregate([("value", "mean"), ("value", "count")])
-        .sort_by([("task", "ascending"), ("metric", "ascending"), ("variant", "ascending")])
-    )
-    rows = summary.to_pylist()
-    _publish_table("experiment-comparison", rows, f"experiment {exp.name}: mean over seeds")
-    for r in rows:
-        _logger().info(f"{r['task']:24s} {r['metric']:14s} {r['variant']:12s} {r['model_size']:8s} {r['value_mean']:.4f}")
-    return str(dst)
+        raise datasets_cfg.RecipeError(f"{recipe}: unknown model sizes {unknown}; known: {sorted(MODEL_PRESETS)}")
+    cells = [datasets.ref_from_string(cfg.root, experiment_cell(recipe, v, size, seed))
+             for v, size, seed in experiment_mod.cells(exp)]
+    with runtime.connected(profile):
+        ref = stage("experiment", cells, exp, profile, dataset=exp.name)
+    for r in datasets.read_manifest(ref)["stats"].get("comparison", []):
+        get_run_logger().info(
+            f"{r['task']:24s} {r['metric']:14s} {r['variant']:12s} {r['model_size']:8s} {r['value_mean']:.4f}")
+    return str(ref)
 
 
 if __name__ == "__main__":

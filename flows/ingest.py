@@ -10,21 +10,17 @@ import sys
 
 from prefect import flow
 
-import datasets_cfg
-from flows.stage import ingest_task
+from flows.run import load, stage
 from ray_cluster import runtime
 
 
 @flow(name="ingest", log_prints=True)
 def ingest(recipe: str, fail_from_shard: int | None = None) -> str:
     """Read every source of the recipe into ``{dataset}/ingest/{version}``; a no-op when already committed."""
-    cfg = datasets_cfg.load(recipe)
-    profile = runtime.load_profile(cfg.cluster)
+    cfg, profile = load(recipe)
     with runtime.connected(profile):
-        ref = ingest_task(
-            cfg.ingest.sources, cfg.root, cfg.dataset, cfg.ingest.docs_per_shard, profile, fail_from_shard=fail_from_shard
-        )
-    return str(ref)
+        return str(stage("ingest", [], cfg.ingest, profile, root=cfg.root, dataset=cfg.dataset,
+                         fail_from_shard=fail_from_shard))
 
 
 if __name__ == "__main__":

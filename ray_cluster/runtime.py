@@ -37,7 +37,7 @@ class StageResources(BaseModel):
     num_cpus: float = 1
     num_gpus: float = 0
     concurrency: int = 1  # actors for model stages; keep it below the CPU count (a pool taking every CPU hangs Ray Data)
-    batch_size: int = 1000  # rows per call of the stage function inside a shard
+    rows_per_call: int = 1000  # rows per call of the stage function inside a shard (a model batches inside a call)
     max_retries: int = 3  # a shard task whose worker dies is retried by Ray this many times
     memory_gb: float | None = None
 
@@ -156,6 +156,31 @@ def _progress(desc: str, total: int) -> Iterator[Callable[[], None]]:
         yield lambda: bar.advance(task)
 
 
+class ShardsFailed(RuntimeError):
+    """Some shards of a stage raised; the others ran to the end and their shards are written (a re-run resumes)."""
+
+
+def _guarded(work: Callable[..., dict], *args: Any) -> dict:
+    """Run one shard; an exception becomes a failure record, so one bad shard never cancels the shards in flight
+    beside it (their work would be lost) and the stage reports every failed shard at the end."""
+    try:
+        return work(*args)
+    except Exception as e:  # noqa: BLE001 - reported with its type, message and traceback by run_shards
+        import traceback
+
+        return {"__failed__": f"{type(e).__name__}: {e}", "__traceback__": traceback.format_exc()[-4000:]}
+
+
+def _raise_failures(desc: str, items: Sequence[dict], results: list[dict]) -> list[dict]:
+    failed = [r for r in results if "__failed__" in r]
+    if not failed:
+        return results
+    raise ShardsFailed(
+        f"{desc}: {len(failed)} of {len(items)} shards failed (the other shards are written; re-running resumes). "
+        f"First failure: {failed[0]['__failed__']}\n{failed[0]['__traceback__']}"
+    )
+
+
 class _ActorWorker:
     """Ray Data callable class: loads the stage's model once, then processes one shard item per call."""
 
@@ -167,7 +192,7 @@ class _ActorWorker:
         import numpy as np
 
         items = [dict(zip(batch.keys(), values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        results = [self.work(_unwrap(item), self.state) for item in items]
+        results = [_guarded(self.work, _unwrap(item), self.state) for item in items]
         return {"result": np.array([_encode(r) for r in results], dtype=object)}
 
 
@@ -222,11 +247,11 @@ def run_shards(
         results = []
         with _progress(desc, len(items)) as advance:
             for it in items:
-                results.append(work(dict(it), state) if setup else work(dict(it)))
+                results.append(_guarded(work, dict(it), state) if setup else _guarded(work, dict(it)))
                 advance()
-        return results
+        return _raise_failures(desc, items, results)
     if engine == "dask":
-        return _run_dask(items, work, setup, profile)
+        return _raise_failures(desc, items, _run_dask(items, functools.partial(_guarded, work), setup, profile))
 
     import ray.data
 
@@ -241,7 +266,7 @@ def run_shards(
         if setup is None:
 
             def _call(row: dict) -> dict:
-                return {"result": _encode(work(_unwrap(row)))}
+                return {"result": _encode(_guarded(work, _unwrap(row)))}
 
             ds = ds.map(
                 _call,
@@ -267,7 +292,7 @@ def run_shards(
         for row in ds.iter_rows():
             results.append(json.loads(row["result"]))
             advance()
-    return results
+    return _raise_failures(desc, items, results)
 
 
 def _run_dask(items: Sequence[dict], work: Callable, setup: Callable | None, profile: Profile | None) -> list[dict]:

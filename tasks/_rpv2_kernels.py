@@ -10,6 +10,8 @@ Character classes come from lookup tables built with CPython's own `str` predica
 
 Reference semantics: togethercomputer/RedPajama-Data app/src (commit 6d2cee9), restated in
 ../shared/specs/rpv2_signals.md; each kernel names the RPv2 class it mirrors.
+
+Size: the numba kernels of every RPv2 signal family live together so they compile and cache as one unit.
 """
 
 from __future__ import annotations

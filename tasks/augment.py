@@ -525,3 +525,65 @@ def augment_cost(rows: pa.Table, *, elapsed_s: float, num_gpus: float = 1.0) -> 
         "tokens_per_s": gen / elapsed_s if elapsed_s > 0 else None,
         "gpu_hours_per_1b_train_tokens": (num_gpus * elapsed_s / 3600) / (train / 1e9) if train else None,
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ``augment`` stage: an actor that reuses earlier generations, or vLLM engines (kind ``llm``)
+
+REUSE_COLUMNS: tuple[str, ...] = ()  # the executor hands the actor every column of earlier augment versions
+
+
+class ReusingAugmenter:
+    """The Augmenter, plus reuse: rows whose aug_key an earlier augment version of the dataset already produced
+    (``history``, handed over by the executor) are copied over; the model loads only if a document needs it."""
+
+    def __init__(self, params: AugmentParams, history: pa.Table | None = None):
+        self.params = params
+        self.inner: Augmenter | None = None
+        self.previous = None
+        if history is not None and "aug_error" in history.column_names:
+            self.previous = history.filter(pc.is_null(history.column("aug_error")))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        todo = pending_docs(batch, self.previous, self.params)
+        parts = []
+        if todo.num_rows:
+            if self.inner is None:
+                self.inner = Augmenter(self.params)
+            parts.append(self.inner(todo))
+        if todo.num_rows < batch.num_rows:
+            keys = aug_keys(batch, self.params)
+            done_keys = pc.is_in(keys, value_set=self.previous.column("aug_key").combine_chunks())
+            reused = self.previous.filter(pc.is_in(self.previous.column("aug_key"), value_set=pc.filter(keys, done_keys)))
+            # exactly one reused row per key, in the batch's order
+            parts.append(reused.take(pc.index_in(pc.filter(keys, done_keys), value_set=reused.column("aug_key"))))
+        return pa.concat_tables(parts, promote_options="permissive")
+
+
+def route(params: AugmentParams) -> str:
+    """vLLM runs as Ray Data's LLM processor (engine replicas), every other backend as an actor pool."""
+    return "llm" if params.backend == "vllm" else "actor"
+
+
+def vllm_hooks(params: AugmentParams) -> dict:
+    """What the engine needs: the model, the pure pre/post-processing halves and the context length."""
+    return {
+        "model_source": params.model,
+        "preprocess": functools.partial(vllm_preprocess, params=params),
+        "postprocess": functools.partial(vllm_postprocess, params=params),
+        "engine_kwargs": {"max_model_len": params.max_input_tokens + 256 + params.max_new_tokens},
+    }
+
+
+def augment_summary(read, elapsed: float, resources) -> dict:
+    """Cost of the run and failed rows (kept with aug_error), in the manifest's stats."""
+    rows = read(None)
+    devices = (resources.num_gpus or 0.0) * max(1, resources.concurrency)
+    failed = rows.filter(pc.is_valid(rows.column("aug_error"))).num_rows
+    return {"cost": augment_cost(rows, elapsed_s=elapsed, num_gpus=devices), "failed": failed}
+
+
+def augment_artifact(manifest: dict) -> list[tuple[str, list[dict], str]]:
+    cost = (manifest.get("stats") or {}).get("cost")
+    ref = f"{manifest['dataset']}/{manifest['stage']}/{manifest['version']}"
+    return [("augment-cost", [cost], f"TPT generation cost of {ref}")] if cost else []

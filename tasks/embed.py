@@ -18,6 +18,7 @@ Texts are sorted by length before batching so a batch pads to similar lengths, a
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -83,6 +84,16 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+@functools.lru_cache(maxsize=2)
+def _load_model(path: str, device: str, max_seq_length: int):
+    """One model per process: an actor restarted for the next stage (or a forked worker) reuses it."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device=device, local_files_only=True)
+    model.max_seq_length = max_seq_length
+    return model
+
+
 class Embedder:
     """Callable Ray Data stage: `Embedder(params)(batch) -> batch + embedding, emb_error`."""
 
@@ -92,14 +103,11 @@ class Embedder:
         self._model = None
         if params.base_url is None:
             import torch
-            from sentence_transformers import SentenceTransformer
-
             device = params.device
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             path = params.model or bundled_model_path()
-            self._model = SentenceTransformer(path, device=device, local_files_only=True)
-            self._model.max_seq_length = params.max_seq_length
+            self._model = _load_model(path, device, params.max_seq_length)
             self.model_name = params.model or _DEFAULT_MODEL_NAME
             self.device = device
             get_dim = getattr(self._model, "get_embedding_dimension", None) or (

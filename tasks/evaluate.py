@@ -210,3 +210,31 @@ def _samples_table(out: dict) -> pa.Table:
                     }
                 )
     return pa.Table.from_pylist(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ``evaluate`` stage (kind ``global``)
+
+
+def evaluate_stage(tables: dict, params: EvaluateParams, ctx) -> tuple[pa.Table, dict]:
+    """Bits/byte on the held-out documents (when the recipe holds some out) and the harness tasks, for the model
+    of the ``train`` input; every row names the model and the data it was trained on."""
+    model_dir = ctx.input_dir("train") / "run" / "hf"
+    parts = []
+    if "heldout" in tables:
+        parts.append(heldout_bpb(model_dir, tables["heldout"], params))
+    if params.eval_dir and params.tasks:
+        parts.append(harness_eval(model_dir, params))
+    table = pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
+    data_version = next(iter(ctx.input_manifest("train")["parents"]), None)
+    n = table.num_rows
+    table = table.append_column("model_version", pa.array([ctx.input_ref("train")] * n, pa.string()))
+    table = table.append_column("data_version", pa.array([data_version] * n, pa.string()))
+    table = table.append_column("dataset", pa.array([ctx.dst.dataset] * n, pa.string()))
+    scores = table.select([c for c in ("task", "metric", "value", "stderr", "n") if c in table.column_names])
+    return table, {"scores": scores.to_pylist()}
+
+
+def evaluate_artifact(manifest: dict) -> list[tuple[str, list[dict], str]]:
+    return [("eval-results", (manifest.get("stats") or {}).get("scores") or [],
+             f"evaluation {manifest['dataset']}/{manifest['stage']}/{manifest['version']}")]

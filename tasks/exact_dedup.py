@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -225,3 +226,10 @@ def exact_dedup_filter(
             pc.if_else(newly, reason, out.column("drop_reason")).cast(pa.string()),
         )
     return out
+
+
+def exact_dedup_keepers_duckdb(con: Any, exprs: dict[str, str], params: ExactDedupParams, columns: dict[str, list[str]]) -> str:
+    """The ``exact_dedup_keepers`` stage (kind ``sql``): the duplicates per key, in DuckDB (spills to disk)."""
+    has_keep = "keep" in columns["hashes"]
+    con.execute(f"CREATE TABLE ed_keepers AS {exact_dedup_sql(exprs['hashes'], params, has_keep=has_keep)}")
+    return "ed_keepers"

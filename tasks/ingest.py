@@ -443,3 +443,104 @@ def rows_to_tables(rows: list[tuple[str, dict]]) -> tuple[pa.Table, pa.Table]:
         pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA),
         pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ``ingest`` stage (kind ``source``): the executor lists the files, reads each on a worker, writes the shards
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IngestParams:
+    """The ``ingest`` recipe section: the sources, and how many documents go into one shard."""
+
+    sources: tuple[IngestSource, ...]
+    docs_per_shard: int = 50_000  # a large input file is split into shards of this many documents
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("ingest needs at least one source")
+        if self.docs_per_shard < 1:
+            raise ValueError(f"docs_per_shard must be >= 1, got {self.docs_per_shard}")
+
+    def version_params(self) -> dict:
+        return {"sources": list(self.sources), "docs_per_shard": self.docs_per_shard}
+
+
+def list_input_files(sources: Any) -> list[tuple[int, str]]:
+    """(source index, file URI) for every input file, in a stable order; a missing input is an error."""
+    import fnmatch
+    import posixpath
+
+    import fsspec
+
+    out: list[tuple[int, str]] = []
+    for i, src in enumerate(sources):
+        fs, path = fsspec.core.url_to_fs(src.path)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if any(ch in path for ch in "*?["):
+            found = sorted(fs.glob(path))
+        elif fs.isdir(path):
+            found = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith("."))
+        elif fs.exists(path):
+            found = [path]
+        else:
+            raise FileNotFoundError(f"ingest source {i} not found: {src.path}")
+        found = [p for p in found if not any(fnmatch.fnmatch(posixpath.basename(p), pat) for pat in src.exclude)]
+        if not found:
+            raise FileNotFoundError(f"ingest source {i} matched no files: {src.path}")
+        for p in found:
+            out.append((i, p if protocol in ("file", "local") else f"{protocol}://{p}"))
+    return out
+
+
+def input_files(params: IngestParams) -> list[tuple[dict, str]]:
+    """(reader settings, file URI) per input file: what the executor hands each worker."""
+    import dataclasses
+
+    return [(dataclasses.asdict(params.sources[s]), uri) for s, uri in list_input_files(params.sources)]
+
+
+def read_file(stream: IO[bytes], uri: str, spec: dict) -> tuple[pa.Table, pa.Table]:
+    """One input file -> (documents, quarantine rows)."""
+    return rows_to_tables(list(read_source(stream, uri, IngestSource(**spec))))
+
+
+def summarize_file(docs: pa.Table, bad: pa.Table) -> dict:
+    from collections import Counter
+
+    import pyarrow.compute as pc
+
+    return {
+        "documents": docs.num_rows,
+        "quarantined": bad.num_rows,
+        "bytes": int(pc.sum(docs["raw_bytes"]).as_py() or 0),
+        "domains": dict(Counter(docs["domain"].to_pylist())),
+    }
+
+
+def ingest_stats(results: list[dict], elapsed: float) -> dict:
+    from collections import Counter
+
+    domains: Counter = Counter()
+    for r in results:
+        domains.update(r["domains"])
+    docs = sum(r["documents"] for r in results)
+    return {
+        "files": len(results),
+        "documents": docs,
+        "quarantined": sum(r["quarantined"] for r in results),
+        "bytes": sum(r["bytes"] for r in results),
+        "domains": dict(domains),
+        "seconds": round(elapsed, 3),
+        "docs_per_s": round(docs / elapsed, 1) if elapsed else None,
+        "per_file": [{"file": r["file"], "documents": r["documents"], "quarantined": r["quarantined"]} for r in results],
+    }
+
+
+def ingest_artifacts(manifest: dict) -> list[tuple[str, list[dict], str]]:
+    import posixpath
+
+    s = manifest.get("stats") or {}
+    rows = [{**r, "file": posixpath.basename(r["file"])} for r in s.get("per_file", [])]
+    return [("ingest-counts", rows, f"ingest of {manifest['dataset']}: {s.get('documents')} documents, "
+             f"{s.get('quarantined')} quarantined")]

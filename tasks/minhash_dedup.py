@@ -3,8 +3,8 @@
 The stage is split the way datatrove splits `MinhashDedup{Signature,Buckets,Cluster,Filter}` so that no step needs
 all buckets in RAM:
 
-1. `minhash_signatures(batch, MinhashParams)` (kind a): `mh_values` + RPv2 band keys `minhash_signature_<s>`.
-2. `minhash_edges(batch, FuzzyDedupParams)` (kind a): one row per (band, key, doc_id) plus a `part` column; the
+1. `minhash_signatures(batch, MinhashSignaturesParams)` (kind a): `mh_values` + RPv2 band keys `minhash_signature_<s>`.
+2. `minhash_edges(batch, MinhashDedupParams)` (kind a): one row per (band, key, doc_id) plus a `part` column; the
    engine writes it hash-partitioned by `part`, so every bucket lives in exactly one partition.
 3. `minhash_buckets(edges_of_one_partition)` (kind c, per partition): duplicate pairs `(src, dst)` with
    `dst = min(doc_id)` of the bucket (RPv2 `run_lsh.py` step 2).
@@ -17,8 +17,8 @@ all buckets in RAM:
 For data past memory the same steps 3-5 exist as DuckDB SQL (`fuzzy_dedup_sql`, `run_fuzzy_dedup_sql(con, ...)`):
 DuckDB spills its group-bys and joins to disk; this module only builds the SQL text and never imports duckdb.
 
-    from tasks.minhash_dedup import MinhashParams, minhash_signatures
-    out = minhash_signatures(batch, MinhashParams())
+    from tasks.minhash_dedup import MinhashSignaturesParams, minhash_signatures
+    out = minhash_signatures(batch, MinhashSignaturesParams())
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ _MAX_HASH_32 = np.uint64(0xFFFFFFFF)  # datasketch `_max_hash` (32-bit hash valu
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class MinhashParams:
+class MinhashSignaturesParams:
     """RPv2 MinHash settings; defaults are `configs/rp_v2.0.conf` (13-grams, 128 perms, sims 1.0/0.9/0.8/0.7, seed 42)."""
 
     ngram_size: int = 13  # MINHASH_NGRAM_SIZE
@@ -72,7 +72,6 @@ class MinhashParams:
     text_column: str = "text"
 
 
-MinhashSignaturesParams = MinhashParams  # design-doc name (`<Stage>Params` for stage `minhash_signatures`)
 
 
 @lru_cache(maxsize=8)
@@ -117,7 +116,7 @@ def signature_column(similarity: float) -> str:
     return f"minhash_signature_{float(similarity)}"
 
 
-def minhash_values(text: str, params: MinhashParams = MinhashParams()) -> np.ndarray | None:
+def minhash_values(text: str, params: MinhashSignaturesParams = MinhashSignaturesParams()) -> np.ndarray | None:
     """128 uint32 MinHash values of one document, or None below `ngram_size` normalized words (RPv2)."""
     values, ok = _batch_values([text], params)
     return values[0] if ok[0] else None
@@ -130,7 +129,7 @@ def band_keys(values: np.ndarray, bands: int, rows: int) -> list[bytes]:
     return [be[i * width : (i + 1) * width] for i in range(bands)]
 
 
-def _batch_values(texts: list[str | None], params: MinhashParams) -> tuple[np.ndarray, np.ndarray]:
+def _batch_values(texts: list[str | None], params: MinhashSignaturesParams) -> tuple[np.ndarray, np.ndarray]:
     """(uint32[docs, num_perm], ok[docs]) for a batch: normalized texts concatenated, one numba pass (the per-shingle
     SHA-1 and the permutation min), instead of a Python loop over shingles."""
     from tasks._minhash_kernel import batch_minhash
@@ -143,7 +142,7 @@ def _batch_values(texts: list[str | None], params: MinhashParams) -> tuple[np.nd
     return batch_minhash(buf, offsets, params.ngram_size, a, b)
 
 
-def minhash_signatures(batch: pa.Table, params: MinhashParams = MinhashParams()) -> pa.Table:
+def minhash_signatures(batch: pa.Table, params: MinhashSignaturesParams = MinhashSignaturesParams()) -> pa.Table:
     """Add `mh_values` (list<uint32>[num_perm]) and `minhash_signature_<s>` (list<binary> band keys) per similarity.
 
     Both are null for documents with fewer than `ngram_size` normalized words or a null text (RPv2 behaviour).
@@ -189,7 +188,7 @@ _PRIORITY_RE = re.compile(r"^(longest|lowest_doc_id|[A-Za-z_][A-Za-z0-9_.]*:(asc
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class FuzzyDedupParams:
+class MinhashDedupParams:
     """LSH fuzzy dedup settings.
 
     similarity: which band layout to bucket on; 0.8 (9 bands x 13 rows) is what the RPv2 paper's 1.6B ablations used.
@@ -216,7 +215,6 @@ class FuzzyDedupParams:
             raise ValueError("num_partitions must be >= 1")
 
 
-MinhashDedupParams = FuzzyDedupParams
 
 EDGES_SCHEMA = pa.schema([("part", pa.int32()), ("band", pa.int32()), ("key", pa.binary()), ("doc_id", pa.string())])
 PAIRS_SCHEMA = pa.schema([("src", pa.string()), ("dst", pa.string())])
@@ -225,7 +223,7 @@ CLUSTERS_SCHEMA = pa.schema(
 )
 
 
-def minhash_edges(batch: pa.Table, params: FuzzyDedupParams = FuzzyDedupParams()) -> pa.Table:
+def minhash_edges(batch: pa.Table, params: MinhashDedupParams = MinhashDedupParams()) -> pa.Table:
     """Explode the band keys of `params.similarity` into (part, band, key, doc_id) rows; null signatures give none.
 
     `part` = first 4 key bytes (a MinHash value, uniform) mod num_partitions, so a bucket never spans partitions.
@@ -302,7 +300,7 @@ def minhash_clusters(pairs: pa.Table | Iterable[pa.Table], max_iter: int = 100) 
     return pa.table({"doc_id": nodes, "cluster_id": nodes.take(pa.array(labels))})
 
 
-def _priority_sort_keys(params: FuzzyDedupParams) -> list[tuple[str, str]]:
+def _priority_sort_keys(params: MinhashDedupParams) -> list[tuple[str, str]]:
     if params.priority == "longest":
         return [("_len", "descending"), ("doc_id", "ascending")]
     if params.priority == "lowest_doc_id":
@@ -311,7 +309,7 @@ def _priority_sort_keys(params: FuzzyDedupParams) -> list[tuple[str, str]]:
     return [(column, "descending" if order == "desc" else "ascending"), ("doc_id", "ascending")]
 
 
-def select_cluster_keepers(members: pa.Table, params: FuzzyDedupParams = FuzzyDedupParams()) -> pa.Table:
+def select_cluster_keepers(members: pa.Table, params: MinhashDedupParams = MinhashDedupParams()) -> pa.Table:
     """One survivor per cluster. `members`: doc_id, cluster_id and the priority input (`text`, a text-length
     column `text_length`, or the `<column>` of `priority`). Returns (doc_id, cluster_id, cluster_size, keep)."""
     if members.num_rows == 0:
@@ -345,7 +343,7 @@ def select_cluster_keepers(members: pa.Table, params: FuzzyDedupParams = FuzzyDe
     )
 
 
-def minhash_filter(batch: pa.Table, params: FuzzyDedupParams = FuzzyDedupParams(), *, clusters: pa.Table) -> pa.Table:
+def minhash_filter(batch: pa.Table, params: MinhashDedupParams = MinhashDedupParams(), *, clusters: pa.Table) -> pa.Table:
     """Add `mh_cluster_id` (own doc_id for singletons), `mh_cluster_size`, `mh_keep`; no row is removed.
 
     When `keep`/`drop_reason` exist (quality_filter ran), a duplicate gets keep=False, drop_reason="mh_duplicate"
@@ -381,7 +379,7 @@ def minhash_filter(batch: pa.Table, params: FuzzyDedupParams = FuzzyDedupParams(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _sql_order(params: FuzzyDedupParams) -> str:
+def _sql_order(params: MinhashDedupParams) -> str:
     if params.priority == "longest":
         return f'length(d."{params.text_column}") DESC NULLS LAST, m.doc_id'
     if params.priority == "lowest_doc_id":
@@ -390,7 +388,7 @@ def _sql_order(params: FuzzyDedupParams) -> str:
     return f'd."{column}" {order.upper()} NULLS LAST, m.doc_id'
 
 
-def fuzzy_dedup_sql(edges: str, docs: str, params: FuzzyDedupParams = FuzzyDedupParams()) -> dict[str, str]:
+def fuzzy_dedup_sql(edges: str, docs: str, params: MinhashDedupParams = MinhashDedupParams()) -> dict[str, str]:
     """The SQL of the spill-to-disk variant. `edges`/`docs` are table expressions, e.g. "read_parquet('e/*.parquet')".
 
     Keys: `pairs`, `labels_init`, `labels_step`, `changed`, `swap` (run `labels_step`+`changed`+`swap` until
@@ -432,7 +430,7 @@ FROM m LEFT JOIN {docs} d ON d."{doc_id}" = m.doc_id""",
 
 
 def run_fuzzy_dedup_sql(
-    con: Any, edges: str, docs: str, params: FuzzyDedupParams = FuzzyDedupParams(), max_iter: int = 100
+    con: Any, edges: str, docs: str, params: MinhashDedupParams = MinhashDedupParams(), max_iter: int = 100
 ) -> int:
     """Run `fuzzy_dedup_sql` on a DB-API-like connection (DuckDB: `con.execute(sql).fetchone()`); returns rounds.
 
@@ -453,3 +451,9 @@ def run_fuzzy_dedup_sql(
         raise RuntimeError(f"label propagation did not converge in {max_iter} rounds")
     con.execute(sql["clusters"])
     return rounds
+
+
+def minhash_clusters_duckdb(con: Any, exprs: dict[str, str], params: MinhashDedupParams, columns: dict[str, list[str]]) -> str:
+    """The ``minhash_clusters`` stage (kind ``sql``): buckets -> connected components -> keepers, in DuckDB."""
+    run_fuzzy_dedup_sql(con, exprs["edges"], exprs["docs"], params)
+    return "mh_clusters"

@@ -192,3 +192,25 @@ def _check_spans(text: str | None, per_signal: dict[str, Any]) -> str | None:
     if pos != len(text):
         return f"line spans end at {pos} but text has {len(text)} chars"
     return None
+
+
+def funnel_summary(read: Any, elapsed: float, resources: Any) -> dict:
+    """The filter funnel of a stage's output (documents per drop_reason), kept in its manifest's stats."""
+    table = read(["drop_reason"])
+    if "drop_reason" not in table.column_names:
+        return {}
+    counts: dict[str, int] = {}
+    for r in table.column("drop_reason").to_pylist():
+        counts[r or "(kept)"] = counts.get(r or "(kept)", 0) + 1
+    total = max(1, table.num_rows)
+    rows = [{"drop_reason": k, "documents": v, "percent": round(100.0 * v / total, 2)}
+            for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return {"funnel": rows}
+
+
+def funnel_artifact(manifest: dict) -> list[tuple[str, list[dict], str]]:
+    rows = (manifest.get("stats") or {}).get("funnel")
+    if not rows:
+        return []
+    ref = f"{manifest['dataset']}/{manifest['stage']}/{manifest['version']}"
+    return [("filter-funnel", rows, f"filter funnel of {ref}")]

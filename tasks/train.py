@@ -476,3 +476,29 @@ def export_hf(model: CausalLMWithMTP, meta: dict, hf_dir: Path) -> None:
     tok.eos_token = tok.bos_token = tok.pad_token = eos  # lm-eval / vLLM read these from the tokenizer files
     tok.model_max_length = int(meta["seq_len"])
     tok.save_pretrained(str(hf_dir))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ``train`` stage (kind ``global``, in the driver: it launches the training workers through the executor)
+
+
+def train_loop(config: dict) -> dict:
+    """What every training worker runs (torch.distributed is set up around it by Ray Train)."""
+    return train(config["params"], config["data_dir"], config["out_dir"])
+
+
+def train_stage(tables: dict, params: TrainParams, ctx) -> tuple[pa.Table, dict]:
+    """Train (or resume) in the version folder; the per-step metrics are the stage's table."""
+    out_dir = ctx.local_dir / "run"
+    summary = ctx.distributed(train_loop, {"params": params, "data_dir": str(ctx.input_dir("pack") / "packed"),
+                                           "out_dir": str(out_dir)})
+    metrics = read_metrics(out_dir)
+    metrics = metrics.append_column("model_version", pa.array([str(ctx.dst)] * metrics.num_rows, pa.string()))
+    return metrics, {**summary, "model_dir": str(out_dir / "hf")}
+
+
+def train_artifact(manifest: dict) -> list[tuple[str, list[dict], str]]:
+    s = manifest.get("stats") or {}
+    ref = f"{manifest['dataset']}/{manifest['stage']}/{manifest['version']}"
+    return [("train-summary", [{"model": ref, "steps": s.get("steps"), "loss": s.get("final_loss", s.get("loss"))}],
+             f"training run {ref}")]

@@ -25,10 +25,10 @@ import pyarrow as pa
 import pytest
 
 from dashboards import app
-from flows import stage
 from ray_cluster import runtime
 from storage import catalog, datasets
 from tasks.ingest import IngestSource
+from tests import stages
 from tests.conftest import save_screenshot, shared_path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -131,12 +131,6 @@ class Browser:
 # ----------------------------------------------------------------------------------------------- a store with data
 
 
-def _quality_filter(batch: pa.Table, params) -> pa.Table:
-    from tasks.quality_filter import quality_filter_sql
-
-    return stage.sql_over_batch(quality_filter_sql, params, batch)
-
-
 def _write(ref_parent: datasets.DatasetRef, stage_name: str, table: pa.Table, root_table=None) -> datasets.DatasetRef:
     ref = datasets.derive(ref_parent, stage_name, None, {"rows": table.num_rows})
     datasets.write_table(ref, table, parents=[ref_parent])
@@ -145,7 +139,7 @@ def _write(ref_parent: datasets.DatasetRef, stage_name: str, table: pa.Table, ro
 
 def _build_store(root: Path) -> dict:
     from tasks.quality_filter import QualityFilterParams
-    from tasks.quality_signals import QualitySignalsParams, quality_signals
+    from tasks.quality_signals import QualitySignalsParams
 
     bad = root.parent / "inputs" / "broken.jsonl"
     bad.parent.mkdir(parents=True, exist_ok=True)
@@ -158,9 +152,9 @@ def _build_store(root: Path) -> dict:
                      text_field="abstract", limit=20),
         IngestSource(path=str(bad), domain="web"),
     ]  # fmt: skip
-    docs = stage.ingest(sources, root=str(root), dataset="dash", docs_per_shard=40, profile=SERIAL)
-    signals = stage.map_stage(docs, "quality_signals", quality_signals, QualitySignalsParams(), SERIAL)
-    filtered = stage.map_stage(signals, "quality_filter", _quality_filter, QualityFilterParams(rules="gopher"), SERIAL)
+    docs = stages.ingest(sources, root=str(root), dataset="dash", docs_per_shard=40, profile=SERIAL)
+    signals = stages.run("quality_signals", [docs], QualitySignalsParams(), SERIAL)
+    filtered = stages.run("quality_filter", [signals], QualityFilterParams(rules="gopher"), SERIAL)
     ids = datasets.read_table(filtered, columns=["doc_id", "domain", "text", "keep"])
     n = ids.num_rows
     # the later stages' output contracts, on the real doc_ids: dedup clusters, k-means assignments before and
@@ -214,7 +208,7 @@ def test_every_panel_file_has_a_title_a_chart_and_a_no_data_message():
 
 def test_panels_without_their_tables_say_which_flow_to_run(tmp_path):
     root = tmp_path / "store"
-    docs = stage.ingest(
+    docs = stages.ingest(
         [IngestSource(path=str(shared_path("domains", "arxiv_abstracts", "arxiv_abstracts.jsonl")), domain="arxiv",
                       text_field="abstract", limit=5)],
         root=str(root), dataset="bare", docs_per_shard=10, profile=SERIAL,

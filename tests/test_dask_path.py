@@ -11,10 +11,10 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from flows import stage
 from ray_cluster import runtime
 from storage import catalog, datasets
 from tasks.ingest import IngestSource
+from tests import stages
 from tests.conftest import shared_path
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed (pip install -e .[dask])")
@@ -60,8 +60,8 @@ def test_dask_ingest_and_map_stage_match_the_ray_run_shard_for_shard(tmp_path, d
     for name, profile in (("dask", dask), ("ray", ray)):
         root = str(tmp_path / name)
         with runtime.connected(profile):
-            docs = stage.ingest(_sources(), root=root, dataset="cpu", docs_per_shard=15, profile=profile)
-            refs[name] = stage.map_stage(docs, "char_count", _char_count, {}, profile)
+            docs = stages.ingest(_sources(), root=root, dataset="cpu", docs_per_shard=15, profile=profile)
+            refs[name] = stages.adhoc(docs, "char_count", _char_count, {}, profile)
     # same inputs and code: the same content-addressed version, whichever engine computed it
     assert refs["dask"].version == refs["ray"].version
     d_root, r_root = str(tmp_path / "dask"), str(tmp_path / "ray")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows import deploy
+from services import deployments, prefect_server
 from storage import catalog, datasets
 from tests.conftest import REPO, save_screenshot, shared_path
 
@@ -21,8 +21,8 @@ from tests.conftest import REPO, save_screenshot, shared_path
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     state = tmp_path_factory.mktemp("prefect_state")
-    info = deploy.server_up(
-        port=deploy.free_port(),
+    info = prefect_server.server_up(
+        port=prefect_server.free_port(),
         state=state,
         home=state / "home",
         timeout=180,
@@ -32,9 +32,9 @@ def server(tmp_path_factory):
         assert info["healthy"] and info["worker_running"], info
         yield info
     finally:
-        stopped = deploy.server_down(state=state)
+        stopped = prefect_server.server_down(state=state)
         assert set(stopped) == {"server", "worker"}
-        assert not deploy.server_status(state=state)["server_running"]
+        assert not prefect_server.server_status(state=state)["server_running"]
 
 
 def _lines(path: Path, n: int, start: int = 0) -> str:
@@ -43,23 +43,23 @@ def _lines(path: Path, n: int, start: int = 0) -> str:
 
 
 def test_prefect_yaml_declares_every_flow_with_the_recipe_parameter():
-    specs = {s.full_name: s for s in deploy.load_deployments()}
+    specs = {s.full_name: s for s in deployments.load_deployments()}
     for flow in ("ingest", "watch", "curate", "augment", "train", "evaluate", "experiment"):
         assert specs[f"{flow}/tiny"].parameters == {"recipe": "datasets_cfg/tiny.yaml"}
         assert specs[f"{flow}/tiny"].concurrency_limit >= 1
     assert specs["watch/tiny"].schedules[0]["cron"] == "0 2 * * *"
     assert specs["watch/tiny"].collision_strategy == "CANCEL_NEW"
-    steps = deploy.pull_steps()
+    steps = deployments.pull_steps()
     assert steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
 
 
 def test_a_new_flow_module_gets_a_default_deployment_and_missing_ones_are_skipped(tmp_path):
-    found = deploy.discover_flows()
+    found = deployments.discover_flows()
     assert found["ingest"] == "flows/ingest.py:ingest" and found["watch"] == "flows/watch.py:watch"
     pf = tmp_path / "prefect.yaml"
     pf.write_text(yaml.safe_dump({"deployments": [{"name": "x", "entrypoint": "flows/nope.py:nope",
                                                     "parameters": {"recipe": "r.yaml"}}]}))  # fmt: skip
-    specs = {s.full_name: s for s in deploy.load_deployments(pf, recipe="datasets_cfg/other.yaml")}
+    specs = {s.full_name: s for s in deployments.load_deployments(pf, recipe="datasets_cfg/other.yaml")}
     # every discovered flow not in the file gets <flow>/<recipe stem>, with the recipe given
     assert specs["ingest/other"].entrypoint == "flows/ingest.py:ingest"
     assert specs["ingest/other"].parameters == {"recipe": "datasets_cfg/other.yaml"}
@@ -69,12 +69,12 @@ def test_a_new_flow_module_gets_a_default_deployment_and_missing_ones_are_skippe
 @pytest.mark.timeout(600)
 def test_server_deploys_and_runs_ingest_with_new_parameters_publishing_artifacts(server, tmp_path):
     api = server["api_url"]
-    result = deploy.deploy(api, names=["ingest/tiny", "watch/tiny"])
+    result = deployments.deploy(api, names=["ingest/tiny", "watch/tiny"])
     assert set(result) == {"ingest/tiny", "watch/tiny"} and all(not v.startswith("skipped") for v in result.values())
-    listed = {d["name"]: d for d in deploy.list_deployments(api)}
+    listed = {d["name"]: d for d in deployments.list_deployments(api)}
     assert listed["watch/tiny"]["schedules"] == ["0 2 * * *"] and listed["watch/tiny"]["concurrency_limit"] == 1
     assert listed["watch/tiny"]["collision_strategy"] == "CANCEL_NEW"
-    assert listed["ingest/tiny"]["work_pool"] == deploy.DEFAULT_POOL
+    assert listed["ingest/tiny"]["work_pool"] == prefect_server.DEFAULT_POOL
     assert listed["ingest/tiny"]["pull_steps"][0]["prefect.deployments.steps.set_working_directory"][
         "directory"
     ] == str(REPO)
@@ -88,11 +88,11 @@ def test_server_deploys_and_runs_ingest_with_new_parameters_publishing_artifacts
             {"path": str(shared_path("clean", "wikipedia_1k", "wikipedia.jsonl")), "domain": "wikipedia",
              "text_field": "eng_Latn", "limit": 8}]},
     }))  # fmt: skip
-    run_id = deploy.trigger("ingest/tiny", {"recipe": str(recipe)}, api)
-    state = deploy.wait(run_id, timeout=420, api_url=api)
+    run_id = deployments.trigger("ingest/tiny", {"recipe": str(recipe)}, api)
+    state = deployments.wait(run_id, timeout=420, api_url=api)
     assert state == "COMPLETED", (Path(server["prefect_home"]).parent / "worker.log").read_text()[-4000:]
-    assert deploy.flow_run_result(run_id, api)["parameters"] == {"recipe": str(recipe)}
-    arts = {a["key"]: a for a in deploy.run_artifacts(run_id, api)}
+    assert deployments.flow_run_result(run_id, api)["parameters"] == {"recipe": str(recipe)}
+    arts = {a["key"]: a for a in deployments.run_artifacts(run_id, api)}
     counts = arts["ingest-counts"]["data"]
     assert {r["file"]: r["documents"] for r in counts} == {"arxiv_abstracts.jsonl": 12, "wikipedia.jsonl": 8}
     ref = datasets.latest(str(tmp_path / "store"), "deployed", "ingest")
@@ -102,7 +102,7 @@ def test_server_deploys_and_runs_ingest_with_new_parameters_publishing_artifacts
 @pytest.mark.timeout(600)
 def test_watched_prefix_second_run_ingests_only_the_new_file(server, tmp_path):
     api = server["api_url"]
-    deploy.deploy(api, names=["watch/tiny"])
+    deployments.deploy(api, names=["watch/tiny"])
     c4 = shared_path("web", "c4_sample", "c4_sample.jsonl")
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -114,9 +114,9 @@ def test_watched_prefix_second_run_ingests_only_the_new_file(server, tmp_path):
                                       "ingest": {"docs_per_shard": 10, "sources": [{"path": str(inbox), "domain": "web"}]}}))  # fmt: skip
 
     def run() -> dict:
-        run_id = deploy.trigger("watch/tiny", {"recipe": str(recipe)}, api)
-        assert deploy.wait(run_id, timeout=300, api_url=api) == "COMPLETED"
-        return {a["key"]: a for a in deploy.run_artifacts(run_id, api)}
+        run_id = deployments.trigger("watch/tiny", {"recipe": str(recipe)}, api)
+        assert deployments.wait(run_id, timeout=300, api_url=api) == "COMPLETED"
+        return {a["key"]: a for a in deployments.run_artifacts(run_id, api)}
 
     first = run()
     assert sorted(Path(r["file"]).name for r in first["watch-new-files"]["data"]) == ["a.jsonl", "b.jsonl"]
@@ -140,7 +140,7 @@ def test_watched_prefix_second_run_ingests_only_the_new_file(server, tmp_path):
 def test_prefect_ui_shows_the_deployments(server, tmp_path):
     from tests.test_dashboards import Browser
 
-    deploy.deploy(server["api_url"], names=["ingest/tiny", "watch/tiny"])
+    deployments.deploy(server["api_url"], names=["ingest/tiny", "watch/tiny"])
     browser = Browser(width=1400, height=900)
     try:
         shot = tmp_path / "prefect_ui.png"
@@ -152,7 +152,7 @@ def test_prefect_ui_shows_the_deployments(server, tmp_path):
 
 
 def test_server_status_reports_nothing_running_for_an_unused_state_dir(tmp_path):
-    status = deploy.server_status(state=tmp_path)
+    status = prefect_server.server_status(state=tmp_path)
     assert not status["server_running"] and not status["healthy"] and status["server_pid"] is None
-    assert deploy.server_down(state=tmp_path) == {}
+    assert prefect_server.server_down(state=tmp_path) == {}
     assert json.dumps(status)  # what `quarry server status` prints

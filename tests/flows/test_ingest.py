@@ -5,10 +5,10 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from flows.stage import map_stage
 from ray_cluster import runtime
 from storage import catalog, datasets
 from tests.conftest import shared_path
+from tests.stages import adhoc
 
 
 def _recipe(tmp_path, name="flowtest"):
@@ -83,10 +83,10 @@ def test_map_stage_resumes_after_a_failure_at_shard_k(tmp_path, ray_local):
     datasets.write_table(src, pa.table({"doc_id": [f"d{i:03d}" for i in range(100)], "text": texts}), max_rows_per_shard=10)
     profile = runtime.load_profile("local")
     with pytest.raises(Exception, match="injected failure"):
-        map_stage(src, "word_count", _count_words, {"v": 1}, profile, fail_from_shard=4)
+        adhoc(src, "word_count", _count_words, {"v": 1}, profile, fail_from_shard=4)
     dst = datasets.derive(src, "word_count", _count_words, {"v": 1})
     assert not datasets.is_committed(dst) and len(datasets.existing_shards(dst)) == 4
-    out = map_stage(src, "word_count", _count_words, {"v": 1}, profile)
+    out = adhoc(src, "word_count", _count_words, {"v": 1}, profile)
     m = datasets.read_manifest(out)
     assert m["stats"]["shards_resumed"] == 4 and m["stats"]["shards_computed"] == 6
     table = datasets.read_table(out)

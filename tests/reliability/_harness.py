@@ -6,7 +6,7 @@
 Kinds: ingest, signals, dedup, embed_kmeans, augment, train (see ``run_kind``). Every kind reads the same base input
 (``prepare_base``: an ingest of C4 documents with planted exact and near duplicates, its MinHash signatures and
 token ids) and
-runs the real stage code through the real engine (``flows.stage`` over ``storage.datasets``).
+runs the production stages of the registry through the executor (``ray_cluster.executor`` over ``storage``).
 
 Why a zygote: importing the engine and loading the models takes ~10-30 s on a shared 2-core box, and a stage kind
 on the tiny input runs in well under a second once warm. ``serve`` imports everything and runs each kind once
@@ -30,7 +30,6 @@ import traceback
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 C4 = Path(os.environ.get("QUARRY_SHARED_DATA", REPO.parent / "shared" / "data")) / "web" / "c4_sample" / "c4_sample.jsonl"
@@ -114,41 +113,14 @@ def base_refs(root: str):
 def prepare_base(base: str, inputs: Path) -> None:
     """The committed input every non-ingest kind starts from: ingest, its MinHash signatures and its token ids."""
     import tasks.minhash_dedup as mh
-    import tasks.tokenize as tok_mod
-    from flows.stage import ingest, map_stage
+    from tests import stages
 
-    ing = ingest(sources(inputs), root=base, dataset=DATASET, docs_per_shard=4, profile=serial())
-    map_stage(ing, "minhash_signatures", mh.minhash_signatures, mh.MinhashParams(), serial())
-    map_stage(ing, "tokenize", tok_mod.tokenize_docs, tokenize_params(), serial())
+    ing = stages.ingest(sources(inputs), root=base, dataset=DATASET, docs_per_shard=4, profile=serial())
+    stages.run("minhash_signatures", [ing], mh.MinhashSignaturesParams(), serial())
+    stages.run("tokenize", [ing], tokenize_params(), serial())
 
 
 # ------------------------------------------------------------------------------------------------ stage kinds
-
-
-_MODELS: dict[Any, Any] = {}
-
-
-class CachedEmbedder:
-    """The real tasks.embed.Embedder, built once per process (as a Ray actor keeps it) so forked children reuse it."""
-
-    def __init__(self, params):
-        from tasks.embed import Embedder
-
-        key = ("embed", params)
-        if key not in _MODELS:
-            _MODELS[key] = Embedder(params)
-        self.model = _MODELS[key]
-
-    def __call__(self, batch):
-        return self.model(batch)
-
-
-def kmeans_assign(table, params):
-    """k-means as a global step: fit the hierarchy on every embedding, return one assignment row per document."""
-    import tasks.kmeans_balance as km
-
-    result = km.fit_hierarchical_kmeans(km.embeddings_matrix(table), params)
-    return km.hkmeans_assignments(result, table.column("doc_id"))
 
 
 def embed_params():
@@ -174,50 +146,52 @@ def train_params():
 def tokenize_params():
     from tasks.tokenize import TokenizeParams
 
-    return TokenizeParams(seq_len=16)
+    return TokenizeParams()
+
+
+def pack_params():
+    from tasks.tokenize import PackParams
+
+    return PackParams(seq_len=16)
 
 
 def run_kind(kind: str, root: str, inputs: Path, llm_url: str | None = None):
-    """Run one stage kind to completion (resuming whatever a killed run left); returns the final DatasetRef."""
-    from flows import steps
-    from flows.stage import global_stage, ingest, map_stage
+    """Run one stage kind to completion (resuming whatever a killed run left); returns the final DatasetRef.
+    Every kind runs the production stages of the registry through the executor, as the flows do."""
+    from tests import stages
 
     prof = serial()
     if kind == "ingest":
-        return ingest(sources(inputs), root=root, dataset=DATASET, docs_per_shard=4, profile=prof)
+        return stages.ingest(sources(inputs), root=root, dataset=DATASET, docs_per_shard=4, profile=prof)
     ing, sig = base_refs(root)
     if ing is None or sig is None:
         raise RuntimeError(f"{root} holds no base input; copy prepare_base's root first")
     if kind == "signals":
         import tasks.quality_signals as qs
 
-        return map_stage(ing, "quality_signals", qs.quality_signals, qs.QualitySignalsParams(language="en"), prof)
+        return stages.run("quality_signals", [ing], qs.QualitySignalsParams(language="en"), prof)
     if kind == "dedup":
         import tasks.exact_dedup as ed
         import tasks.minhash_dedup as mh
 
-        ref = steps.exact_dedup(sig, ed.ExactDedupParams(), prof)
-        return steps.minhash_dedup(ref, mh.FuzzyDedupParams(num_partitions=2), prof)
+        ref = stages.section("exact_dedup", sig, ed.ExactDedupParams(), prof)
+        return stages.section("minhash_dedup", ref, mh.MinhashDedupParams(num_partitions=2), prof)
     if kind == "embed_kmeans":
-        import tasks.embed as embed_mod
-        import tasks.kmeans_balance as km
+        import tasks.hkmeans as km
 
-        emb = map_stage(ing, "embed", CachedEmbedder, embed_params(), prof, stateful=True, code=(CachedEmbedder, embed_mod))
-        params = km.KMeansParams(levels=(6, 2), iterations=10, resampling_steps=(1, 1), seed=0, device="cpu")
-        return global_stage(emb, "kmeans", kmeans_assign, params, prof, columns=["doc_id", "embedding"], code=(kmeans_assign, km))
+        emb = stages.run("embed", [ing], embed_params(), prof)
+        params = km.HKMeansParams(levels=(6, 2), iterations=10, resampling_steps=(1, 1), seed=0, device="cpu")
+        return stages.run("hkmeans", [emb], params, prof)
     if kind == "augment":
-        from tasks.augment import Augmenter
-
         if not llm_url:
             raise ValueError("augment needs llm_url (an OpenAI-compatible endpoint)")
-        return map_stage(ing, "augment", Augmenter, augment_params(llm_url), prof, stateful=True)
+        return stages.run("augment", [ing], augment_params(llm_url), prof)
     if kind == "train":
-        from flows.train import fit, pack
         from storage import datasets
 
         tok = datasets.latest(root, DATASET, "tokenize")
-        packed = pack.fn(tok, tokenize_params(), prof)  # .fn: the task body, without a Prefect run
-        return fit.fn(packed, train_params(), prof)
+        packed = stages.run("pack", [tok], pack_params(), prof)
+        return stages.run("train", [packed], train_params(), prof)
     raise ValueError(f"unknown stage kind {kind!r}; known: {KINDS}")
 
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 import datasets_cfg
-from flows.stage import ingest
 from ray_cluster import runtime
 from storage import catalog, datasets
 from tasks.ingest import IngestSource
+from tests.stages import ingest
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "bad"
 GOOD = [{"text": f"good document {i} with enough words to be a document", "url": f"http://ok/{i}"} for i in range(5)]

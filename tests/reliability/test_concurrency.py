@@ -32,7 +32,7 @@ from tests.reliability import _harness as h
 h._env()
 import tasks.minhash_dedup as mh
 import tasks.quality_signals as qs
-from flows.stage import ingest, map_stage
+from tests.stages import ingest, run
 from storage import datasets
 from tasks.ingest import IngestSource
 root, dataset, inputs, ready, go = sys.argv[1:6]
@@ -41,8 +41,8 @@ Path(ready).touch()
 while not os.path.exists(go):
     time.sleep(0.005)
 ing = ingest(srcs, root=root, dataset=dataset, docs_per_shard=4, profile=h.serial())
-sig = map_stage(ing, "quality_signals", qs.quality_signals, qs.QualitySignalsParams(language="en"), h.serial())
-mhs = map_stage(ing, "minhash_signatures", mh.minhash_signatures, mh.MinhashParams(), h.serial())
+sig = run("quality_signals", [ing], qs.QualitySignalsParams(language="en"), h.serial())
+mhs = run("minhash_signatures", [ing], mh.MinhashSignaturesParams(), h.serial())
 print(json.dumps({r.stage: [r.version, datasets.read_manifest(r)["created_at"]] for r in (ing, sig, mhs)}))
 """
 

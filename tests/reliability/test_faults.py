@@ -144,16 +144,16 @@ def _leftover_temporaries(root: str) -> list[str]:
 def test_ray_worker_sigkilled_mid_stage_is_retried_by_the_engine(stateful, zygote, ray_local, tmp_path, capsys):
     """A real local Ray: the stage's worker process SIGKILLs itself on its first shard; Ray Data retries the shard
     (task retry, or actor restart + task retry) and the stage commits every row exactly once."""
-    from flows.stage import map_stage
     from ray_cluster import runtime
     from storage import datasets
+    from tests.stages import adhoc
 
     root = str(tmp_path / "store")
     shutil.copytree(zygote.base, root)
     ing, _ = h.base_refs(root)
     marker = tmp_path / "died.pid"
     fn = h.DieOnce if stateful else h.die_once
-    ref = map_stage(ing, "die_once", fn, {"marker": str(marker)}, runtime.load_profile("local"), stateful=stateful)
+    ref = adhoc(ing, "die_once", fn, {"marker": str(marker)}, runtime.load_profile("local"), stateful=stateful)
     assert marker.exists(), "the worker never killed itself: the fault was not injected"
     assert int(marker.read_text()) != os.getpid()  # it was a Ray worker, not this driver
     manifest = datasets.read_manifest(ref)

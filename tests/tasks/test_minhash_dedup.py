@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from tasks.minhash_dedup import (
-    FuzzyDedupParams,
-    MinhashParams,
+    MinhashDedupParams,
+    MinhashSignaturesParams,
     lsh_bands,
     minhash_buckets,
     minhash_clusters,
@@ -70,7 +70,7 @@ def test_signatures_identical_to_rpv2_gold(name):
     docs = _jsonl(GOLD / f"{name}_docs.jsonl")
     gold = {g["id"]: g for g in _jsonl(GOLD / f"{name}_rpv2_signals.jsonl")}
     batch = pa.table({"doc_id": [d["id"] for d in docs], "text": [d["text"] for d in docs]})
-    out = minhash_signatures(batch, MinhashParams())
+    out = minhash_signatures(batch, MinhashSignaturesParams())
     assert out.schema.field("mh_values").type == pa.list_(pa.uint32())
     rows = out.to_pylist()
     assert len(rows) == len(gold) == len(docs)
@@ -87,7 +87,7 @@ def test_signatures_identical_to_rpv2_gold(name):
 
 def test_short_and_null_texts_get_null_signatures_without_dropping_rows():
     batch = pa.table({"doc_id": ["a", "b", "c"], "text": ["one two three", None, " ".join(["w"] * 30)]})
-    out = minhash_signatures(batch, MinhashParams())
+    out = minhash_signatures(batch, MinhashSignaturesParams())
     assert out.num_rows == 3
     assert out.column("mh_values").to_pylist()[:2] == [None, None]
     assert len(out.column("mh_values")[2].as_py()) == 128
@@ -96,11 +96,11 @@ def test_short_and_null_texts_get_null_signatures_without_dropping_rows():
 
 def test_missing_text_column_is_a_clear_error():
     with pytest.raises(ValueError, match="text"):
-        minhash_signatures(pa.table({"doc_id": ["a"]}), MinhashParams())
+        minhash_signatures(pa.table({"doc_id": ["a"]}), MinhashSignaturesParams())
 
 
 def _sig_table(ids: list[str], texts: list[str], **extra) -> pa.Table:
-    return minhash_signatures(pa.table({"doc_id": ids, "text": texts, **extra}), MinhashParams(similarities=(0.8,)))
+    return minhash_signatures(pa.table({"doc_id": ids, "text": texts, **extra}), MinhashSignaturesParams(similarities=(0.8,)))
 
 
 BASE = " ".join(f"word{i}" for i in range(200))
@@ -122,7 +122,7 @@ def test_chain_of_near_duplicates_forms_one_cluster_with_min_id():
         "d0": " ".join(f"other{i}" for i in range(200)),
     }
     sig = _sig_table(list(texts), list(texts.values()))
-    pairs = minhash_buckets(minhash_edges(sig, FuzzyDedupParams(num_partitions=1)))
+    pairs = minhash_buckets(minhash_edges(sig, MinhashDedupParams(num_partitions=1)))
     clusters = minhash_clusters(pairs)
     got = dict(zip(clusters.column("doc_id").to_pylist(), clusters.column("cluster_id").to_pylist(), strict=True))
     assert got == {"d1": "d1", "d2": "d1", "d3": "d1"}  # d0 is a singleton and never enters the pair graph
@@ -148,20 +148,20 @@ def test_keep_priority_longest_lowest_id_and_column():
     )
 
     def kept(priority):
-        out = select_cluster_keepers(members, FuzzyDedupParams(priority=priority))
+        out = select_cluster_keepers(members, MinhashDedupParams(priority=priority))
         return sorted(r["doc_id"] for r in out.to_pylist() if r["keep"])
 
     assert kept("longest") == ["b", "d"]  # b and c tie on length: lowest doc_id wins
     assert kept("lowest_doc_id") == ["a", "d"]
     assert kept("score:desc") == ["a", "e"]
     assert kept("score:asc") == ["b", "d"]  # null score never wins
-    sizes = select_cluster_keepers(members, FuzzyDedupParams()).to_pylist()
+    sizes = select_cluster_keepers(members, MinhashDedupParams()).to_pylist()
     assert {r["doc_id"]: r["cluster_size"] for r in sizes} == {"a": 3, "b": 3, "c": 3, "d": 2, "e": 2}
 
 
 def test_bad_priority_is_rejected():
     with pytest.raises(ValueError, match="priority"):
-        FuzzyDedupParams(priority="longest; drop table x")
+        MinhashDedupParams(priority="longest; drop table x")
 
 
 def test_filter_keeps_every_row_and_folds_duplicates_into_drop_reason():
@@ -180,7 +180,7 @@ def test_filter_keeps_every_row_and_folds_duplicates_into_drop_reason():
             "keep": [True, False, False],
         }
     )
-    out = minhash_filter(batch, FuzzyDedupParams(), clusters=clusters).to_pylist()
+    out = minhash_filter(batch, MinhashDedupParams(), clusters=clusters).to_pylist()
     assert [r["keep"] for r in out] == [True, False, False, True]
     assert [r["drop_reason"] for r in out] == [None, "mh_duplicate", "gopher_short", None]
     assert [r["mh_cluster_id"] for r in out] == ["a", "a", "a", "z"]
@@ -189,7 +189,7 @@ def test_filter_keeps_every_row_and_folds_duplicates_into_drop_reason():
 
 def test_rejected_docs_do_not_enter_lsh():
     sig = _sig_table(["a", "b"], [BASE, BASE], keep=[True, False])
-    edges = minhash_edges(sig, FuzzyDedupParams())
+    edges = minhash_edges(sig, MinhashDedupParams())
     assert set(edges.column("doc_id").to_pylist()) == {"a"}
 
 
@@ -229,7 +229,7 @@ def _shingles(text: str) -> set[str]:
 def test_precision_recall_at_0_8_against_true_jaccard_on_planted_near_duplicates():
     ids, texts = _planted_corpus()
     sig = _sig_table(ids, texts)
-    params = FuzzyDedupParams(similarity=0.8, num_partitions=4)
+    params = MinhashDedupParams(similarity=0.8, num_partitions=4)
     edges = minhash_edges(sig, params)
     parts = [minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(4)]
     clusters = minhash_clusters(parts)
@@ -285,7 +285,7 @@ def test_precision_recall_at_0_8_against_true_jaccard_on_planted_near_duplicates
 def test_duckdb_sql_variant_gives_same_clusters_and_keepers_as_arrow(tmp_path):
     ids, texts = _planted_corpus(n_base=60, seed=1)
     sig = _sig_table(ids, texts)
-    params = FuzzyDedupParams(num_partitions=3)
+    params = MinhashDedupParams(num_partitions=3)
     edges = minhash_edges(sig, params)
     arrow_clusters = minhash_clusters(
         [minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(3)]
@@ -329,7 +329,7 @@ def test_kernel_sha1_matches_hashlib_across_block_boundaries():
 
 def test_minhash_values_single_doc_matches_the_batch():
     texts = [" ".join(f"w{i}" for i in range(40)), "too short", None]
-    out = minhash_signatures(pa.table({"doc_id": ["a", "b", "c"], "text": texts}), MinhashParams())
+    out = minhash_signatures(pa.table({"doc_id": ["a", "b", "c"], "text": texts}), MinhashSignaturesParams())
     assert minhash_values(texts[0]).tolist() == out.column("mh_values")[0].as_py()
     assert minhash_values(texts[1]) is None
 
@@ -337,7 +337,7 @@ def test_minhash_values_single_doc_matches_the_batch():
 def test_edges_number_bands_per_document_around_null_signatures():
     long = [" ".join(f"{w}{i}" for i in range(30)) for w in ("a", "b")]
     out = minhash_signatures(pa.table({"doc_id": ["x", "short", "y"], "text": [long[0], "tiny", long[1]]}))
-    edges = minhash_edges(out, FuzzyDedupParams(similarity=0.8))
+    edges = minhash_edges(out, MinhashDedupParams(similarity=0.8))
     bands, _ = lsh_bands(0.8)
     assert sorted(set(edges.column("doc_id").to_pylist())) == ["x", "y"]
     for doc in ("x", "y"):

@@ -130,7 +130,7 @@ def test_null_embedding_is_a_clear_error_and_bad_params_are_rejected():
 @pytest.mark.skipif(not C4.exists(), reason=f"shared C4 sample absent: {C4}")
 def test_real_minilm_embeddings_flag_lightly_edited_copies_of_c4_docs():
     from tasks.embed import Embedder, EmbedParams
-    from tasks.kmeans_balance import KMeansParams, fit_hierarchical_kmeans, hkmeans_assignments
+    from tasks.hkmeans import HKMeansParams, fit_hierarchical_kmeans, hkmeans_assignments
 
     with C4.open() as f:
         docs = [json.loads(line)["text"] for _, line in zip(range(10), f, strict=False)]
@@ -138,7 +138,7 @@ def test_real_minilm_embeddings_flag_lightly_edited_copies_of_c4_docs():
     texts = docs + copies
     ids = [f"c4_{i}" for i in range(10)] + ["copy_0", "copy_3", "copy_7"]
     emb = Embedder(EmbedParams(max_seq_length=128, device="cpu")).embed_texts(texts)
-    result = fit_hierarchical_kmeans(emb, KMeansParams(levels=(2,), iterations=10, device="cpu"))
+    result = fit_hierarchical_kmeans(emb, HKMeansParams(levels=(2,), iterations=10, device="cpu"))
     table = hkmeans_assignments(result, ids).append_column(
         "embedding", pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
     )

@@ -2,7 +2,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.tokenize import TokenizeParams, load_packed, load_tokenizer, pack_sequences, save_packed, tokenize_docs
+from tasks.tokenize import (
+    PackParams,
+    TokenizeParams,
+    load_packed,
+    load_tokenizer,
+    pack_sequences,
+    save_packed,
+    tokenize_docs,
+)
 
 DOCS = pa.table(
     {
@@ -25,7 +33,7 @@ DOCS = pa.table(
 
 
 def _tok():
-    return tokenize_docs(DOCS, TokenizeParams(seq_len=16))
+    return tokenize_docs(DOCS, TokenizeParams())
 
 
 def test_tokenize_appends_eos_and_matches_plain_tokenizer():
@@ -60,7 +68,7 @@ def test_missing_text_column_is_a_clear_error():
 
 def test_pack_loses_no_token_and_keeps_order():
     toks = _tok()
-    packed = pack_sequences(toks, TokenizeParams(seq_len=16))
+    packed = pack_sequences(toks, PackParams(seq_len=16))
     assert packed.tokens.shape[1] == 17 and packed.tokens.dtype == np.uint16
     stream = np.concatenate([packed.tokens[i, : packed.valid[i]] for i in range(len(packed.valid))])
     expected = np.concatenate([np.asarray(x, dtype=np.int64) for x in toks["tok_ids"].to_pylist() if x])
@@ -72,7 +80,7 @@ def test_pack_loses_no_token_and_keeps_order():
 
 def test_pack_eos_count_equals_document_count():
     toks = _tok()
-    packed = pack_sequences(toks, TokenizeParams(seq_len=16))
+    packed = pack_sequences(toks, PackParams(seq_len=16))
     real = np.concatenate([packed.tokens[i, : packed.valid[i]] for i in range(len(packed.valid))])
     assert int((real == 0).sum()) == 7  # 8 docs, one with null text
 
@@ -80,14 +88,14 @@ def test_pack_eos_count_equals_document_count():
 def test_pack_counts_per_domain_and_per_cluster_are_exact():
     toks = _tok()
     lens = dict(zip(DOCS["doc_id"].to_pylist(), toks["tok_count"].to_pylist(), strict=True))
-    by_domain = pack_sequences(toks, TokenizeParams(seq_len=16)).counts.to_pylist()
+    by_domain = pack_sequences(toks, PackParams(seq_len=16)).counts.to_pylist()
     rows = {r["group"]: r for r in by_domain}
     assert set(rows) == {"web", "code", "wikipedia"}
     assert rows["web"]["tokens_in"] == lens["d0"] + lens["d3"] + lens["d5"]
     assert rows["web"]["docs_in"] == 3 and rows["web"]["docs_skipped"] == 1
     assert rows["code"]["tokens_out"] == lens["d1"] + lens["d7"]
     assert sum(r["tokens_out"] for r in by_domain) == sum(lens.values())
-    by_cluster = pack_sequences(toks, TokenizeParams(seq_len=16, mixture_by="km_l1")).counts.to_pylist()
+    by_cluster = pack_sequences(toks, PackParams(seq_len=16, mixture_by="km_l1")).counts.to_pylist()
     assert {r["group"]: r["tokens_in"] for r in by_cluster}["2"] == lens["d2"] + lens["d6"]
 
 
@@ -102,7 +110,7 @@ def test_mixture_weights_hit_target_proportions():
         }
     )
     toks = toks.append_column("tok_count", pa.array([len(x) for x in toks["tok_ids"].to_pylist()], pa.int64()))
-    params = TokenizeParams(seq_len=32, mixture_weights={"web": 0.5, "code": 0.5}, target_tokens=20_000)
+    params = PackParams(seq_len=32, mixture_weights={"web": 0.5, "code": 0.5}, target_tokens=20_000)
     counts = {r["group"]: r for r in pack_sequences(toks, params).counts.to_pylist()}
     share = counts["code"]["tokens_out"] / (counts["code"]["tokens_out"] + counts["web"]["tokens_out"])
     assert abs(share - 0.5) < 0.01
@@ -121,7 +129,7 @@ def test_upsampling_phase_is_last_and_follows_its_own_mixture():
             "tok_count": pa.array([21] * n, pa.int64()),
         }
     )
-    params = TokenizeParams(seq_len=32, upsample_fraction=0.2, upsample_weights={"wikipedia": 1.0})
+    params = PackParams(seq_len=32, upsample_fraction=0.2, upsample_weights={"wikipedia": 1.0})
     packed = pack_sequences(toks, params)
     assert list(packed.phase) == sorted(packed.phase)  # phase-major
     p1 = {r["group"]: r for r in packed.counts.to_pylist() if r["phase"] == 1}
@@ -132,11 +140,11 @@ def test_upsampling_phase_is_last_and_follows_its_own_mixture():
 
 def test_weight_for_absent_group_is_a_clear_error():
     with pytest.raises(ValueError, match="arxiv"):
-        pack_sequences(_tok(), TokenizeParams(seq_len=16, mixture_weights={"web": 1, "arxiv": 1}))
+        pack_sequences(_tok(), PackParams(seq_len=16, mixture_weights={"web": 1, "arxiv": 1}))
 
 
 def test_save_and_load_roundtrip(tmp_path):
-    packed = pack_sequences(_tok(), TokenizeParams(seq_len=16))
+    packed = pack_sequences(_tok(), PackParams(seq_len=16))
     save_packed(packed, tmp_path)
     back = load_packed(tmp_path)
     assert np.array_equal(back.tokens, packed.tokens) and np.array_equal(back.valid, packed.valid)

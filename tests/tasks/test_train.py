@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tasks.tokenize import TokenizeParams, pack_sequences, save_packed, tokenize_docs
+from tasks.tokenize import PackParams, TokenizeParams, pack_sequences, save_packed, tokenize_docs
 from tasks.train import CausalLMWithMTP, TrainParams, _lr_factor, read_metrics, train
 
 SHAKESPEARE = (
@@ -21,9 +21,9 @@ def data_dir(tmp_path_factory) -> Path:
         pytest.skip(f"shared data absent: {SHAKESPEARE}")
     paras = [p for p in SHAKESPEARE.read_text()[:60_000].split("\n\n") if p.strip()]
     docs = pa.table({"doc_id": [str(i) for i in range(len(paras))], "text": paras, "domain": ["books"] * len(paras)})
-    params = TokenizeParams(seq_len=SEQ_LEN)
+    params = PackParams(seq_len=SEQ_LEN)
     out = tmp_path_factory.mktemp("packed")
-    save_packed(pack_sequences(tokenize_docs(docs, params), params), out)
+    save_packed(pack_sequences(tokenize_docs(docs, TokenizeParams()), params), out)
     return out
 
 

@@ -3,7 +3,7 @@
 import pyarrow as pa
 import pytest
 
-from tasks.tokenize import TokenizeParams, pack_sequences, save_packed, tokenize_docs
+from tasks.tokenize import PackParams, TokenizeParams, pack_sequences, save_packed, tokenize_docs
 from tasks.train import TrainParams, read_metrics, train
 
 TEXT = [f"Document {i}: the quick brown fox jumps over the lazy dog number {i % 7}." for i in range(200)]
@@ -23,9 +23,9 @@ def test_train_runs_inside_ray_torch_trainer(ray_local, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    params = TokenizeParams(seq_len=32)
+    params = PackParams(seq_len=32)
     docs = pa.table({"doc_id": [str(i) for i in range(len(TEXT))], "text": TEXT})
-    save_packed(pack_sequences(tokenize_docs(docs, params), params), tmp_path / "data")
+    save_packed(pack_sequences(tokenize_docs(docs, TokenizeParams()), params), tmp_path / "data")
     tp = TrainParams(max_steps=6, micro_batch_size=4, warmup_steps=2, checkpoint_every=3)
     trainer = TorchTrainer(
         _loop,

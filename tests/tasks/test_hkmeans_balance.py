@@ -13,28 +13,19 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from tasks.kmeans_balance import (
-    BalanceParams,
-    KMeansParams,
-    KMeansShard,
-    assign_and_partial_sums,
+from tasks.balance import BalanceParams, balanced_sample, water_fill
+from tasks.balance_report import balance_report, entropy, gini, kl_to_uniform
+from tasks.hkmeans import (
+    HKMeansParams,
     assign_clusters,
-    balance_report,
-    balanced_sample,
-    entropy,
     fit_hierarchical_kmeans,
     fit_level,
-    fit_level_distributed,
-    gini,
     hkmeans_assignments,
     hkmeans_tree,
-    kl_to_uniform,
-    kmeans,
     level_from_tables,
     level_to_tables,
-    update_centroids,
-    water_fill,
 )
+from tasks.kmeans import KMeansShard, assign_and_partial_sums, fit_level_distributed, kmeans, update_centroids
 
 # Very unequal component sizes: the largest is 500× the smallest.
 SIZES = (5000, 2000, 800, 400, 200, 100, 60, 40, 20, 10)
@@ -60,7 +51,7 @@ def _kl_uniform_over(comp_counts):
 @pytest.fixture(scope="module")
 def mixture_fit():
     x, comp = _mixture()
-    params = KMeansParams(levels=(300, 60, 10), iterations=20, seed=3, device="cpu")
+    params = HKMeansParams(levels=(300, 60, 10), iterations=20, seed=3, device="cpu")
     result = fit_hierarchical_kmeans(x, params)
     table = hkmeans_assignments(result, [f"d{i}" for i in range(len(x))]).append_column("comp", pa.array(comp))
     return x, comp, params, result, table
@@ -148,20 +139,20 @@ def test_distributed_driver_over_three_shards_equals_one_shard():
 
 def test_fit_is_deterministic_under_a_seed_and_changes_with_it():
     x, _ = _mixture(sizes=(800, 300, 100), dim=8, seed=6)
-    p = KMeansParams(levels=(30, 8, 3), iterations=10, seed=1, device="cpu")
+    p = HKMeansParams(levels=(30, 8, 3), iterations=10, seed=1, device="cpu")
     a, b = fit_hierarchical_kmeans(x, p), fit_hierarchical_kmeans(x, p)
     for la, lb in zip(a.levels, b.levels, strict=True):
         assert np.array_equal(la.centroids, lb.centroids) and np.array_equal(la.labels, lb.labels)
-    c = fit_hierarchical_kmeans(x, KMeansParams(levels=(30, 8, 3), iterations=10, seed=2, device="cpu"))
+    c = fit_hierarchical_kmeans(x, HKMeansParams(levels=(30, 8, 3), iterations=10, seed=2, device="cpu"))
     assert not np.array_equal(a.levels[0].centroids, c.levels[0].centroids)
 
 
 def test_resuming_level_two_from_saved_level_one_gives_identical_results(tmp_path):
     x, _ = _mixture(sizes=(800, 300, 100), dim=8, seed=7)
-    p = KMeansParams(levels=(40, 10, 3), iterations=10, seed=4, device="cpu")
+    p = HKMeansParams(levels=(40, 10, 3), iterations=10, seed=4, device="cpu")
     full = fit_hierarchical_kmeans(x, p)
     saved = []
-    fit_hierarchical_kmeans(x, KMeansParams(levels=(40,), iterations=10, seed=4, device="cpu"), on_level=saved.append)
+    fit_hierarchical_kmeans(x, HKMeansParams(levels=(40,), iterations=10, seed=4, device="cpu"), on_level=saved.append)
     assign_t, cent_t = level_to_tables(saved[0])
     pq.write_table(assign_t, tmp_path / "l1_assign.parquet")
     pq.write_table(cent_t, tmp_path / "l1_centroids.parquet")
@@ -189,8 +180,8 @@ def test_level_assignments_are_sorted_by_cluster_then_distance(mixture_fit):
 
 def test_resampling_moves_level_one_centroids_out_of_the_dense_component():
     x, comp = _mixture(seed=8)
-    base = KMeansParams(levels=(100,), iterations=15, seed=0, device="cpu", resampling_steps=(1,))
-    res = KMeansParams(levels=(100,), iterations=15, seed=0, device="cpu", resampling_steps=(6,))
+    base = HKMeansParams(levels=(100,), iterations=15, seed=0, device="cpu", resampling_steps=(1,))
+    res = HKMeansParams(levels=(100,), iterations=15, seed=0, device="cpu", resampling_steps=(6,))
 
     def share_on_largest(p):
         lr = fit_hierarchical_kmeans(x, p).levels[0]
@@ -212,19 +203,19 @@ def test_tree_parents_compose_to_doc_labels(mixture_fit):
 
 
 def test_default_levels_scale_with_the_corpus():
-    ks, steps, rs = KMeansParams().resolve(100_000)
+    ks, steps, rs = HKMeansParams().resolve(100_000)
     assert ks == (5000, 500, 100, 20) and steps == (1, 10, 10, 10) and rs == (0, 0, 0, 0)
-    assert KMeansParams().resolve(40)[0] == (2, 2, 2, 2)
+    assert HKMeansParams().resolve(40)[0] == (2, 2, 2, 2)
 
 
 def test_split_level_one_fits_clusters_inside_coarse_clusters():
     x, _ = _mixture(sizes=(600, 300, 100), dim=8, seed=9)
-    p = KMeansParams(levels=(24, 4), iterations=10, level1_split=4, seed=0, device="cpu")
+    p = HKMeansParams(levels=(24, 4), iterations=10, level1_split=4, seed=0, device="cpu")
     r = fit_hierarchical_kmeans(x, p)
     assert len(r.levels[0].centroids) <= 24
     assert set(np.unique(r.levels[0].labels)) <= set(range(len(r.levels[0].centroids)))
     with pytest.raises(ValueError, match="cannot be combined"):
-        KMeansParams(levels=(24,), level1_split=4, resampling_steps=(3,))
+        HKMeansParams(levels=(24,), level1_split=4, resampling_steps=(3,))
 
 
 def test_assign_clusters_reproduces_fit_labels_and_nulls_missing_embeddings(mixture_fit):
@@ -243,7 +234,7 @@ def test_nan_embeddings_are_a_clear_error():
     x = np.ones((10, 4), dtype=np.float32)
     x[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        fit_hierarchical_kmeans(x, KMeansParams(levels=(2,), device="cpu"))
+        fit_hierarchical_kmeans(x, HKMeansParams(levels=(2,), device="cpu"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -375,8 +366,8 @@ def test_cuda_fit_matches_cpu_inertia():
     gpu, _, _, hg = kmeans(x, 50, iterations=20, init=init, device="cuda")
     assert hg[-1] == pytest.approx(hc[-1], rel=1e-3)
     assert (
-        KMeansParams(device="auto")
-        and str(__import__("tasks.kmeans_balance").kmeans_balance.resolve_device()) == "cuda"
+        HKMeansParams(device="auto")
+        and str(__import__("tasks.kmeans").kmeans.resolve_device()) == "cuda"
     )
 
 

@@ -1,0 +1,197 @@
+"""The one registry of stages: name, function, params type, kind and inputs of every stage quarry runs.
+
+The flows compose stages by name, the executor (ray_cluster/executor.py) runs any of them, the recipe schema
+(datasets_cfg) types each section with the stage's params, and cluster profiles key resources by stage (or recipe
+section) name, checked against this table. One name per stage everywhere: module function, recipe section,
+profile key, Prefect task-run name, folder ``{dataset}/{stage}/{version}`` and view ``{dataset}__{stage}``.
+
+Kinds (what the executor does with ``fn``): ``source`` (files -> shards), ``map`` (``fn(batch, params, **side)``),
+``actor`` (``fn(params, **side)`` builds a model per actor, then maps batches), ``sql_map`` (``fn(params)`` is SQL
+over ``batch``), ``sql`` (a DuckDB global step that spills), ``global`` (``fn(tables, params, ctx)`` on one
+worker), ``llm`` (vLLM engines via Ray Data, chosen by ``route``). ``inputs`` name the stages (or ``src``, the
+version a section chain starts from) whose outputs feed the stage, in order; ``roles`` are the names the function
+sees them by. A recipe section that is several steps (exact_dedup: hash -> group -> mark) lists them in
+``SECTIONS``; its steps take their resources from the section's profile entry unless they have their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import tasks.augment as augment
+import tasks.balance as balance
+import tasks.datatrove_signals as datatrove_signals
+import tasks.embed as embed
+import tasks.evaluate as evaluate
+import tasks.exact_dedup as exact_dedup
+import tasks.experiment as experiment
+import tasks.hkmeans as hkmeans
+import tasks.ingest as ingest
+import tasks.minhash_dedup as minhash_dedup
+import tasks.quality_filter as quality_filter
+import tasks.quality_signals as quality_signals
+import tasks.select as select
+import tasks.semdedup as semdedup
+import tasks.tokenize as tokenize
+import tasks.train as train
+import tasks.watch as watch
+
+KINDS = ("source", "map", "actor", "sql_map", "sql", "global", "llm")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str
+    fn: Callable
+    params: type | None  # the params dataclass (None: configured by the flow, e.g. the experiment matrix)
+    section: str | None = None  # the recipe section (and profile fallback key) holding its params
+    inputs: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()  # what fn calls each input; default: the input names
+    optional: tuple[str, ...] = ()  # roles that may be absent (None)
+    code: tuple[Any, ...] = ()  # modules hashed into the version besides fn's own
+    outputs: tuple[str, ...] = ()  # side outputs, committed as sibling versions
+    checkpoints: tuple[str, ...] = ()  # global stages: per-step checkpoint siblings (resume mid-stage)
+    columns: dict[str, tuple[str, ...] | None] | None = None  # global: columns read per role (() all, None none)
+    driver: bool = False  # global: runs in the driver (it launches its own distributed workers)
+    history: tuple[str, ...] | None = None  # actor: columns of earlier versions of this stage handed to the model
+    variadic: bool = False  # global: any number of inputs of one kind (experiment cells)
+    post: Callable | None = None  # sql_map: a pure function applied after the SQL
+    route: Callable[[Any], str] | None = None  # params -> the kind to run (augment: "llm" for vLLM)
+    llm: Callable[[Any], dict] | None = None  # llm kind: params -> model/pre/post-processing for the engine
+    list_inputs: Callable | None = None  # source: params -> [(spec, uri)]
+    summarize: Callable | None = None  # source: per-file (docs, bad) -> result fields
+    reduce: Callable | None = None  # source: (results, seconds) -> manifest stats
+    summarize_output: Callable | None = None  # map/actor/llm: (rows, seconds, resources) -> manifest stats
+    artifacts: Callable[[dict], list[tuple[str, list[dict], str]]] | None = None  # manifest -> Prefect tables
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"stage {self.name}: unknown kind {self.kind!r}")
+        if not self.roles:
+            object.__setattr__(self, "roles", tuple(self.inputs))
+
+
+def _stages(*stages: Stage) -> dict[str, Stage]:
+    return {s.name: s for s in stages}
+
+
+STAGES: dict[str, Stage] = _stages(
+    Stage("ingest", "source", ingest.read_file, ingest.IngestParams, "ingest", outputs=("ingest_quarantine",),
+          list_inputs=ingest.input_files, summarize=ingest.summarize_file, reduce=ingest.ingest_stats,
+          artifacts=ingest.ingest_artifacts, doc="files -> documents (+ quarantine rows with reason and position)"),
+    Stage("heldout", "map", select.split_by_doc_id, select.SplitParams, "heldout", ("src",),
+          doc="documents held out by doc id before curation (evaluation text)"),
+    Stage("train_split", "map", select.split_by_doc_id, select.SplitParams, "heldout", ("src",),
+          doc="the documents not held out"),
+    Stage("quality_signals", "map", quality_signals.quality_signals, quality_signals.QualitySignalsParams,
+          "quality_signals", ("src",), doc="RedPajama-V2 quality signals"),
+    Stage("minhash_signatures", "map", minhash_dedup.minhash_signatures, minhash_dedup.MinhashSignaturesParams,
+          "minhash_signatures", ("src",), doc="RPv2 MinHash signatures and band keys"),
+    Stage("datatrove_signals", "map", datatrove_signals.datatrove_signals, datatrove_signals.DatatroveSignalsParams,
+          "datatrove_signals", ("src",), doc="datatrove Gopher/C4/FineWeb filter reasons"),
+    Stage("quality_filter", "sql_map", quality_filter.quality_filter_sql, quality_filter.QualityFilterParams,
+          "quality_filter", ("src",), post=quality_filter.line_filter, summarize_output=quality_filter.funnel_summary,
+          artifacts=quality_filter.funnel_artifact,
+          doc="keep + drop_reason from SQL rules"),
+    Stage("exact_dedup_hashes", "map", exact_dedup.exact_dedup_hashes, exact_dedup.ExactDedupParams, "exact_dedup",
+          ("src",), doc="normalized text and URL hashes"),
+    Stage("exact_dedup_keepers", "sql", exact_dedup.exact_dedup_keepers_duckdb, exact_dedup.ExactDedupParams, "exact_dedup",
+          ("exact_dedup_hashes",), roles=("hashes",), doc="one survivor per hash (DuckDB, spills)"),
+    Stage("exact_dedup", "map", exact_dedup.exact_dedup_filter, exact_dedup.ExactDedupParams, "exact_dedup",
+          ("exact_dedup_hashes", "exact_dedup_keepers"), roles=("docs", "keepers"),
+          summarize_output=quality_filter.funnel_summary, artifacts=quality_filter.funnel_artifact,
+          doc="ed_keep, ed_duplicate_of; duplicates folded into keep"),
+    Stage("minhash_edges", "map", minhash_dedup.minhash_edges, minhash_dedup.MinhashDedupParams, "minhash_dedup",
+          ("src",), doc="LSH band edges"),
+    Stage("minhash_clusters", "sql", minhash_dedup.minhash_clusters_duckdb, minhash_dedup.MinhashDedupParams,
+          "minhash_dedup", ("minhash_edges", "src"), roles=("edges", "docs"),
+          doc="connected components and one survivor per cluster (DuckDB, spills)"),
+    Stage("minhash_dedup", "map", minhash_dedup.minhash_filter, minhash_dedup.MinhashDedupParams, "minhash_dedup",
+          ("src", "minhash_clusters"), roles=("docs", "clusters"), summarize_output=quality_filter.funnel_summary,
+          artifacts=quality_filter.funnel_artifact,
+          doc="mh_cluster_id, mh_cluster_size; duplicates folded into keep"),
+    Stage("kept", "map", select.kept_documents, select.KeptParams, None, ("src",),
+          doc="the documents every filter kept"),
+    Stage("embed", "actor", embed.Embedder, embed.EmbedParams, "embed", ("src",), doc="MiniLM embeddings"),
+    Stage("hkmeans", "global", hkmeans.hkmeans_stage, hkmeans.HKMeansParams, "hkmeans", ("embed",),
+          columns={"embed": ("doc_id", "embedding", "emb_error")}, checkpoints=("hkmeans_levels", "hkmeans_centroids"),
+          outputs=("hkmeans_tree",), doc="hierarchical k-means (Vo et al. 2024), resumable per level"),
+    Stage("semdedup", "global", semdedup.semdedup_stage, semdedup.SemDeDupParams, "semdedup", ("embed", "hkmeans"),
+          columns={"embed": ("doc_id", "embedding", "emb_error"), "hkmeans": ()},
+          doc="semantic duplicates inside level-1 clusters (Abbas et al. 2023)"),
+    Stage("balance", "global", balance.balance_stage, balance.BalanceParams, "balance", ("hkmeans", "src", "semdedup"),
+          roles=("hkmeans", "docs", "semdedup"), optional=("semdedup",),
+          columns={"hkmeans": (), "docs": ("doc_id", "domain", "raw_bytes"), "semdedup": ("doc_id", "sd_keep")},
+          outputs=tuple(f"balance_{r}" for r in balance.REPORTS), artifacts=balance.balance_artifact,
+          doc="balanced hierarchical sample (water-filling) + balance report tables"),
+    Stage("curated", "map", select.selected_documents, select.SelectedParams, None, ("src", "balance"),
+          roles=("docs", "selection"), doc="the sampled documents, repeated bal_copies times"),
+    Stage("augment", "actor", augment.ReusingAugmenter, augment.AugmentParams, "augment", ("src",),
+          history=augment.REUSE_COLUMNS, route=augment.route, llm=augment.vllm_hooks,
+          summarize_output=augment.augment_summary, artifacts=augment.augment_artifact,
+          doc="TPT thinking trajectories from a teacher LLM (reuses earlier generations by aug_key)"),
+    Stage("tokenize", "map", tokenize.tokenize_docs, tokenize.TokenizeParams, "tokenize", ("src",),
+          doc="token ids + EOS"),
+    Stage("pack", "global", tokenize.pack_stage, tokenize.PackParams, "pack", ("tokenize",),
+          columns={"tokenize": ()}, doc="fixed-length rows, mixture weights, upsampling phase; counts per group"),
+    Stage("train", "global", train.train_stage, train.TrainParams, "train", ("pack",), columns={"pack": None},
+          driver=True, artifacts=train.train_artifact, doc="per-step metrics of a Llama trained with Ray Train"),
+    Stage("evaluate", "global", evaluate.evaluate_stage, evaluate.EvaluateParams, "evaluate", ("train", "heldout"),
+          optional=("heldout",), columns={"train": None, "heldout": ()}, artifacts=evaluate.evaluate_artifact,
+          doc="bits/byte per held-out domain + lm-evaluation-harness tasks"),
+    Stage("experiment", "global", experiment.experiment_stage, None, "experiment", ("evaluate",), variadic=True,
+          artifacts=experiment.experiment_artifact, doc="one table over every cell of an experiment matrix"),
+    Stage("watch_state", "global", watch.watch_state_stage, watch.WatchParams, None, ("ingest", "watch_state"),
+          roles=("batch", "previous"), optional=("previous",), columns={"batch": None, "previous": ()},
+          doc="files a watched prefix already gave, per ingest batch"),
+)
+
+# Recipe sections made of several steps, in order; every other section is the stage of the same name.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "heldout": ("heldout", "train_split"),
+    "exact_dedup": ("exact_dedup_hashes", "exact_dedup_keepers", "exact_dedup"),
+    "minhash_dedup": ("minhash_edges", "minhash_clusters", "minhash_dedup"),
+}
+
+# The document-level curation chain of a recipe, in flow order: each present section runs on the previous output.
+CURATION = ("quality_signals", "minhash_signatures", "datatrove_signals", "quality_filter", "exact_dedup",
+            "minhash_dedup")
+
+
+def stage(name: str) -> Stage:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; known: {', '.join(sorted(STAGES))}") from None
+
+
+def section_steps(section: str) -> tuple[Stage, ...]:
+    return tuple(STAGES[n] for n in SECTIONS.get(section, (section,)))
+
+
+def sections() -> dict[str, type | None]:
+    """Recipe section -> params type, for the recipe schema."""
+    out: dict[str, type | None] = {}
+    for s in STAGES.values():
+        if s.section and s.section not in out:
+            out[s.section] = s.params
+    return out
+
+
+def resource_keys() -> set[str]:
+    """Names a profile's ``stages:`` may key: every stage and every recipe section."""
+    return set(STAGES) | {s.section for s in STAGES.values() if s.section}
+
+
+def check_resource_keys(keys: Any, where: str) -> None:
+    """A profile naming an unknown stage is an error naming the file and the key (it would be silently ignored)."""
+    unknown = sorted(set(keys) - resource_keys())
+    if unknown:
+        raise ValueError(f"{where}: unknown stage(s) {unknown} under `stages:`; known: {', '.join(sorted(resource_keys()))}")
+
+
+
