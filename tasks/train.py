@@ -249,21 +249,33 @@ def _flush_metrics(metrics_dir: Path, rows: list[dict]) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether a process runs (a killed child its parent has not reaped yet, a zombie, does not)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
+    except (OSError, IndexError):  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+
+def _clean_abandoned(folder: Path) -> None:
+    """Remove temporaries (``*.{pid}.tmp``) whose writer is gone: a killed run left them; a live one still writes."""
+    for f in folder.glob("*.tmp"):
+        pid = f.name.rsplit(".", 2)[-2]
+        if not (pid.isdigit() and _alive(int(pid))) or int(pid) == os.getpid():
+            f.unlink(missing_ok=True)
 
 
 def _trim_metrics(metrics_dir: Path, last_step: int) -> None:
     """Drop metric files past the checkpoint we resume from (those steps are replayed)."""
-    for f in metrics_dir.glob("*.tmp"):  # ".{name}.{pid}.tmp": only a writer that is gone leaves one to remove
-        pid = f.name.rsplit(".", 2)[-2]
-        if not (pid.isdigit() and _alive(int(pid))) or int(pid) == os.getpid():
-            f.unlink(missing_ok=True)
+    _clean_abandoned(metrics_dir)
     for f in metrics_dir.glob("steps-*.parquet"):
         if int(f.stem.split("-")[2]) > last_step:
             f.unlink()
@@ -350,6 +362,8 @@ def train(
 
     step, resumed_from = 0, None
     last_loss = float("nan")
+    if ckpt_dir.is_dir():
+        _clean_abandoned(ckpt_dir)
     latest = _latest_checkpoint(ckpt_dir)
     if latest is not None:
         state = torch.load(latest, map_location=device, weights_only=False)  # our own file: holds numpy RNG state
