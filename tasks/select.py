@@ -51,7 +51,7 @@ def selected_documents(batch: pa.Table, params: SelectedParams = SelectedParams(
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class SplitParams:
+class HeldoutParams:
     """Hold documents out by doc id before curation, so evaluation text is never trained on."""
 
     fraction: float = 0.05  # share of documents held out (per domain in expectation: the hash is uniform)
@@ -75,7 +75,7 @@ def _unit_hash(ids: list[str], seed: int):  # -> np.ndarray of floats in [0, 1)
     )
 
 
-def split_by_doc_id(batch: pa.Table, params: SplitParams = SplitParams()) -> pa.Table:
+def split_by_doc_id(batch: pa.Table, params: HeldoutParams = HeldoutParams()) -> pa.Table:
     """The rows on ``params.side`` of a seeded hash split of ``doc_id`` (deterministic, independent of order)."""
     u = _unit_hash(batch.column("doc_id").to_pylist(), params.seed)
     held = u < params.fraction
