@@ -79,6 +79,18 @@ class IngestSource:
     encoding_errors: Literal["quarantine", "replace"] = "quarantine"  # non-UTF-8 records
     exclude: tuple[str, ...] = field(default_factory=tuple)  # glob patterns of files to skip inside a folder
 
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path must not be empty")
+        # limit -1 / 0 read nothing (`kept >= limit` holds at once): a silently empty source, never what was meant
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or absent for no limit), got {self.limit}")
+        if self.max_doc_bytes < 1:
+            raise ValueError(f"max_doc_bytes must be >= 1, got {self.max_doc_bytes}")
+        for name in ("text_field", "domain"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+
 
 def detect_format(name: str) -> Format:
     """The reader for a file name, from its extension (compression suffixes ignored)."""

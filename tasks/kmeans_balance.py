@@ -76,6 +76,11 @@ class KMeansParams:
             raise ValueError(f"resampling_r must be >= 0 (0 = default), got {self.resampling_r!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
+        for name in ("level1_split", "n_candidates"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = default), got {getattr(self, name)}")
+        if self.chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {self.chunk_bytes}")
         steps = self.resampling_steps[:1] or _DEFAULT_STEPS[:1]
         if self.level1_split > 0 and steps[0] > 1:
             raise ValueError(
@@ -704,6 +709,8 @@ class BalanceParams:
             raise ValueError(
                 f"strategy must be 'r' (random) or 'c' (closest); 'furthest' is known to be bad, got {self.strategy!r}"
             )
+        if self.levels < 0:
+            raise ValueError(f"levels must be >= 0 (0 = every km_l* column), got {self.levels}")
 
 
 def water_fill(sizes: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:

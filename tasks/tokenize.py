@@ -69,6 +69,10 @@ class TokenizeParams:
             raise ValueError(f"upsample_fraction must be in [0, 1), got {self.upsample_fraction}")
         if self.upsample_fraction > 0 and not self.upsample_weights:
             raise ValueError("upsample_fraction > 0 needs upsample_weights")
+        if self.target_tokens is not None and self.target_tokens < 1:
+            raise ValueError(f"target_tokens must be >= 1 (or absent for the input's token count), got {self.target_tokens}")
+        if not self.eos_token or not self.mixture_by:
+            raise ValueError("eos_token and mixture_by must not be empty")
         for name in ("mixture_weights", "upsample_weights"):
             w = getattr(self, name)
             if w is not None and (any(v < 0 for v in w.values()) or sum(w.values()) <= 0):
