@@ -253,8 +253,17 @@ def deploy(
     api_url: str | None = typer.Option(None, help="Prefect API (default: the server from `quarry server up`)"),
 ) -> None:
     """Register the deployments of prefect.yaml (schedules, concurrency limits) whose flows exist."""
+    import datasets_cfg
     from flows import deploy as dep
 
+    if recipe is not None:
+        try:
+            datasets_cfg.load(recipe)  # a typo fails now, not at 02:00 in the nightly run
+        except datasets_cfg.RecipeError as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(2) from None
+        # the worker runs from the repository root (prefect.yaml's pull step), not from here
+        recipe = str(Path(recipe).resolve())
     for full_name, result in dep.deploy(api_url, recipe=recipe, names=name or None).items():
         style = "yellow" if result.startswith("skipped") else "green"
         console.print(f"[{style}]{full_name}[/{style}]  {result}")
