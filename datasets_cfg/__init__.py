@@ -246,14 +246,17 @@ def _read_yaml(path: Path) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RecipeError(f"invalid recipe {path}: not UTF-8 (byte {e.start})") from None
+    loader = _RecipeLoader(text)  # what yaml.load(text, Loader=...) does, with our SafeLoader subclass
     try:
-        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+        return loader.get_single_data()
     except _RecipeYAMLError as e:
         raise RecipeError(f"invalid recipe {path}: line {e.line}: {e.message}") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"invalid YAML in {path}: {_yaml_problem(e)}") from None
     except (ValueError, OverflowError) as e:  # a scalar that does not construct: a 5,000-digit int, 2024-13-45
         raise RecipeError(f"invalid YAML in {path}: {_clip(str(e), 200)}") from None
+    finally:
+        loader.dispose()
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
