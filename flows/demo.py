@@ -15,9 +15,11 @@ from dashboards import reports
 from flows.evaluate import evaluate
 from storage import catalog
 
+TINY = str(datasets_cfg.RECIPES_DIR / "tiny.yaml")  # absolute: the default works from any working directory
+
 
 @flow(name="demo", log_prints=True)
-def demo(recipe: str = "datasets_cfg/tiny.yaml") -> str:
+def demo(recipe: str = TINY) -> str:
     cfg = datasets_cfg.load(recipe)
     result = evaluate(recipe)  # evaluate -> train -> curate, each a subflow and a no-op when already committed
     con = catalog.connect(cfg.root)
@@ -29,4 +31,4 @@ def demo(recipe: str = "datasets_cfg/tiny.yaml") -> str:
 
 
 if __name__ == "__main__":
-    print(demo(sys.argv[1] if len(sys.argv) > 1 else "datasets_cfg/tiny.yaml"))
+    print(demo(sys.argv[1] if len(sys.argv) > 1 else TINY))

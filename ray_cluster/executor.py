@@ -267,10 +267,17 @@ def sandboxed_duckdb(memory_limit: str | None = None, temp_directory: str | None
 
 def sql_over_batch(sql_fn: Callable[[Any], str], params: Any, batch: pa.Table) -> pa.Table:
     """Run a stage's SQL (built by a pure ``sql_fn(params)`` in tasks/) over one batch registered as ``batch``."""
+    import duckdb
+
+    # execute() runs every statement and returns the LAST one's result: a smuggled second statement would replace
+    # the stage's output. tasks/ already refuses such rules; this is the engine-side backstop.
+    statements = duckdb.extract_statements(sql_fn(params))
+    if len(statements) != 1:
+        raise ValueError(f"a stage's SQL must be exactly one statement, got {len(statements)}")
     con = sandboxed_duckdb()
     try:
         con.register("batch", batch)
-        return con.execute(sql_fn(params)).to_arrow_table()
+        return con.sql(statements[0]).to_arrow_table()
     finally:
         con.close()
 

@@ -39,6 +39,7 @@ FOCUS_MARKER = "<<<READING HERE>>>"  # TPT "random focus" ablation
 BACKENDS = ("local", "openai", "vllm")
 _TEMPLATE_ID = re.compile(r"^tpt_[a-z0-9_]+_v\d+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_URL_CREDENTIALS = re.compile(r"://[^/@\s]{0,256}:[^/@\s]{0,1024}@")  # scheme://user:password@host (bounded)
 
 AUG_SCHEMA = pa.schema(
     [
@@ -118,6 +119,12 @@ class AugmentParams:
         if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
             # Do not echo the value: it may be a pasted key.
             raise ValueError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY)")
+        if _URL_CREDENTIALS.search(self.base_url):
+            raise ValueError("base_url must not hold credentials (user:password@); the key comes from api_key_env")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 (or absent for torch's default), got {self.num_threads}")
+        if not all(self.stop):
+            raise ValueError("stop sequences must not be empty strings")
 
 
 # ---------------------------------------------------------------------------------------------------------------

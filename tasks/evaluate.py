@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from tasks.eval_tasks import ALL_TASKS, write_task_configs
+from tasks.eval_tasks import ALL_TASKS, SPECS, write_task_configs
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -51,6 +51,20 @@ class EvaluateParams:
     text_column: str = "text"
     domain_column: str = "domain"
     max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks must not be empty (leave the key out for every task)")
+        unknown = [t for t in self.tasks if t not in SPECS]
+        if unknown:
+            raise ValueError(f"unknown eval tasks {[str(t)[:40] for t in unknown[:5]]}; known: {list(SPECS)}")
+        for name in ("limit", "max_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or absent for no limit), got {getattr(self, name)}")
+        if self.num_fewshot < 0 or self.batch_size < 1:
+            raise ValueError("num_fewshot must be >= 0 and batch_size >= 1")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
 
 
 def _device(params: EvaluateParams) -> str:

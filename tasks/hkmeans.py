@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from tasks.kmeans import KMeansShard, identity, local_call, fit_level_distributed, kmeans
+from tasks.kmeans import KMeansShard, fit_level_distributed, identity, kmeans, local_call
 
 # Spec "Published recipe" (arXiv 2405.15613 §4/App.): 1 resampling run at level 1, 10 above it.
 _DEFAULT_STEPS = (1, 10, 10, 10)
@@ -73,6 +73,11 @@ class HKMeansParams:
             raise ValueError(f"resampling_r must be >= 0 (0 = default), got {self.resampling_r!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
+        for name in ("level1_split", "n_candidates"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = default), got {getattr(self, name)}")
+        if self.chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {self.chunk_bytes}")
         steps = self.resampling_steps[:1] or _DEFAULT_STEPS[:1]
         if self.level1_split > 0 and steps[0] > 1:
             raise ValueError(

@@ -18,8 +18,9 @@ import lzma
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
+import annotated_types
 import pyarrow as pa
 
 Format = Literal["auto", "jsonl", "parquet", "text", "warc", "html"]
@@ -78,6 +79,18 @@ class IngestSource:
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES
     encoding_errors: Literal["quarantine", "replace"] = "quarantine"  # non-UTF-8 records
     exclude: tuple[str, ...] = field(default_factory=tuple)  # glob patterns of files to skip inside a folder
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path must not be empty")
+        # limit -1 / 0 read nothing (`kept >= limit` holds at once): a silently empty source, never what was meant
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or absent for no limit), got {self.limit}")
+        if self.max_doc_bytes < 1:
+            raise ValueError(f"max_doc_bytes must be >= 1, got {self.max_doc_bytes}")
+        for name in ("text_field", "domain"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
 
 
 def detect_format(name: str) -> Format:
@@ -453,8 +466,9 @@ def rows_to_tables(rows: list[tuple[str, dict]]) -> tuple[pa.Table, pa.Table]:
 class IngestParams:
     """The ``ingest`` recipe section: the sources, and how many documents go into one shard."""
 
-    sources: tuple[IngestSource, ...]
-    docs_per_shard: int = 50_000  # a large input file is split into shards of this many documents
+    # the length bounds are read by the recipe schema too, so its errors name `ingest.sources` / `...docs_per_shard`
+    sources: Annotated[tuple[IngestSource, ...], annotated_types.MinLen(1)]
+    docs_per_shard: Annotated[int, annotated_types.Gt(0)] = 50_000  # a large input file is split into shards of this many documents
 
     def __post_init__(self) -> None:
         if not self.sources:

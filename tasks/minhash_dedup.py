@@ -71,6 +71,26 @@ class MinhashSignaturesParams:
     similarities: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7)  # MINHASH_SIMILARITIES
     text_column: str = "text"
 
+    def __post_init__(self) -> None:
+        if self.ngram_size < 1:
+            raise ValueError(f"ngram_size must be >= 1, got {self.ngram_size}")
+        # lsh_bands searches every (bands, rows) split of num_perm with two integrals each: cost ~ num_perm * ln
+        if not 1 <= self.num_perm <= MAX_NUM_PERM:
+            raise ValueError(f"num_perm must be in [1, {MAX_NUM_PERM}], got {self.num_perm}")
+        if not self.similarities:
+            raise ValueError("similarities must not be empty")
+        for s in self.similarities:
+            _check_similarity(s, "similarities")
+
+
+MAX_NUM_PERM = 1024  # RPv2 uses 128, datasketch's examples 128-256
+
+
+def _check_similarity(value: float, name: str) -> None:
+    # a Jaccard threshold; lsh_bands would still pick some band layout for 1.5 or -1, with no meaning
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1] (a Jaccard similarity), got {value}")
+
 
 
 
@@ -213,6 +233,7 @@ class MinhashDedupParams:
             )
         if self.num_partitions < 1:
             raise ValueError("num_partitions must be >= 1")
+        _check_similarity(self.similarity, "similarity")
 
 
 

@@ -5,6 +5,13 @@ when the document PASSES. `drop_reason` is the name of the FIRST failing rule (N
 evaluates to NULL counts as failing (unknown is not a pass; wrap a nullable signal in `coalesce` to decide otherwise).
 Every document stays in the output: the funnel is `select drop_reason, count(*) ... group by 1`.
 
+A predicate is data, not code: it must be exactly ONE SQL expression. `check_predicate` (pure, no DuckDB) rejects
+statement separators (`;`), comments (`--`, `/* */`), dollar quoting and unbalanced parentheses outside string
+literals and quoted identifiers, so a rule cannot close the generated CASE or start a second statement whose result
+would replace the stage's output. `quality_filter_sql` runs it on every rule; the recipe loader (datasets_cfg)
+additionally parses each rule with DuckDB's own parser. What a single expression may reach (files, the environment)
+is the sandboxed connection's business (flows/stage.py: sandboxed_duckdb).
+
 Named rule sets live in `tasks/rules/<name>.yaml`: `gopher`, `c4`, `rpv2` (the RPv2 dataset card), `fineweb`
 (datatrove family, `dt_*` columns from tasks.datatrove_signals). C4's line-level rules rewrite `text` from the kept
 `rps_lines_*` spans (`line_filter`, a pure per-batch function).
@@ -33,6 +40,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OPS = {"==": operator.eq, "!=": operator.ne, ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 Rule = tuple[str, str]
+MAX_PREDICATE_CHARS = 10_000  # the longest bundled rule is ~120 chars; a 10k-char "rule" is a mistake or an attack
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -50,6 +58,18 @@ class QualityFilterParams:
     line_rules: str | None = None
     text_column: str = "text"
 
+    def __post_init__(self) -> None:
+        # Rule-set names, rule names and the rule list's shape fail here; each predicate's syntax is checked where
+        # the SQL is built (quality_filter_sql) and, with the file named, by the recipe loader.
+        try:
+            resolve_rules(self.rules)
+        except ValueError as e:
+            raise ValueError(f"rules: {e}") from None
+        if self.line_rules is not None and not load_rule_set(self.line_rules).get("line_rules"):
+            raise ValueError(f"rule set {self.line_rules!r} has no line_rules")
+        if not self.text_column:
+            raise ValueError("text_column must not be empty")
+
 
 @lru_cache(maxsize=32)
 def load_rule_set(name: str) -> dict[str, Any]:
@@ -57,7 +77,9 @@ def load_rule_set(name: str) -> dict[str, Any]:
     path = RULES_DIR / f"{name}.yaml"
     if not _NAME.match(name) or not path.exists():
         known = sorted(p.stem for p in RULES_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown rule set {name!r}; known: {known}")
+        raise ValueError(
+            f"unknown rule set {_short(name)}; known: {known} (a boolean column as a rule is written `col = true`)"
+        )
     with open(path) as f:
         spec = yaml.safe_load(f)
     for rule in spec.get("line_rules", []):
@@ -72,8 +94,11 @@ def resolve_rules(rules: str | tuple | list) -> list[Rule]:
     if isinstance(items, str):  # a single bare predicate
         items = [items]
     out: list[Rule] = []
+    if not isinstance(items, (tuple, list)):
+        raise ValueError(f"rules must be a rule-set name or a list of rules, got a {type(items).__name__}")
     for i, item in enumerate(items):
-        if isinstance(item, str) and _NAME.match(item) and (RULES_DIR / f"{item}.yaml").exists():
+        if isinstance(item, str) and _NAME.match(item):
+            # a bare identifier is a rule-set name: a typo (`gopehr`) must not become a column-reference rule
             out.extend((r["name"], str(r["sql"])) for r in load_rule_set(item)["rules"])
         elif isinstance(item, str):
             out.append((f"rule_{i}", item))
@@ -82,7 +107,7 @@ def resolve_rules(rules: str | tuple | list) -> list[Rule]:
         elif isinstance(item, dict) and {"name", "sql"} <= set(item):
             out.append((str(item["name"]), str(item["sql"])))
         else:
-            raise ValueError(f"rule {i} must be a rule-set name, (name, predicate) or a predicate, got {item!r}")
+            raise ValueError(f"rule {i} must be a rule-set name, (name, predicate) or a predicate, got a {type(item).__name__}")
     names = [n for n, _ in out]
     bad = [n for n in names if not _NAME.match(n)]
     if bad:
@@ -108,8 +133,77 @@ def rules_to_sql(rules: list[Rule], source: str) -> str:
 
 
 def quality_filter_sql(params: QualityFilterParams = QualityFilterParams(), source: str = "batch") -> str:
-    """The DuckDB SELECT for `params.rules` over the table expression `source`."""
-    return rules_to_sql(resolve_rules(params.rules), source)
+    """The DuckDB SELECT for `params.rules` over the table expression `source`; refuses a rule that is not exactly
+    one expression (this is the run-time gate: params built in code never passed the recipe loader)."""
+    rules = resolve_rules(params.rules)
+    for name, pred in rules:
+        problem = check_predicate(pred)
+        if problem:
+            raise ValueError(f"quality_filter rule {name!r} is not a single SQL expression: {problem}")
+    return rules_to_sql(rules, source)
+
+
+def check_predicate(sql: str) -> str | None:
+    """Why `sql` is not exactly one SQL expression, or None when it is (as far as a tokenizer can tell).
+
+    Scans outside '...' string literals (`''` escapes a quote) and "..." quoted identifiers (`""`): no `;`, no
+    `--` or `/*` comment, no NUL, parentheses balanced and never closed below zero (a `)` too many escapes the
+    generated `coalesce((...), false)`). DuckDB's other quoting is refused rather than modelled, because each would
+    let this scan and DuckDB's lexer disagree about where a string ends (and so about where code is): `$$...$$`
+    and `$tag$...$tag$` strings (any `$`), E'...' strings (backslash escapes a quote there) and `...` identifiers.
+    A rule never needs them: in a standard '...' string a backslash is literal, as regexes want.
+    """
+    if not isinstance(sql, str):
+        return f"a rule must be a string, got a {type(sql).__name__}"
+    if not sql.strip():
+        return "empty rule"
+    if len(sql) > MAX_PREDICATE_CHARS:
+        return f"{len(sql)} characters (at most {MAX_PREDICATE_CHARS})"
+    depth, i, n = 0, 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c == "'" and i and sql[i - 1] in "eE" and not (i > 1 and (sql[i - 2].isalpha() or sql[i - 2] == "_")):
+            return f"escape string E'...' at character {i - 1} (a standard '...' string keeps backslashes literal)"
+        if c == "`":
+            return f"backtick-quoted identifier at character {i} (quote identifiers with \"...\")"
+        if c in "'\"":
+            end = i + 1
+            while True:
+                end = sql.find(c, end)
+                if end < 0:
+                    kind = "string literal" if c == "'" else "quoted identifier"
+                    return f"unterminated {kind} starting at character {i}"
+                if end + 1 < n and sql[end + 1] == c:  # doubled quote: an escaped quote inside
+                    end += 2
+                    continue
+                break
+            i = end + 1
+            continue
+        if c == ";":
+            return f"statement separator ';' at character {i}"
+        if sql.startswith("--", i) or sql.startswith("/*", i):
+            return f"comment {sql[i:i + 2]!r} at character {i}"
+        if c == "$":
+            return f"'$' (parameter or dollar-quoted string) at character {i}"
+        if c == "\x00":
+            return f"NUL byte at character {i}"
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                return f"unbalanced ')' at character {i}"
+        i += 1
+    if depth:
+        return f"{depth} unclosed '('"
+    return None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A bounded repr for error messages: an echoed input is never longer than about `limit` characters."""
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}"
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
 
 
 def line_filter(batch: pa.Table, params: QualityFilterParams) -> pa.Table:

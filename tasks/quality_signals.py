@@ -127,6 +127,8 @@ class QualitySignalsParams:
             raise ValueError(f"language {self.language!r} has no stop-word list; choose one of {sorted(langs)}")
         if self.dsir_buckets <= 0:
             raise ValueError("dsir_buckets must be positive")
+        if self.perplexity_cutoffs is not None and not 0 <= self.perplexity_cutoffs[0] <= self.perplexity_cutoffs[1]:
+            raise ValueError(f"perplexity_cutoffs must be (head, tail) with 0 <= head <= tail, got {self.perplexity_cutoffs}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

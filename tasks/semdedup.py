@@ -50,6 +50,10 @@ class SemDeDupParams:
             raise ValueError(f"eps must be in [0, 1), got {self.eps}")
         if self.which_to_keep not in ("hard", "easy", "random"):
             raise ValueError(f"which_to_keep must be 'hard', 'easy' or 'random', got {self.which_to_keep!r}")
+        if self.block_bytes < 1:
+            raise ValueError(f"block_bytes must be >= 1, got {self.block_bytes}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
 
 
 def _matrix(table: pa.Table, column: str) -> np.ndarray:

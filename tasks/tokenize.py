@@ -48,6 +48,10 @@ class TokenizeParams:
     eos_token: str = "<|endoftext|>"
     text_column: str = "text"
 
+    def __post_init__(self) -> None:
+        if not self.eos_token or not self.text_column:
+            raise ValueError("eos_token and text_column must not be empty")
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PackParams:
@@ -73,12 +77,14 @@ class PackParams:
     def __post_init__(self) -> None:
         if self.seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {self.seq_len}")
-        if self.target_tokens is not None and self.target_tokens < 1:
-            raise ValueError(f"target_tokens must be >= 1 (or null), got {self.target_tokens}")
         if not 0.0 <= self.upsample_fraction < 1.0:
             raise ValueError(f"upsample_fraction must be in [0, 1), got {self.upsample_fraction}")
         if self.upsample_fraction > 0 and not self.upsample_weights:
             raise ValueError("upsample_fraction > 0 needs upsample_weights")
+        if self.target_tokens is not None and self.target_tokens < 1:
+            raise ValueError(f"target_tokens must be >= 1 (or absent for the input's token count), got {self.target_tokens}")
+        if not self.eos_token or not self.mixture_by:
+            raise ValueError("eos_token and mixture_by must not be empty")
         for name in ("mixture_weights", "upsample_weights"):
             w = getattr(self, name)
             if w is not None and (any(v < 0 for v in w.values()) or sum(w.values()) <= 0):

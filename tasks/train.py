@@ -85,10 +85,27 @@ class TrainParams:
             raise ValueError(f"schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
         if self.precision not in ("auto", "fp32"):
             raise ValueError(f"precision must be 'auto' or 'fp32', got {self.precision!r}")
+        sizes = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_steps",
+                 "micro_batch_size", "grad_accum_steps", "checkpoint_every", "keep_checkpoints")
+        small = [n for n in sizes if getattr(self, n) < 1]
+        if small:  # before the modulo below: num_heads 0 would be a ZeroDivisionError, not a named key
+            raise ValueError(f"{', '.join(small)} must be >= 1")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
-        if min(self.max_steps, self.micro_batch_size, self.grad_accum_steps, self.checkpoint_every) < 1:
-            raise ValueError("max_steps, micro_batch_size, grad_accum_steps and checkpoint_every must be >= 1")
+        if self.mtp_heads < 0 or self.warmup_steps < 0:
+            raise ValueError("mtp_heads and warmup_steps must be >= 0")
+        if not (self.lr > 0 and self.eps > 0 and self.rope_theta > 0 and self.init_std > 0):
+            raise ValueError("lr, eps, rope_theta and init_std must be > 0")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0 (grad_clip 0 = no clipping)")
+        for name in ("min_lr_ratio", "wsd_decay_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ValueError(f"peak_flops must be > 0 (or absent to look it up), got {self.peak_flops}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> TrainParams:

@@ -34,9 +34,14 @@ def test_no_eval_exec_or_unsafe_deserialization_in_pipeline_code():
     YAML loader anywhere in the pipeline's code (tests excluded)."""
     banned_calls = {"eval", "exec", "compile", "__import__"}
     found = []
+    unsafe_loaders = {"Loader", "UnsafeLoader", "FullLoader"}
     for path in _code_files():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):  # a loader built on an unsafe one (ours extend yaml.SafeLoader)
+                for base in node.bases:
+                    if isinstance(base, ast.Attribute) and base.attr in unsafe_loaders:
+                        found.append(f"{path.relative_to(REPO)}:{node.lineno} class {node.name}(yaml.{base.attr})")
             if not isinstance(node, ast.Call):
                 continue
             f = node.func
@@ -45,6 +50,8 @@ def test_no_eval_exec_or_unsafe_deserialization_in_pipeline_code():
             if isinstance(f, ast.Name) and name in banned_calls:
                 found.append(f"{path.relative_to(REPO)}:{node.lineno} {name}()")
             if owner == "yaml" and name in {"load", "unsafe_load", "full_load", "load_all", "unsafe_load_all"}:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} yaml.{name}()")
+            if owner == "yaml" and name in unsafe_loaders:  # yaml.Loader(text).get_single_data()
                 found.append(f"{path.relative_to(REPO)}:{node.lineno} yaml.{name}()")
             if owner in {"pickle", "cloudpickle", "marshal", "dill"} and name in {"load", "loads"}:
                 found.append(f"{path.relative_to(REPO)}:{node.lineno} {owner}.{name}()")
