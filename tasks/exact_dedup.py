@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.minhash_dedup import rpv2_normalize
+from tasks.minhash_dedup import ensure_keep_columns, rpv2_normalize
 
 _PRIORITY_RE = re.compile(r"^(longest|lowest_doc_id|[A-Za-z_][A-Za-z0-9_.]*:(asc|desc))$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -216,15 +216,15 @@ def exact_dedup_filter(
     ed_keep = pc.invert(found)
     out = batch.drop_columns([c for c in ("ed_keep", "ed_duplicate_of") if c in batch.column_names])
     out = out.append_column("ed_keep", ed_keep).append_column("ed_duplicate_of", dup_of.cast(pa.string()))
-    if "keep" in out.column_names and "drop_reason" in out.column_names:
-        prev = pc.fill_null(out.column("keep"), False)
-        newly = pc.and_(prev, found)
-        out = out.set_column(out.schema.get_field_index("keep"), "keep", pc.and_(prev, ed_keep))
-        out = out.set_column(
-            out.schema.get_field_index("drop_reason"),
-            "drop_reason",
-            pc.if_else(newly, reason, out.column("drop_reason")).cast(pa.string()),
-        )
+    out = ensure_keep_columns(out)  # no filter before: duplicates still leave `kept`
+    prev = pc.fill_null(out.column("keep"), False)
+    newly = pc.and_(prev, found)
+    out = out.set_column(out.schema.get_field_index("keep"), "keep", pc.and_(prev, ed_keep))
+    out = out.set_column(
+        out.schema.get_field_index("drop_reason"),
+        "drop_reason",
+        pc.if_else(newly, reason, out.column("drop_reason")).cast(pa.string()),
+    )
     return out
 
 

@@ -364,11 +364,21 @@ def select_cluster_keepers(members: pa.Table, params: MinhashDedupParams = Minha
     )
 
 
+def ensure_keep_columns(batch: pa.Table) -> pa.Table:
+    """`keep` (all true) and `drop_reason` (null) when no filter ran before: dedup folds its duplicates into them,
+    so `kept` drops duplicates whether or not a quality filter ran (it reads `keep` alone)."""
+    if "keep" not in batch.column_names:
+        batch = batch.append_column("keep", pa.array([True] * batch.num_rows, pa.bool_()))
+    if "drop_reason" not in batch.column_names:
+        batch = batch.append_column("drop_reason", pa.nulls(batch.num_rows, pa.string()))
+    return batch
+
+
 def minhash_filter(batch: pa.Table, params: MinhashDedupParams = MinhashDedupParams(), *, clusters: pa.Table) -> pa.Table:
     """Add `mh_cluster_id` (own doc_id for singletons), `mh_cluster_size`, `mh_keep`; no row is removed.
 
-    When `keep`/`drop_reason` exist (quality_filter ran), a duplicate gets keep=False, drop_reason="mh_duplicate"
-    unless an earlier rule already rejected it (first failing rule wins).
+    A duplicate gets keep=False, drop_reason="mh_duplicate" unless an earlier rule already rejected it (first
+    failing rule wins); without an earlier filter the two columns are created here.
     """
     ids = batch.column(params.doc_id_column).combine_chunks().cast(pa.string())
     idx = pc.index_in(ids, value_set=clusters.column("doc_id").combine_chunks().cast(pa.string()))
@@ -384,14 +394,14 @@ def minhash_filter(batch: pa.Table, params: MinhashDedupParams = MinhashDedupPar
             out = out.drop_columns([name])
     out = out.append_column("mh_cluster_id", cid.cast(pa.string()))
     out = out.append_column("mh_cluster_size", size.cast(pa.int64()))
-    out = out.append_column("mh_keep", keep.cast(pa.bool_()))
-    if "keep" in out.column_names and "drop_reason" in out.column_names:
-        prev_keep = pc.fill_null(out.column("keep"), False)
-        is_dup = pc.and_(prev_keep, pc.invert(keep))
-        reason = pc.if_else(is_dup, pa.scalar("mh_duplicate"), out.column("drop_reason"))
-        new_keep = pc.and_(prev_keep, keep)
-        out = out.set_column(out.schema.get_field_index("keep"), "keep", new_keep)
-        out = out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason", reason.cast(pa.string()))
+    out = ensure_keep_columns(out.append_column("mh_keep", keep.cast(pa.bool_())))
+    # fold duplicates into keep/drop_reason; an earlier rule's reason wins
+    prev_keep = pc.fill_null(out.column("keep"), False)
+    is_dup = pc.and_(prev_keep, pc.invert(keep))
+    reason = pc.if_else(is_dup, pa.scalar("mh_duplicate"), out.column("drop_reason"))
+    new_keep = pc.and_(prev_keep, keep)
+    out = out.set_column(out.schema.get_field_index("keep"), "keep", new_keep)
+    out = out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason", reason.cast(pa.string()))
     return out
 
 
