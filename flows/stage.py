@@ -8,7 +8,6 @@ shard granularity (shards already in the version folder are not recomputed), and
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import os
 import posixpath
@@ -52,25 +51,8 @@ def _maybe_fail(item: dict) -> None:
 
 
 def list_input_files(sources: Sequence[ingest_mod.IngestSource]) -> list[tuple[int, str]]:
-    """(source index, file URI) for every input file, in a stable order; a missing input is an error."""
-    out: list[tuple[int, str]] = []
-    for i, src in enumerate(sources):
-        fs, path = datasets.filesystem(src.path)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        if any(ch in path for ch in "*?["):
-            found = sorted(fs.glob(path))
-        elif fs.isdir(path):
-            found = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith("."))
-        elif fs.exists(path):
-            found = [path]
-        else:
-            raise FileNotFoundError(f"ingest source {i} not found: {src.path}")
-        found = [p for p in found if not any(fnmatch.fnmatch(posixpath.basename(p), pat) for pat in src.exclude)]
-        if not found:
-            raise FileNotFoundError(f"ingest source {i} matched no files: {src.path}")
-        for p in found:
-            out.append((i, p if protocol in ("file", "local") else f"{protocol}://{p}"))
-    return out
+    """(source index, file URI) for every input file, each once, in a stable order; a missing input is an error."""
+    return ingest_mod.list_input_files(sources)
 
 
 def _ingest_file(item: dict) -> dict:
@@ -79,10 +61,8 @@ def _ingest_file(item: dict) -> dict:
     spec = ingest_mod.IngestSource(**item["spec"])
     docs_ref = DatasetRef(**item["ref"])
     bad_ref = docs_ref.sibling("ingest_quarantine")
-    fs, path = datasets.filesystem(item["file"])
     t0 = time.perf_counter()
-    with fs.open(path, "rb") as f:
-        rows = list(ingest_mod.read_source(f, item["file"], spec))
+    rows = list(ingest_mod.read_file(item["file"], spec))  # a file that cannot be opened is one quarantine row
     docs, bad = ingest_mod.rows_to_tables(rows)
     per = item["docs_per_shard"]
     chunks = max(1, -(-docs.num_rows // per))
@@ -121,7 +101,7 @@ def ingest(
     """Ingest every source file into ``{dataset}/ingest/{version}`` (+ ``ingest_quarantine``); no-op when committed."""
     log = _logger()
     datasets.ensure_writable(root)
-    files = list_input_files(sources)
+    files, repeats = ingest_mod.plan_inputs(sources)  # a file listed twice is read once (repeats: the others)
     params = {"sources": list(sources), "docs_per_shard": docs_per_shard}
     ref = datasets.source_ref(root, dataset, "ingest", ingest_mod, params, [f for _, f in files])
     if datasets.is_committed(ref):
@@ -144,7 +124,7 @@ def ingest(
     results = runtime.run_shards(items, _ingest_file, profile.resources("ingest"), profile=profile, desc="ingest")
     elapsed = time.perf_counter() - t0
     results.sort(key=lambda r: r["index"])
-    stats = _ingest_stats(results, elapsed)
+    stats = {**_ingest_stats(results, elapsed), "repeated_inputs": repeats}
     bad_ref = ref.sibling("ingest_quarantine")
     datasets.commit(bad_ref, parents=[], params=params, code=datasets.code_hash(ingest_mod), inputs=[f for _, f in files])
     manifest = datasets.commit(
