@@ -182,6 +182,7 @@ def doc_id(source: str, position: str) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_INPUT_COLUMNS = ("url", "lang", "meta", "warc_record_id", "warc_date", "warc_type", "warc_content_type")
 
 
 def _storable(s: str) -> bool:
@@ -263,9 +264,11 @@ def _document(source: str, position: str, text: str, spec: IngestSource, **extra
         "meta": json.dumps(meta, ensure_ascii=False, default=str) if meta else None,
     }
     row.update(extra)
-    # every other string must be storable too: a surrogate in the URL or a meta field would fail the whole shard
-    for column, value in row.items():
-        if column == "text" or not isinstance(value, str) or _storable(value):
+    # every string taken from the input must be storable too: a surrogate in the URL or a meta field would fail the
+    # whole shard (isascii is a flag check: the common case costs nothing)
+    for column in _INPUT_COLUMNS:
+        value = row[column]
+        if value is None or value.isascii() or _storable(value):
             continue
         if spec.encoding_errors == "replace":
             row[column] = _SURROGATE.sub("\ufffd", value)
@@ -347,10 +350,8 @@ class TruncatedArchive(EOFError):
 
 _READ = 1 << 16  # compressed (or plain) bytes read per call
 _CHUNK = 1 << 18  # decompressed bytes per step at most (max_length of zlib, lzma, bz2)
-# zstd's decompressobj has no output bound, so its input is sliced: 1 KiB decodes to at most 32 MiB (128 KiB RLE
-# blocks of 4 bytes each), typical data to a few KiB
-_ZSTD_SLICE = 1 << 10
-_MAGIC = ((b"\x1f\x8b", "gz"), (b"\x28\xb5\x2f\xfd", "zst"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bz2"))
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_MAGIC = ((b"\x1f\x8b", "gz"), (_ZSTD_MAGIC, "zst"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bz2"))
 
 
 def _codec(name: str) -> str | None:
@@ -380,11 +381,80 @@ def _new_decompressor(codec: str) -> Any:
     return bz2.BZ2Decompressor()
 
 
+class _ZstdFrames:
+    """A stream that follows the zstd frame layout of the bytes read through it (RFC 8878, 3.1: frame header, 3-byte
+    block headers, checksum; skippable frames) to tell a complete stream from a cut one, which zstandard's bounded
+    ``stream_reader`` ends in silence. Only headers are parsed; block contents are counted past."""
+
+    def __init__(self, raw: IO[bytes]):
+        self._raw = raw
+        self._pending = b""  # the start of a header that straddles two reads
+        self._skip = 0  # bytes to pass before the next header
+        self._state = "magic"
+        self._checksum = False
+
+    @property
+    def complete(self) -> bool:
+        return self._state == "magic" and not self._skip and not self._pending
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._walk(data)
+        return data
+
+    def _walk(self, data: bytes) -> None:
+        buf, i = self._pending + data, 0
+        while self._state != "corrupt":
+            if self._skip:
+                take = min(self._skip, len(buf) - i)
+                i += take
+                self._skip -= take
+                if self._skip:
+                    break
+            need = {"magic": 4, "skippable": 4, "descriptor": 1, "block": 3}[self._state]
+            if len(buf) - i < need:
+                break
+            head, i = buf[i : i + need], i + need
+            if self._state == "magic":
+                if head == _ZSTD_MAGIC:
+                    self._state = "descriptor"
+                elif head[0] & 0xF0 == 0x50 and head[1:] == b"\x2a\x4d\x18":
+                    self._state = "skippable"
+                else:
+                    self._state = "corrupt"  # the decompressor reports it
+            elif self._state == "skippable":
+                self._skip, self._state = int.from_bytes(head, "little"), "magic"
+            elif self._state == "descriptor":
+                fhd = head[0]
+                single = bool(fhd & 0x20)
+                fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+                self._skip = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+                self._checksum, self._state = bool(fhd & 0x04), "block"
+            else:
+                header = int.from_bytes(head, "little")
+                kind, size = (header >> 1) & 3, header >> 3
+                self._skip = 1 if kind == 1 else size  # an RLE block holds one byte
+                if header & 1:  # the frame's last block
+                    self._skip += 4 if self._checksum else 0
+                    self._state = "magic"
+        self._pending = buf[i:]
+
+
 def _decompress(stream: IO[bytes], codec: str, on_member: Any = None) -> Iterator[bytes]:
-    """Decompressed chunks of at most about _CHUNK bytes whatever the compression ratio (a 2 MB gzip of one 2 GB line
-    never becomes one 2 GB string). Concatenated members/frames (gzip -c a b, pigz, zstd frames) are read on, and
-    ``on_member(compressed offset, decompressed offset)`` is told where each begins. A stream that ends inside a
-    member yields everything before the cut, then raises TruncatedArchive."""
+    """Decompressed chunks of at most _CHUNK bytes whatever the compression ratio (a 2 MB gzip of one 2 GB line never
+    becomes one 2 GB string). Concatenated members/frames (gzip -c a b, pigz, zstd frames) are read on, and
+    ``on_member(compressed offset, decompressed offset)`` is told where each gzip/xz/bz2 member begins. A stream that
+    ends inside a member yields everything before the cut, then raises TruncatedArchive."""
+    if codec == "zst":  # zstandard's decompressobj has no output bound: its stream_reader has
+        import zstandard
+
+        frames = _ZstdFrames(stream)
+        reader = zstandard.ZstdDecompressor().stream_reader(frames, read_size=_READ, read_across_frames=True)
+        while chunk := reader.read(_CHUNK):
+            yield chunk
+        if not frames.complete:
+            raise TruncatedArchive("zstd stream ended inside a frame")
+        return
     d = None
     read = produced = 0
     while data := stream.read(_READ):
@@ -397,15 +467,6 @@ def _decompress(stream: IO[bytes], codec: str, on_member: Any = None) -> Iterato
             if codec == "gz":
                 out = d.decompress(data, _CHUNK)
                 data = d.unused_data if d.eof else d.unconsumed_tail
-            elif codec == "zst":
-                view, i, outs, n = memoryview(data), 0, [], 0
-                while i < len(view) and n < _CHUNK and not d.eof:
-                    outs.append(d.decompress(view[i : i + _ZSTD_SLICE]))
-                    i += _ZSTD_SLICE
-                    n += len(outs[-1])
-                rest = bytes(view[min(i, len(view)) :])
-                data = d.unused_data + rest if d.eof else rest
-                out = b"".join(outs)
             else:  # xz, bz2 keep unconsumed input themselves: drain what is ready before feeding more
                 out = d.decompress(data, _CHUNK)
                 while not d.eof and not d.needs_input:
@@ -869,10 +930,11 @@ def _sniff(head: bytes) -> tuple[str | None, bytes]:
     codec = next((c for magic, c in _MAGIC if head.startswith(magic)), None)
     if codec is None:
         return None, head[:64]
-    d = _new_decompressor(codec)
     if codec == "zst":
-        return codec, d.decompress(head[:_ZSTD_SLICE])[:64]
-    return codec, d.decompress(head, 64)
+        import zstandard
+
+        return codec, zstandard.ZstdDecompressor().stream_reader(io.BytesIO(head)).read(64)
+    return codec, _new_decompressor(codec).decompress(head, 64)
 
 
 def _read_upto(stream: Any, n: int) -> bytes:
