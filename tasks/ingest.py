@@ -705,6 +705,7 @@ class _Window:
         self.buf = bytearray()
         self.base = 0
         self.eof = False
+        self.error: Exception | None = None  # why the stream ended early (a cut or corrupt archive), once it has
         self.mark = 0  # where the record being read begins (the position of an error that ends the stream)
 
     @property
@@ -712,9 +713,13 @@ class _Window:
         return self.base + len(self.buf)
 
     def fill(self, upto: int) -> None:
-        """Read until ``upto`` is buffered or the stream ends; a decompression error propagates."""
+        """Read until ``upto`` is buffered or the stream ends; a decompression error ends it too (kept in ``error``):
+        the records before the cut are still read, whatever lookahead reached it first."""
         while self.end < upto and not self.eof:
-            chunk = next(self._chunks, None)
+            try:
+                chunk = next(self._chunks, None)
+            except Exception as e:  # TruncatedArchive, zlib.error, lzma.LZMAError, zstandard.ZstdError
+                chunk, self.error = None, e
             if chunk is None:
                 self.eof = True
             else:
@@ -863,7 +868,8 @@ def _warc_frames(win: _Window, cap: int) -> Iterator[tuple[str, int, Any, Any]]:
         # the blank lines after the payload are looked at without letting the payload go; a long run of them is
         # left to the next round (a record boundary is all that is asked here)
         after = win.skip_blank(body + length, limit=_WARC_HEADER_MAX)
-        if after < body + length + _WARC_HEADER_MAX and not win.at_record_start(after):
+        trailer = win.get(body + length, body + length + 4) == b"\r\n\r\n"  # WARC 1.1, 4: a record ends so
+        if not trailer and after < body + length + _WARC_HEADER_MAX and not win.at_record_start(after):
             # the length ends the record short of its end, or inside the next one
             excerpt = win.get(body + length, body + length + _EXCERPT)
             nxt = win.find(_NEXT_RECORD, body - 1)
@@ -1043,22 +1049,29 @@ def _read_warc_framed(stream: IO[bytes], source: str, spec: IngestSource, codec:
     else:
         chunks = _decompress(stream, codec, positions.member)
     win = _Window(chunks)
-    frames = _warc_frames(win, cap)
-    while True:
-        try:
-            kind, start, a, b = next(frames)
-        except StopIteration:
-            return
-        except Exception as e:  # the archive is cut or corrupt inside a record: what came before is kept
-            yield "quarantine", _quarantine(source, positions(win.mark), f"truncated or corrupt archive: {type(e).__name__}: {e}")
-            return
+    held = None  # a broken record seen after the archive ended early: it and the cut are one row
+    for kind, start, a, b in _warc_frames(win, cap):
+        if held is not None:
+            yield "quarantine", held
+            held = None
         position = positions(start)
         if kind == "bad":
-            yield "quarantine", _quarantine(source, position, a, b)
+            if win.error is None:
+                yield "quarantine", _quarantine(source, position, a, b)
+            else:
+                held = _quarantine(source, position, a, b)
             continue
         row = _guarded(source, position, _framed_record, a, b, source, position, spec, cap)
         if row is not None:
             yield row
+    if win.error is not None:  # the archive is cut or corrupt: what came before the cut is kept, the rest is one row
+        reason = f"truncated or corrupt archive: {type(win.error).__name__}: {str(win.error)[:200]}"
+        if held is None:
+            held = _quarantine(source, positions(win.mark), reason)
+        else:
+            held["reason"] = f"{reason}; {held['reason']}"
+    if held is not None:
+        yield "quarantine", held
 
 
 def _read_warc_iterated(stream: IO[bytes], source: str, spec: IngestSource, cap: int) -> Iterator[tuple[str, dict]]:
