@@ -619,7 +619,9 @@ def read_parquet(stream: IO[bytes], source: str, spec: IngestSource) -> Iterator
     row = 0
     for rg, n in enumerate(sizes):
         try:
-            table = pf.read_row_group(rg)
+            # one thread: ingest runs one file per worker (threads would oversubscribe its CPUs), and pyarrow's
+            # decode threads still running after a corrupt page raised have crashed the interpreter (seen in fuzzing)
+            table = pf.read_row_group(rg, use_threads=False)
             rows, bad = _parquet_rows(table)
         except Exception as e:
             reason = f"unreadable row group {rg} (rows {row}-{row + n - 1}): {type(e).__name__}: {str(e)[:200]}"
@@ -791,10 +793,11 @@ def _warc_fields(header: bytes) -> tuple[str, int | str]:
     return rtype, int(length)
 
 
-def _warc_frames(win: _Window, cap: int) -> Iterator[tuple[str, int, Any, Any]]:
+def _warc_frames(win: _Window, cap: int) -> Iterator[tuple[str, int, Any, Any, bool]]:
     """Cut a WARC stream into records by Content-Length, checking that each one ends where the next one begins.
 
-    Yields ("record", start, header, payload) or ("bad", start, reason, excerpt). A wrong Content-Length (too
+    Yields ("record", start, header, payload, False) or ("bad", start, reason, excerpt, cut), where ``cut`` says the
+    stream ended inside that record (the only item a cut archive's row stands for too). A wrong Content-Length (too
     short or too long), a garbled or truncated header, or bytes between records are one "bad" item each, and reading
     resumes at the next line that starts with ``WARC/``: a broken record never takes the records after it along.
     A payload over ``cap`` is never held: it is skipped to the next record (one "bad" item).
@@ -812,7 +815,7 @@ def _warc_frames(win: _Window, cap: int) -> Iterator[tuple[str, int, Any, Any]]:
             excerpt = win.get(start, start + _EXCERPT)
             nxt = win.find(_NEXT_RECORD, start)
             stop = win.end if nxt is None else nxt + 1
-            yield "bad", start, f"{stop - start} bytes that are not a WARC record", excerpt
+            yield "bad", start, f"{stop - start} bytes that are not a WARC record", excerpt, False
             if nxt is None:
                 return
             pos = nxt + 1
@@ -826,7 +829,7 @@ def _warc_frames(win: _Window, cap: int) -> Iterator[tuple[str, int, Any, Any]]:
                 reason = "truncated WARC record: the file ends inside its header"
             else:
                 reason = f"WARC header without its blank line within {_WARC_HEADER_MAX} bytes"
-            yield "bad", start, reason, excerpt
+            yield "bad", start, reason, excerpt, short and nxt is None
             if nxt is None:
                 return
             pos = nxt + 1
@@ -836,7 +839,7 @@ def _warc_frames(win: _Window, cap: int) -> Iterator[tuple[str, int, Any, Any]]:
         rtype, length = _warc_fields(header)
         if isinstance(length, str):
             nxt = win.find(_NEXT_RECORD, body - 1)
-            yield "bad", start, length, header
+            yield "bad", start, length, header, False
             if nxt is None:
                 return
             pos = nxt + 1
@@ -845,9 +848,10 @@ def _warc_frames(win: _Window, cap: int) -> Iterator[tuple[str, int, Any, Any]]:
             excerpt = win.get(body, body + _EXCERPT)
             nxt = win.find(_NEXT_RECORD, body - 1)
             reason = f"record too large: WARC {rtype} record of Content-Length {length} > max_record_bytes={cap}"
-            if nxt is None and win.end < body + length:
+            cut = nxt is None and win.end < body + length
+            if cut:
                 reason = f"truncated WARC {rtype} record: {body + length - win.end} bytes missing of Content-Length {length}"
-            yield "bad", start, reason, excerpt
+            yield "bad", start, reason, excerpt, cut
             if nxt is None:
                 return
             pos = nxt + 1
@@ -860,7 +864,7 @@ def _warc_frames(win: _Window, cap: int) -> Iterator[tuple[str, int, Any, Any]]:
             reason = f"truncated WARC {rtype} record: {missing} bytes missing of Content-Length {length}"
             if nxt is not None:
                 reason += " (wrong Content-Length: the next record starts inside it)"
-            yield "bad", start, reason, excerpt
+            yield "bad", start, reason, excerpt, nxt is None
             if nxt is None:
                 return
             pos = nxt + 1
@@ -874,12 +878,12 @@ def _warc_frames(win: _Window, cap: int) -> Iterator[tuple[str, int, Any, Any]]:
             excerpt = win.get(body + length, body + length + _EXCERPT)
             nxt = win.find(_NEXT_RECORD, body - 1)
             reason = f"wrong Content-Length {length} of a WARC {rtype} record: the bytes after it are not the next record"
-            yield "bad", start, reason, excerpt
+            yield "bad", start, reason, excerpt, False
             if nxt is None:
                 return
             pos = nxt + 1
             continue
-        yield "record", start, header, win.get(body, body + length)
+        yield "record", start, header, win.get(body, body + length), False
         pos = after
 
 
@@ -1049,17 +1053,14 @@ def _read_warc_framed(stream: IO[bytes], source: str, spec: IngestSource, codec:
     else:
         chunks = _decompress(stream, codec, positions.member)
     win = _Window(chunks)
-    held = None  # a broken record seen after the archive ended early: it and the cut are one row
-    for kind, start, a, b in _warc_frames(win, cap):
-        if held is not None:
-            yield "quarantine", held
-            held = None
+    held = None  # the record a cut archive ended inside: it and the cut are one row
+    for kind, start, a, b, cut in _warc_frames(win, cap):
         position = positions(start)
         if kind == "bad":
-            if win.error is None:
-                yield "quarantine", _quarantine(source, position, a, b)
-            else:
+            if cut and win.error is not None:
                 held = _quarantine(source, position, a, b)
+            else:
+                yield "quarantine", _quarantine(source, position, a, b)
             continue
         row = _guarded(source, position, _framed_record, a, b, source, position, spec, cap)
         if row is not None:

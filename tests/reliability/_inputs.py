@@ -6,7 +6,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Sequence
+import tracemalloc
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,3 +68,14 @@ def corrupt_row_group(data: bytes, rg: int) -> bytes:
         start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
         out[start : start + col.total_compressed_size] = b"\xff" * col.total_compressed_size
     return bytes(out)
+
+
+def traced_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """(fn(), the most Python memory it held at once). Tracing is on only while fn runs; tracemalloc.stop() racing
+    another thread that allocates segfaults CPython 3.11, which is why read_parquet decodes on its own thread."""
+    tracemalloc.start()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

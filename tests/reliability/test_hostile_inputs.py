@@ -8,15 +8,11 @@ The same input listed twice is read once, and dedup never calls a document a dup
 from __future__ import annotations
 
 import gzip
-import lzma
 import os
-import tracemalloc
-import zlib
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-import zstandard
 
 import flows.stage as stage
 import tasks.minhash_dedup as minhash_mod
@@ -197,69 +193,6 @@ def test_garbage_between_warc_records_is_reported_and_the_next_record_read():
     assert docs.num_rows == 3 and bad.num_rows == 1 and "not a WARC record" in bad["reason"][0].as_py()
 
 
-# ------------------------------------------------------------------------------------------------ bounded memory
-
-MB = 1 << 20
-# the issue's example is a 2 MB gzip holding one 2 GB line (RELIABILITY.md has that run); CI makes a smaller one
-BOMB = int(os.environ.get("QUARRY_BOMB_MB", "64")) * MB
-LIMIT = dict(max_doc_bytes=256 * 1024)  # -> max_record_bytes 1 MiB
-PEAK_BOUND = 16 * MB  # whatever the record's size: the record limit plus a few decompressed chunks
-
-
-def _bomb_jsonl(codec: str) -> bytes:
-    """GOOD[0], one line of BOMB bytes, GOOD[1]: compressed as one gzip member / zstd frame, or (xz, slow to make)
-    as concatenated streams, one small stream of 4 MB of x repeated."""
-    head, tail, block = jsonl([GOOD[0]]) + b'{"text": "', b'"}\n' + jsonl([GOOD[1]]), b"x" * (4 * MB)
-    if codec == "xz":
-        return b"".join([lzma.compress(head, preset=0), lzma.compress(block, preset=0) * (BOMB // len(block)),
-                         lzma.compress(tail, preset=0)])
-    data = head + block * (BOMB // len(block)) + tail
-    if codec == "gz":
-        return zlib.compress(data, 1, wbits=31)
-    if codec == "zst":
-        return zstandard.ZstdCompressor(level=1).compress(data)
-    return data
-
-
-def _peak(fn) -> tuple[object, int]:
-    tracemalloc.start()
-    try:
-        out = fn()
-        return out, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
-@pytest.mark.parametrize("codec", ["gz", "zst", "xz", "plain"])
-def test_one_huge_jsonl_line_is_quarantined_in_bounded_memory_and_reading_goes_on(codec):
-    data = _bomb_jsonl(codec)
-    name = "bomb.jsonl" + ("" if codec == "plain" else f".{codec}")
-    (docs, bad), peak = _peak(lambda: read(data, name, **LIMIT))
-    assert docs["position"].to_pylist() == ["line:1", "line:3"]
-    assert bad["position"].to_pylist() == ["line:2"] and "record too large" in bad["reason"][0].as_py()
-    assert f"{BOMB // (4 * MB) * 4 * MB + 12} bytes" in bad["reason"][0].as_py()  # counted to its end, never held
-    assert peak < PEAK_BOUND, f"{codec}: peak {peak / MB:.1f} MB for a {BOMB / MB:.0f} MB line"
-
-
-@pytest.mark.parametrize("name", ["huge.txt", "huge.txt.gz", "huge.html", "huge.html.gz"])
-def test_huge_text_or_html_file_is_one_row_in_bounded_memory(name):
-    body = b"<html><body><p>" + b"y" * BOMB + b"</p></body></html>"
-    data = gzip.compress(body, 1) if name.endswith(".gz") else body
-    (docs, bad), peak = _peak(lambda: read(data, name, **LIMIT))
-    assert docs.num_rows == 0 and bad["position"].to_pylist() == ["file"] and "record too large" in bad["reason"][0].as_py()
-    assert peak < PEAK_BOUND
-
-
-@pytest.mark.parametrize("name", ["huge.warc", "huge.warc.gz"])
-def test_huge_warc_payload_is_one_row_in_bounded_memory_and_the_next_record_is_read(name):
-    records = [_warc_docs(1)[0], warc_record("http://huge/", html_page("z" * BOMB)), _warc_docs(2)[1]]
-    data = warc_gz(records) if name.endswith(".gz") else b"".join(records)
-    (docs, bad), peak = _peak(lambda: read(data, name, **LIMIT))
-    assert docs["url"].to_pylist() == ["http://ok/0", "http://ok/1"]
-    assert bad.num_rows == 1 and "record too large" in bad["reason"][0].as_py()
-    assert peak < PEAK_BOUND
-
-
 # ------------------------------------------------------------------------------------------------ listing inputs
 
 
@@ -390,7 +323,7 @@ def test_hostile_corpus_through_the_ingest_stage_accounts_for_every_record(tmp_p
         "surrogates.jsonl": (jsonl([GOOD[0], b'{"text": "\\ud800"}', b'{"text": "ok text", "u": "\\udfff"}', GOOD[1]]), 4),
         "deep.jsonl": (jsonl([b"[" * 100_000, GOOD[2]]), 2),
         "digits.jsonl": (jsonl([b'{"text": ' + b"9" * 5000 + b"}", GOOD[3]]), 2),
-        "bomb.jsonl.gz": (gzip.compress(jsonl([GOOD[0]]) + b'{"text": "' + b"x" * (4 * MB) + b'"}\n', 1), 2),
+        "bomb.jsonl.gz": (gzip.compress(jsonl([GOOD[0]]) + b'{"text": "' + b"x" * (4 << 20) + b'"}\n', 1), 2),
         "rowgroup.parquet": (corrupt_row_group(parquet(table, 2), 2), 8),
         "len.warc": (b"".join(_warc_docs(2)).replace(b"Content-Length: ", b"Content-Length: 1", 1), 2),
     }
