@@ -4,6 +4,7 @@ can check that the readers account for every one (documents + quarantine rows)."
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import tracemalloc
@@ -31,6 +32,10 @@ def html_page(text: str) -> bytes:
     return f"<html><body><article><p>{text}</p></article></body></html>".encode()
 
 
+def _raw(s: str) -> bytes:
+    return s.encode("utf-8", "surrogatepass")
+
+
 def warc_record(uri: str, body: bytes, *, declared: int | None = None, rtype: str = "response") -> bytes:
     """A WARC record; ``declared`` overrides its Content-Length (a wrong one). Response records hold an HTTP 200
     with an HTML body; conversion records hold the body as plain text (WET)."""
@@ -41,7 +46,7 @@ def warc_record(uri: str, body: bytes, *, declared: int | None = None, rtype: st
         block, ctype = body, "text/plain"
     length = len(block) if declared is None else declared
     head = (
-        f"WARC/1.0\r\nWARC-Type: {rtype}\r\nWARC-Record-ID: <urn:uuid:{abs(hash(uri)):032x}>\r\n"
+        f"WARC/1.0\r\nWARC-Type: {rtype}\r\nWARC-Record-ID: <urn:uuid:{hashlib.md5(_raw(uri)).hexdigest()}>\r\n"
         f"WARC-Date: 2024-01-01T00:00:00Z\r\nWARC-Target-URI: {uri}\r\nContent-Type: {ctype}\r\n"
         f"Content-Length: {length}\r\n\r\n"
     ).encode()

@@ -25,7 +25,7 @@ def _warc_docs(n: int) -> list[bytes]:
 
 MB = 1 << 20
 # the example is a 2 MB gzip holding one 2 GB line (RELIABILITY.md has that run); CI makes a smaller one
-BOMB = int(os.environ.get("QUARRY_BOMB_MB", "32")) * MB
+BOMB = int(os.environ.get("QUARRY_BOMB_MB", "16")) * MB
 LIMIT = dict(max_doc_bytes=256 * 1024)  # -> max_record_bytes 1 MiB
 PEAK_BOUND = 16 * MB  # whatever the record's size: the record limit plus a few decompressed chunks
 

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from tasks.ingest import IngestSource, extract_html, read_source, rows_to_tables
 from tests.reliability._inputs import corrupt_row_group, parquet, traced_peak, warc_gz, warc_record
 
-EXAMPLES = int(os.environ.get("QUARRY_FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("QUARRY_FUZZ_EXAMPLES", "20"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     derandomize=True,  # the same examples on every run and machine
