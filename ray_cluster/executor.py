@@ -5,7 +5,8 @@
 Every stage goes through the same derive -> skip-if-committed -> compute -> check -> commit sequence; the kind says
 how it computes:
 
-* ``source``  external files -> document shards (+ a quarantine side output), one work item per input file;
+* ``source``  external files -> document shards (+ a quarantine side output), one work item per input file:
+  ``list_inputs(params) -> ([(spec, uri)], stats)`` on the driver, ``fn(uri, spec) -> (docs, bad)`` per file;
 * ``map``     ``fn(batch, params, **side)`` over every shard of the first input (side inputs: small tables);
 * ``actor``   ``fn(params, **side)`` builds a model once per actor, then maps batches (a Ray Data actor pool);
 * ``sql_map`` ``fn(params)`` is SQL over ``batch``, run per batch in a sandboxed DuckDB (rules are data, not code);
@@ -195,7 +196,7 @@ def _source(stage, kind, inputs, params, profile, fail_from_shard, target) -> Da
         raise ValueError(f"stage {stage.name!r} reads external files: pass root= and dataset=")
     datasets.ensure_writable(root)
     check_shared_root(root, profile)
-    files = stage.list_inputs(params)
+    files, listing = stage.list_inputs(params)
     uris = [u for _, u in files]
     ref = datasets.source_ref(root, dataset, stage.name, code_of(stage), params.version_params(), uris)
     if datasets.is_committed(ref):
@@ -211,7 +212,7 @@ def _source(stage, kind, inputs, params, profile, fail_from_shard, target) -> Da
     results = runtime.run_shards(items, work, resources(stage, profile), profile=profile, desc=stage.name)
     results.sort(key=lambda r: r["index"])
     elapsed = time.perf_counter() - t0
-    stats = stage.reduce(results, elapsed) if stage.reduce else {"seconds": round(elapsed, 3)}
+    stats = {**(stage.reduce(results, elapsed) if stage.reduce else {"seconds": round(elapsed, 3)}), **listing}
     vparams = params.version_params()
     for side in stage.outputs:  # the quarantine first: the documents' manifest is the commit of the whole ingest
         _commit(stage, ref.sibling(side), [], vparams, {},
@@ -225,9 +226,7 @@ def _read_source_item(read: Callable, summarize: Callable | None, item: dict) ->
     """Worker: read one input file into document shards and one side (quarantine) shard; skip shards present."""
     _maybe_fail(item)
     docs_ref = DatasetRef(**item["ref"])
-    fs, path = datasets.filesystem(item["file"])
-    with fs.open(path, "rb") as f:
-        docs, bad = read(f, item["file"], item["spec"])
+    docs, bad = read(item["file"], item["spec"])  # a file that cannot be opened is a quarantine row, not a crash
     stem = f"part-{item['index']:05d}"
     out = {"index": item["index"], "file": item["file"], "shards": {}}
     if item["side"]:

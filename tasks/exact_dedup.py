@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.minhash_dedup import ensure_keep_columns, rpv2_normalize
+from tasks.minhash_dedup import ensure_keep_columns, later_repeats, rpv2_normalize
 
 _PRIORITY_RE = re.compile(r"^(longest|lowest_doc_id|[A-Za-z_][A-Za-z0-9_.]*:(asc|desc))$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -141,7 +141,8 @@ def exact_dedup_keepers(hashes: pa.Table, params: ExactDedupParams = ExactDedupP
     dup_ids, dup_of, reasons = [], [], []
     for key in params.keys:  # sequential: each key only among the survivors of the previous one
         ids, winner, first = _first_per_group(t, key, params)
-        losers = ~first
+        # a row with the winner's own doc_id is the winner again (an input read twice), never its duplicate
+        losers = ~first & pc.not_equal(ids, winner).to_numpy(zero_copy_only=False)
         if losers.any():
             mask = pa.array(losers)
             dup_ids.append(ids.filter(mask))
@@ -186,7 +187,7 @@ def exact_dedup_sql(docs: str, params: ExactDedupParams = ExactDedupParams(), *,
         )
         selects.append(
             f"SELECT doc_id, false AS ed_keep, _winner AS ed_duplicate_of, 'ed_{key}_duplicate' AS ed_reason "
-            f"FROM {ranked} WHERE ed_{key}_hash IS NOT NULL AND _rn > 1"
+            f"FROM {ranked} WHERE ed_{key}_hash IS NOT NULL AND _rn > 1 AND doc_id <> _winner"
         )
         ctes.append(
             f"d{i + 1} AS (SELECT * EXCLUDE (_winner, _rn) FROM {ranked} WHERE ed_{key}_hash IS NULL OR _rn = 1)"
@@ -198,7 +199,11 @@ def exact_dedup_sql(docs: str, params: ExactDedupParams = ExactDedupParams(), *,
 def exact_dedup_filter(
     batch: pa.Table, params: ExactDedupParams = ExactDedupParams(), *, keepers: pa.Table
 ) -> pa.Table:
-    """Add `ed_keep`, `ed_duplicate_of`; a duplicate gets keep=False and drop_reason=ed_reason unless already dropped."""
+    """Add `ed_keep`, `ed_duplicate_of`; a duplicate gets keep=False and drop_reason=ed_reason unless already dropped.
+
+    A doc_id that occurs again in the batch is the same document again: its first row is judged as above, the others
+    get ed_keep=False, reason `ed_repeated_doc_id` and no `ed_duplicate_of` (a document is never its own duplicate).
+    """
     ids = batch.column(params.doc_id_column).combine_chunks().cast(pa.string())
     kid = keepers.column("doc_id").combine_chunks().cast(pa.string())
     idx = pc.index_in(ids, value_set=kid)
@@ -213,6 +218,11 @@ def exact_dedup_filter(
     reason = (
         pa.nulls(len(ids), pa.string()) if empty else pc.if_else(found, keepers.column("ed_reason").take(safe), None)
     )
+    repeat = later_repeats(ids)
+    if repeat.any():
+        repeated = pc.and_(pa.array(repeat), pc.invert(found))
+        reason = pc.if_else(repeated, pa.scalar("ed_repeated_doc_id"), reason.cast(pa.string()))
+        found = pc.or_(found, pa.array(repeat))
     ed_keep = pc.invert(found)
     out = batch.drop_columns([c for c in ("ed_keep", "ed_duplicate_of") if c in batch.column_names])
     out = out.append_column("ed_keep", ed_keep).append_column("ed_duplicate_of", dup_of.cast(pa.string()))

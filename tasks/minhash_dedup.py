@@ -321,6 +321,20 @@ def minhash_clusters(pairs: pa.Table | Iterable[pa.Table], max_iter: int = 100) 
     return pa.table({"doc_id": nodes, "cluster_id": nodes.take(pa.array(labels))})
 
 
+def later_repeats(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """True for every row whose (non-null) doc_id occurred in an earlier row: the same document again (an input read
+    twice). Dedup keeps the first and must never call a document a duplicate of itself."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    repeat = np.zeros(len(ids), dtype=bool)
+    if len(ids) == 0 or pc.count_distinct(ids, mode="only_valid").as_py() == len(ids) - ids.null_count:
+        return repeat
+    codes = pc.fill_null(ids.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False)
+    _, first = np.unique(codes, return_index=True)
+    repeat[:] = codes >= 0
+    repeat[first] = False
+    return repeat
+
+
 def _priority_sort_keys(params: MinhashDedupParams) -> list[tuple[str, str]]:
     if params.priority == "longest":
         return [("_len", "descending"), ("doc_id", "ascending")]
@@ -352,6 +366,9 @@ def select_cluster_keepers(members: pa.Table, params: MinhashDedupParams = Minha
     t = pa.table(cols)
     # nulls sort last in both orders (pyarrow default), so a doc without a score never beats one with a score
     order = t.sort_by([("cluster_id", "ascending"), *_priority_sort_keys(params)])
+    repeat = later_repeats(order.column("doc_id"))
+    if repeat.any():  # one doc_id is one document: its best row stands for it, so it is never its own duplicate
+        order = order.filter(pa.array(~repeat))
     cid = order.column("cluster_id").to_numpy(zero_copy_only=False)
     first = np.ones(len(cid), dtype=bool)
     first[1:] = cid[1:] != cid[:-1]
@@ -388,6 +405,9 @@ def minhash_filter(batch: pa.Table, params: MinhashDedupParams = MinhashDedupPar
     )
     size = pc.if_else(found, clusters.column("cluster_size").take(pc.fill_null(idx, 0)) if clusters.num_rows else 1, 1)
     keep = pc.if_else(found, clusters.column("keep").take(pc.fill_null(idx, 0)) if clusters.num_rows else True, True)
+    repeat = later_repeats(ids)
+    if repeat.any():  # the same doc_id again in this batch: the first row is the document, the others copies of it
+        keep = pc.and_(keep, pa.array(~repeat))
     out = batch
     for name in ("mh_cluster_id", "mh_cluster_size", "mh_keep"):
         if name in out.column_names:
@@ -398,7 +418,8 @@ def minhash_filter(batch: pa.Table, params: MinhashDedupParams = MinhashDedupPar
     # fold duplicates into keep/drop_reason; an earlier rule's reason wins
     prev_keep = pc.fill_null(out.column("keep"), False)
     is_dup = pc.and_(prev_keep, pc.invert(keep))
-    reason = pc.if_else(is_dup, pa.scalar("mh_duplicate"), out.column("drop_reason"))
+    dup_reason = pc.if_else(pa.array(repeat), pa.scalar("mh_repeated_doc_id"), pa.scalar("mh_duplicate"))
+    reason = pc.if_else(is_dup, dup_reason, out.column("drop_reason"))
     new_keep = pc.and_(prev_keep, keep)
     out = out.set_column(out.schema.get_field_index("keep"), "keep", new_keep)
     out = out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason", reason.cast(pa.string()))
@@ -410,13 +431,15 @@ def minhash_filter(batch: pa.Table, params: MinhashDedupParams = MinhashDedupPar
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _sql_order(params: MinhashDedupParams) -> str:
+def _sql_priority(params: MinhashDedupParams) -> tuple[str, str] | None:
+    """(aggregate over a doc_id's rows, order) of the survivor priority; None for lowest_doc_id (no input needed).
+    Aggregated so that a doc_id listed twice in the docs is still one member (never its own duplicate)."""
     if params.priority == "longest":
-        return f'length(d."{params.text_column}") DESC NULLS LAST, m.doc_id'
+        return f'max(length(d."{params.text_column}"))', "DESC"
     if params.priority == "lowest_doc_id":
-        return "m.doc_id"
+        return None
     column, order = params.priority.rsplit(":", 1)
-    return f'd."{column}" {order.upper()} NULLS LAST, m.doc_id'
+    return f'{"max" if order == "desc" else "min"}(d."{column}")', order.upper()
 
 
 def fuzzy_dedup_sql(edges: str, docs: str, params: MinhashDedupParams = MinhashDedupParams()) -> dict[str, str]:
@@ -426,7 +449,6 @@ def fuzzy_dedup_sql(edges: str, docs: str, params: MinhashDedupParams = MinhashD
     `changed` returns 0), `clusters`. Result tables: mh_pairs(src, dst), mh_labels(node, lbl),
     mh_clusters(doc_id, cluster_id, cluster_size, keep).
     """
-    doc_id = params.doc_id_column
     return {
         # RPv2 run_lsh.py: group by (band, key); every member of a bucket with >1 docs points at the bucket's min id
         "pairs": f"""
@@ -450,14 +472,28 @@ WITH prop AS (
 SELECT p.node, least(p.lbl, coalesce(j.lbl, p.lbl)) AS lbl FROM prop p LEFT JOIN prop j ON j.node = p.lbl""",
         "changed": "SELECT count(*) FROM mh_labels_next n JOIN mh_labels o USING (node) WHERE n.lbl <> o.lbl",
         "swap": "DROP TABLE mh_labels; ALTER TABLE mh_labels_next RENAME TO mh_labels",
-        "clusters": f"""
+        "clusters": _clusters_sql(docs, params),
+    }
+
+
+def _clusters_sql(docs: str, params: MinhashDedupParams) -> str:
+    priority = _sql_priority(params)
+    if priority is None:
+        prio_cte, join, order = "", "", "m.doc_id"
+    else:
+        agg, direction = priority
+        prio_cte = (
+            f',\np AS (SELECT d."{params.doc_id_column}" AS doc_id, {agg} AS _prio FROM {docs} d '
+            f'WHERE d."{params.doc_id_column}" IN (SELECT doc_id FROM m) GROUP BY 1)'
+        )
+        join, order = " LEFT JOIN p ON p.doc_id = m.doc_id", f"p._prio {direction} NULLS LAST, m.doc_id"
+    return f"""
 CREATE OR REPLACE TABLE mh_clusters AS
-WITH m AS (SELECT node AS doc_id, lbl AS cluster_id FROM mh_labels)
+WITH m AS (SELECT node AS doc_id, lbl AS cluster_id FROM mh_labels){prio_cte}
 SELECT m.doc_id, m.cluster_id,
        count(*) OVER (PARTITION BY m.cluster_id) AS cluster_size,
-       row_number() OVER (PARTITION BY m.cluster_id ORDER BY {_sql_order(params)}) = 1 AS keep
-FROM m LEFT JOIN {docs} d ON d."{doc_id}" = m.doc_id""",
-    }
+       row_number() OVER (PARTITION BY m.cluster_id ORDER BY {order}) = 1 AS keep
+FROM m{join}"""
 
 
 def run_fuzzy_dedup_sql(

@@ -217,7 +217,6 @@ def test_run_time_refuses_a_rule_that_never_passed_the_loader():
     """Params built in code skip the recipe loader: quality_filter_sql (tasks/) and sql_over_batch (the engine)
     refuse the second statement themselves, so its result can never replace the stage's output."""
     from ray_cluster.executor import sql_over_batch
-
     from tasks.quality_filter import QualityFilterParams, quality_filter_sql
 
     batch = pa.table({"doc_id": ["a", "b"], "x": [1, 2]})

@@ -148,5 +148,9 @@ def test_truncated_warc_and_wrong_content_length_are_quarantined_not_partial():
     data = shared_path("web", "warc_warcio", "example-iana.org-chunked.warc").read_bytes()
     docs, bad = _read(data[:3000], "cut.warc")
     assert docs.num_rows == 0 and "truncated WARC response record" in bad["reason"][0].as_py()
-    docs, bad = _read(data.replace(b"Content-Length: ", b"Content-Length: 9", 1), "badlen.warc")
-    assert docs.num_rows == 0 and "bytes missing" in bad["reason"][0].as_py()
+    broken = data.replace(b"Content-Length: ", b"Content-Length: 9", 1)  # the warcinfo record claims 9137 bytes
+    docs, bad = _read(broken, "badlen.warc")
+    assert bad.num_rows == 1 and "bytes missing" in bad["reason"][0].as_py() and bad["position"][0].as_py() == "offset:0"
+    # the response record it would have swallowed is intact: read at its exact offset, not lost with it
+    assert docs["url"].to_pylist() == ["http://www.iana.org/"]
+    assert docs["position"].to_pylist() == [f"offset:{broken.index(b'WARC/1.0', 1)}"]
