@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from tasks.balance_report import level_columns
+
 # ---------------------------------------------------------------------------------------------------------------
 # Balanced hierarchical sampling
 
@@ -66,17 +68,6 @@ def water_fill(sizes: np.ndarray, target: int, rng: np.random.Generator) -> np.n
         room = np.flatnonzero(sizes > lo)  # rem < len(room), else lo + 1 would fit
         quotas[rng.choice(room, size=rem, replace=False)] += 1
     return quotas
-
-
-def level_columns(table: pa.Table, levels: int) -> list[str]:
-    names = []
-    t = 1
-    while f"km_l{t}" in table.column_names and (levels == 0 or t <= levels):
-        names.append(f"km_l{t}")
-        t += 1
-    if not names or (levels and len(names) < levels):
-        raise ValueError(f"balanced_sample needs km_l1..km_l{levels or 'T'} columns; have {table.column_names}")
-    return names
 
 
 def balanced_sample(table: pa.Table, params: BalanceParams) -> pa.Table:

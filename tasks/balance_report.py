@@ -11,8 +11,6 @@ import math
 import numpy as np
 import pyarrow as pa
 
-from tasks.balance import level_columns
-
 # ---------------------------------------------------------------------------------------------------------------
 # Balance report
 
@@ -133,3 +131,14 @@ def balance_report(
             }
         )
     return report
+
+
+def level_columns(table: pa.Table, levels: int) -> list[str]:
+    names = []
+    t = 1
+    while f"km_l{t}" in table.column_names and (levels == 0 or t <= levels):
+        names.append(f"km_l{t}")
+        t += 1
+    if not names or (levels and len(names) < levels):
+        raise ValueError(f"balanced_sample needs km_l1..km_l{levels or 'T'} columns; have {table.column_names}")
+    return names

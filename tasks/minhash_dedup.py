@@ -19,6 +19,9 @@ DuckDB spills its group-bys and joins to disk; this module only builds the SQL t
 
     from tasks.minhash_dedup import MinhashSignaturesParams, minhash_signatures
     out = minhash_signatures(batch, MinhashSignaturesParams())
+
+Size: RPv2-parity signatures and the fuzzy dedup that consumes their band keys share one normalisation
+and one band layout (in Arrow and in DuckDB SQL); keeping them together keeps the two in lockstep.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ and to the optional ``report`` callable. The final model is saved in Hugging Fac
 ``out_dir/hf`` for vLLM and lm-evaluation-harness.
 
     python -c "from tasks.train import train, TrainParams; print(train(TrainParams(max_steps=30), 'packed/', 'run/'))"
+
+Size: the model (Llama + multi-token prediction), the loop, its checkpoints (resume with the same data
+order) and the MFU accounting share shapes and state; apart they would have to re-derive each other's.
 """
 
 from __future__ import annotations
