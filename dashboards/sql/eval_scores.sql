@@ -1,8 +1,8 @@
 -- title: Evaluation scores
 -- order: 12
--- description: Every (task, metric) score of the latest evaluation, with its standard error and sample count.
--- chart: bar x=task y=value color=metric
+-- description: Every (task, metric) score of the latest eval_results version, with its standard error and sample count; one chart per metric, each on its own scale (perplexity and accuracy do not share an axis).
+-- chart: bar x=task y=value color=task facet=metric resolve=x,y
 -- empty: run `quarry run evaluate datasets_cfg/tiny.yaml`
-SELECT task, metric, round(value, 4) AS value, round(stderr, 4) AS stderr, n
-FROM {last:task,metric,value,stderr,n}
-ORDER BY task, metric
+SELECT metric, task, round(value, 4) AS value, round(stderr, 4) AS stderr, n
+FROM {view:eval_results}
+ORDER BY metric, task
