@@ -26,6 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Progress lines of long stages (the `quarry` logger) go to the console and to the Prefect run's logs; read when
+# prefect is first imported, so set before any flow module loads.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "quarry")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="quarry: raw web text to an evaluated language model.")
 # A pipe or CI log gets a wide table rather than Rich's 80-column default.

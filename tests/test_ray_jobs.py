@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import signal
 import socket
@@ -221,3 +222,22 @@ def test_kuberay_manifests_define_a_gpu_worker_group_and_a_job_with_the_cli_entr
     assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["QUARRY_PROFILE"] == "gpu8"
     text = "\n".join(p.read_text() for p in (REPO / "ray_cluster").rglob("*.yaml"))
     assert "aws_secret_access_key" not in text.lower() and "password" not in text.lower()  # infra only, no secrets
+
+
+def test_shard_progress_is_logged_where_no_progress_bar_shows(monkeypatch, caplog):
+    from ray_cluster import runtime
+
+    serial = runtime.Profile(name="serial", engine="serial")
+    monkeypatch.setenv("QUARRY_PROGRESS", "0")  # as inside a Ray Job: no bar
+    items = [{"i": i} for i in range(3)]
+
+    def lines() -> list[str]:
+        return [r.getMessage().split(",")[0] for r in caplog.records if r.name == "quarry"]
+
+    with caplog.at_level(logging.INFO, logger="quarry"):
+        runtime.run_shards(items, dict, runtime.StageResources(), profile=serial, desc="toy")
+        assert lines() == ["toy: 3/3 shards (100 %)"]  # short stages: the final line only (every 30 s by default)
+        caplog.clear()
+        monkeypatch.setenv("QUARRY_PROGRESS_LOG_S", "0")
+        runtime.run_shards(items, dict, runtime.StageResources(), profile=serial, desc="toy")
+    assert lines() == ["toy: 1/3 shards (33 %)", "toy: 2/3 shards (66 %)", "toy: 3/3 shards (100 %)"]
