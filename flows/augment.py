@@ -21,6 +21,8 @@ from prefect.cache_policies import NO_CACHE
 
 import datasets_cfg
 import tasks.augment as aug_mod
+from flows import runinfo
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from flows.stage import _logger, _publish_table, map_stage
 from ray_cluster import runtime
 from storage import datasets
@@ -125,8 +127,9 @@ def _vllm_stage(src: DatasetRef, params: aug_mod.AugmentParams, profile: runtime
     return dst
 
 
-@flow(name="augment", log_prints=True)
-def augment(recipe: str) -> str:
+@flow(name="augment", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def augment(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Curate (a no-op when done), then augment the curated documents; returns the augment version."""
     from flows.curate import curate_stages
 

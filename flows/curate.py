@@ -20,8 +20,9 @@ import tasks.datatrove_signals as dt_mod
 import tasks.minhash_dedup as minhash_mod
 import tasks.quality_signals as qs_mod
 import tasks.select as select_mod
-from flows import steps
+from flows import runinfo, steps
 from flows.cluster import embedding_curation
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from flows.stage import ingest_task, publish_funnel, run_stage
 from ray_cluster import runtime
 from storage.datasets import DatasetRef
@@ -59,8 +60,9 @@ def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> tupl
     return ref, heldout
 
 
-@flow(name="curate", log_prints=True)
-def curate(recipe: str) -> str:
+@flow(name="curate", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def curate(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Run the recipe's curation stages; returns the final dataset version (dataset/stage/version)."""
     cfg = datasets_cfg.load(recipe)
     profile = runtime.load_profile(cfg.cluster)

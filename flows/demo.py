@@ -11,12 +11,15 @@ import sys
 from prefect import flow
 
 import datasets_cfg
+from flows import runinfo
 from flows.evaluate import evaluate
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from storage import catalog
 
 
-@flow(name="demo", log_prints=True)
-def demo(recipe: str = "datasets_cfg/tiny.yaml") -> str:
+@flow(name="demo", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def demo(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     cfg = datasets_cfg.load(recipe)
     result = evaluate(recipe)  # evaluate -> train -> curate, each a subflow and a no-op when already committed
     con = catalog.connect(cfg.root)

@@ -17,6 +17,8 @@ from prefect.cache_policies import NO_CACHE
 
 import datasets_cfg
 import tasks.evaluate as eval_mod
+from flows import runinfo
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from flows.stage import _logger, _publish_table
 from flows.train import model_dir, train
 from ray_cluster import runtime
@@ -66,8 +68,9 @@ def latest_heldout(cfg: datasets_cfg.RunConfig) -> DatasetRef | None:
     return datasets.latest(cfg.root, cfg.dataset, "heldout") if cfg.heldout else None
 
 
-@flow(name="evaluate", log_prints=True)
-def evaluate(recipe: str) -> str:
+@flow(name="evaluate", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def evaluate(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Train (a no-op when already done) and evaluate the recipe's model; returns the eval_results version."""
     cfg = datasets_cfg.load(recipe)
     if cfg.evaluate is None:

@@ -18,8 +18,10 @@ from prefect import flow
 import datasets_cfg
 import tasks.tokenize as tok_mod
 import tasks.train as train_mod
+from flows import runinfo
 from flows.curate import curate_stages
 from flows.evaluate import evaluate_model
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from flows.stage import _logger, _publish_table, run_stage
 from flows.train import fit, pack
 from ray_cluster import runtime
@@ -27,6 +29,7 @@ from storage import datasets
 
 
 @flow(name="experiment-cell", flow_run_name="{variant}-{model_size}-seed{seed}", log_prints=True)
+@runinfo.tracked_flow
 def experiment_cell(recipe: str, variant: str, model_size: str, seed: int) -> str:
     """curate (variant) -> tokenize (equal token budget) -> pack -> train (size, seed) -> evaluate."""
     cfg = datasets_cfg.load(recipe)
@@ -45,8 +48,9 @@ def experiment_cell(recipe: str, variant: str, model_size: str, seed: int) -> st
         return str(evaluate_model(model, heldout, vcfg.evaluate, profile))
 
 
-@flow(name="experiment", log_prints=True)
-def experiment(recipe: str) -> str:
+@flow(name="experiment", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def experiment(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Run every cell, then write the comparison table; returns its version."""
     cfg = datasets_cfg.load(recipe)
     exp = cfg.experiment

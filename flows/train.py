@@ -20,7 +20,9 @@ from prefect.cache_policies import NO_CACHE
 import datasets_cfg
 import tasks.tokenize as tok_mod
 import tasks.train as train_mod
+from flows import runinfo
 from flows.curate import curate
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from flows.stage import _logger, _publish_table, run_stage
 from ray_cluster import runtime
 from storage import datasets
@@ -128,8 +130,9 @@ def train_on(ref: DatasetRef, cfg: datasets_cfg.RunConfig, profile: runtime.Prof
     return fit(packed, cfg.train, profile)
 
 
-@flow(name="train", log_prints=True)
-def train(recipe: str) -> str:
+@flow(name="train", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def train(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Curate (a no-op when already done), then tokenize, pack and train; returns the model version."""
     cfg = datasets_cfg.load(recipe)
     profile = runtime.load_profile(cfg.cluster)

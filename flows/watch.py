@@ -25,7 +25,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import datasets_cfg
-from flows import stage
+from flows import runinfo, stage
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 from storage import datasets
 from storage.datasets import DatasetRef
@@ -96,8 +97,11 @@ def record_taken(
     return ref
 
 
-@flow(name="watch", log_prints=True)
-def watch(recipe: str, prefix: str | None = None, domain: str = "web") -> dict:
+@flow(name="watch", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def watch(
+    recipe: Recipe = DEFAULT_RECIPE, prefix: str | None = None, domain: str = "web", profile: ProfileName = None, storage_root: StorageRoot = None
+) -> dict:
     """Ingest the files of the recipe's sources (or of ``prefix``) that earlier runs did not take."""
     log = get_run_logger()
     cfg = datasets_cfg.load(recipe)

@@ -97,6 +97,47 @@ def test_server_deploys_and_runs_ingest_with_new_parameters_publishing_artifacts
     assert {r["file"]: r["documents"] for r in counts} == {"arxiv_abstracts.jsonl": 12, "wikipedia.jsonl": 8}
     ref = datasets.latest(str(tmp_path / "store"), "deployed", "ingest")
     assert ref is not None and datasets.read_manifest(ref)["num_rows"] == 20
+    # the run and the data link up: the versions it committed record it, its artifact lists them
+    assert deploy.flow_run_result(run_id, api)["name"].startswith("ingest-deployed-")
+    run = datasets.read_manifest(ref)["run"]
+    assert run["flow_run_id"] == run_id and run["deployment"] == "ingest/tiny"
+    assert run["run_url"].startswith(server["ui_url"]) and run_id in run["run_url"]
+    con = catalog.connect(str(tmp_path / "store"))
+    assert con.execute("select distinct flow_run_id, run_url from versions").fetchall() == [(run_id, run["run_url"])]
+    listed_versions = arts["versions"]["data"]
+    assert arts["versions"]["type"] == "markdown" and f"`{ref}` | 20 |" in listed_versions
+    assert f'"deployed__ingest@{ref.version}"' in listed_versions
+
+
+def test_a_deployment_run_with_a_missing_recipe_is_refused_when_triggered(server, tmp_path):
+    import datasets_cfg
+
+    api = server["api_url"]
+    deploy.deploy(api, names=["ingest/tiny"])
+    before = len(_flow_runs(api))
+    with pytest.raises(datasets_cfg.RecipeError, match="recipe not found"):
+        deploy.trigger("ingest/tiny", {"recipe": str(tmp_path / "missing.yaml")}, api)
+    with pytest.raises(datasets_cfg.RecipeError, match="no cluster profile"):
+        deploy.trigger("ingest/tiny", {"profile": "nope"}, api)
+    assert len(_flow_runs(api)) == before  # refused before a run existed
+    schema = _deployment("ingest/tiny", api).parameter_openapi_schema["properties"]
+    assert {"recipe", "profile", "storage_root"} <= set(schema) and all(schema[k]["description"] for k in schema
+                                                                        if k != "fail_from_shard")  # fmt: skip
+    assert schema["recipe"]["default"] == "datasets_cfg/tiny.yaml"
+
+
+def _flow_runs(api: str) -> list:
+    from prefect.client.orchestration import get_client
+
+    with deploy.using_api(api), get_client(sync_client=True) as client:
+        return client.read_flow_runs()
+
+
+def _deployment(name: str, api: str):
+    from prefect.client.orchestration import get_client
+
+    with deploy.using_api(api), get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
 
 
 @pytest.mark.timeout(600)
