@@ -232,7 +232,8 @@ def gc_plan(root: str) -> list[dict]:
     missing: dict[str, list[str]] = {}
     for r in recorded:
         for recipe in r["recipes"]:
-            if r["dataset"] in _recipe_datasets(Path(recipe)):
+            # exists() first: datasets_cfg.load would fall back to datasets_cfg/<same name> for a deleted file
+            if Path(recipe).exists() and r["dataset"] in _recipe_datasets(Path(recipe)):
                 referenced.setdefault(r["dataset"], f"recipe {recipe} (recorded in its manifests)")
             else:
                 missing.setdefault(r["dataset"], []).append(recipe)
@@ -255,8 +256,8 @@ def gc_plan(root: str) -> list[dict]:
             r["bytes"] = 0
         r["keep"] = r["ref"] in keep
         if r["keep"]:
-            by = keep[r["ref"]]
-            r["reason"] = f"{referenced[r['dataset']]}" + (f"; in the lineage of {by}" if by != r["ref"] else "")
+            by = keep[r["ref"]]  # a latest version of a referenced dataset (lineage may cross datasets)
+            r["reason"] = referenced[by.split("/")[0]] + (f"; in the lineage of {by}" if by != r["ref"] else "")
         elif r["dataset"] not in referenced:
             gone = missing.get(r["dataset"])
             r["reason"] = f"no recipe writes {r['dataset']} (none in datasets_cfg/" + (
