@@ -24,6 +24,7 @@ import datetime as dt
 import functools
 import hashlib
 import inspect
+import logging
 import os
 import shlex
 from collections.abc import Callable, Iterator
@@ -38,6 +39,11 @@ from storage import datasets
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = "datasets_cfg/tiny.yaml"
 ARTIFACT_KEY = "versions"
+
+# Stage progress lines go to the `quarry` logger (ray_cluster.runtime); PREFECT_LOGGING_EXTRA_LOGGERS=quarry gives it
+# Prefect's console and API handlers, but a logger left at NOTSET inherits the root's WARNING and drops them.
+if logging.getLogger("quarry").level == logging.NOTSET:
+    logging.getLogger("quarry").setLevel(logging.INFO)
 
 Recipe = Annotated[
     str,
