@@ -185,27 +185,36 @@ def _write(parents: list[datasets.DatasetRef], stage_name: str, table: pa.Table)
     return ref
 
 
-def _inputs(folder: Path) -> tuple[Path, Path]:
-    """A file with one good and one broken line, and near-duplicates of four C4 documents (one word changed, another
-    URL: exact dedup cannot see them, MinHash does)."""
+def _inputs() -> tuple[Path, Path]:
+    """A file with one good and one broken line, and near-duplicates of six C4 documents (one word changed, another
+    URL: exact dedup cannot see them, MinHash does). They live at a fixed path: a doc id hashes its file's path, and
+    the held-out split hashes the doc id, so a path that changed per run would make which duplicates survive random."""
+    folder = Path(tempfile.gettempdir()) / "quarry-test-dashboard-inputs"
     folder.mkdir(parents=True, exist_ok=True)
-    bad = folder / "broken.jsonl"
-    bad.write_text('{"text": "a fine document about rivers and their deltas", "url": "http://x.org/1"}\n{not json\n')
-    near = folder / "near_dups.jsonl"
-    lines = shared_path("web", "c4_sample", "c4_sample.jsonl").read_text().splitlines()[10:14]
-    with near.open("w") as f:
-        for i, line in enumerate(lines):
-            words = json.loads(line)["text"].split(" ")
-            words[len(words) // 2] = "zebra"
-            f.write(json.dumps({"text": " ".join(words), "url": f"http://near.example/{i}"}) + "\n")
-    return bad, near
+    lines = shared_path("web", "c4_sample", "c4_sample.jsonl").read_text().splitlines()[10:16]
+    near = []
+    for i, line in enumerate(lines):
+        words = json.loads(line)["text"].split(" ")
+        words[len(words) // 2] = "zebra"
+        near.append(json.dumps({"text": " ".join(words), "url": f"http://near.example/{i}"}))
+    files = {
+        "broken.jsonl": '{"text": "a fine document about rivers and their deltas", "url": "http://x.org/1"}\n{not json\n',
+        "near_dups.jsonl": "\n".join(near) + "\n",
+    }  # fmt: skip
+    for name, text in files.items():
+        path = folder / name
+        if not path.exists() or path.read_text() != text:  # another session may be reading it: replace atomically
+            tmp = folder / f".{name}.{os.getpid()}"
+            tmp.write_text(text)
+            tmp.replace(path)
+    return folder / "broken.jsonl", folder / "near_dups.jsonl"
 
 
 def _build_store(root: Path) -> dict:
     from tasks.quality_filter import QualityFilterParams
     from tasks.quality_signals import QualitySignalsParams, quality_signals
 
-    bad, near = _inputs(root.parent / "inputs")
+    bad, near = _inputs()
     sources = [
         IngestSource(path=str(shared_path("web", "c4_sample", "c4_sample.jsonl")), domain="web", limit=40),
         IngestSource(path=str(shared_path("gold", "c4_docs.jsonl")), domain="web", limit=8),  # same URLs: exact dups
@@ -243,9 +252,11 @@ def _build_store(root: Path) -> dict:
     aug = _write([curated], "augment", pa.table({
         "aug_source_id": ids["doc_id"][:10], "domain": ids["domain"][:10],
         "text": [f"<think>step {i}</think> " + t for i, t in enumerate(ids["text"][:10].to_pylist())]}))  # fmt: skip
-    trained = _write([aug], "train", pa.table({
-        "step": list(range(1, 31)), "loss": [8.0 / (1 + 0.2 * s) for s in range(30)], "lr": [1e-3] * 30,
-        "tokens_per_s": [5000.0] * 30}))  # fmt: skip
+    with datasets.using_run(flow="train", flow_run_id="0f0e", flow_run_name="train-dash-20260102-030405",
+                            run_url="http://127.0.0.1:4200/runs/flow-run/0f0e"):  # fmt: skip
+        trained = _write([aug], "train", pa.table({
+            "step": list(range(1, 31)), "loss": [8.0 / (1 + 0.2 * s) for s in range(30)], "lr": [1e-3] * 30,
+            "tokens_per_s": [5000.0] * 30}))  # fmt: skip
     _write([trained], "eval_results", pa.table({
         "model_version": ["m1"] * 4 + ["m2"] * 4, "task": ["arc_easy", "arc_easy", "heldout/web", "heldout/web"] * 2,
         "metric": ["acc", "acc_norm", "bits_per_byte", "perplexity"] * 2,
@@ -292,6 +303,12 @@ def _num(text: str):
         return float(text)
 
 
+# columns that hold names, not numbers (a version such as 205028050888 is all digits)
+_TEXT_COLUMNS = {"version", "parents", "parent", "child", "input", "side_inputs", "stage", "step", "domain", "source",
+                 "reason", "signal", "phase", "km_l1", "task", "metric", "model_version", "run", "deployment",
+                 "ray_job_id", "recipe_hash", "git_commit", "created_at", "example_source"}  # fmt: skip
+
+
 def _rows(panel: dict) -> list[dict]:
     """A rendered table as dicts of numbers (where a cell is one) and strings."""
     out = []
@@ -299,7 +316,7 @@ def _rows(panel: dict) -> list[dict]:
         row = {}
         for name, cell in zip(panel["head"], cells, strict=True):
             try:
-                row[name] = _num(cell)
+                row[name] = cell if name in _TEXT_COLUMNS else _num(cell)
             except ValueError:
                 row[name] = cell
         out.append(row)
@@ -316,6 +333,9 @@ def check_panels(panels: dict[str, dict], sql) -> None:
     # versions: one row per committed version
     want = {r["version"]: r["num_rows"] for r in sql(f"select version, num_rows from versions where dataset = '{v}'")}
     assert by(_rows(panels["versions"]), "version", value="num_rows") == want
+    runs = sql(f"select flow_run_name, run_url from versions where dataset = '{v}' and run_url is not null")
+    assert runs and {r["run_url"] for r in runs} <= set(panels["versions"]["links"])  # each links to its run
+    assert {r["flow_run_name"] for r in runs} <= {r["run"] for r in _rows(panels["versions"])}
 
     # lineage: the parent -> child edges of the manifests
     edges = {(r["parent"], r["child"]) for r in sql(
@@ -396,12 +416,12 @@ def check_panels(panels: dict[str, dict], sql) -> None:
     assert by(_rows(panels["tpt_generation"]), "domain", value="generated") == by(gen, "domain", value="n")
 
     loss = sql(f"select step, loss from {v}__train order by step")
-    assert [(r["step"], pytest.approx(r["loss"], rel=1e-5)) for r in _rows(panels["training_loss"])] == [
+    assert [(int(r["step"]), pytest.approx(r["loss"], rel=1e-5)) for r in _rows(panels["training_loss"])] == [
         (r["step"], r["loss"]) for r in loss]  # fmt: skip
 
-    scores = sql(f"select metric, task, round(value, 4) v from {v}__eval_results")
-    assert sorted((r["metric"], r["task"], r["value"]) for r in _rows(panels["eval_scores"])) == sorted(
-        (r["metric"], r["task"], r["v"]) for r in scores)  # fmt: skip
+    scores = sql(f"select metric, task, model_version m, round(value, 4) v from {v}__eval_results")
+    assert sorted((r["metric"], r["task"], r["model_version"], r["value"]) for r in _rows(panels["eval_scores"])) == sorted(
+        (r["metric"], r["task"], r["m"], r["v"]) for r in scores)  # fmt: skip
     comparison = {(r["model_version"], r["task"]): r for r in _rows(panels["experiment_comparison"])}
     acc = sql(f"select model_version, task, value from {v}__eval_results where metric = 'acc'")
     for r in acc:
@@ -414,21 +434,24 @@ def _panels_as_rendered(con, panels: list[app.Panel], views) -> dict[str, dict]:
     for p in panels:
         result = app.run_panel(con, p, DATASET, views)
         if result.table is None:
-            out[p.name] = {"head": None, "rows": None, "text": result.message}
+            out[p.name] = {"head": None, "rows": None, "links": [], "text": result.message}
             continue
         parser = _TableParser()
         parser.feed(app.html_table(p.name, result.table))
-        out[p.name] = {"head": parser.head, "rows": parser.rows, "text": app.reads_caption(p, DATASET, views)}
+        out[p.name] = {"head": parser.head, "rows": parser.rows, "links": parser.links,
+                       "text": app.reads_caption(p, DATASET, views)}  # fmt: skip
     return out
 
 
 class _TableParser(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
-        self.head, self.rows, self._cell, self._in = [], [], None, None
+        self.head, self.rows, self.links, self._cell, self._in = [], [], [], None, None
 
     def handle_starttag(self, tag, attrs):
-        if tag in ("th", "td"):
+        if tag == "a":
+            self.links.append(dict(attrs)["href"])
+        elif tag in ("th", "td"):
             self._cell = ""
         elif tag == "tr" and self._in == "tbody":
             self.rows.append([])
@@ -520,6 +543,7 @@ def test_eval_scores_draw_one_chart_per_metric_each_on_its_own_scale(store):
     app._chart(_St(), panel, app.run_panel(con, panel, DATASET).table.to_pandas())
     spec = charts[0]
     assert spec["facet"]["field"] == "metric" and spec["resolve"]["scale"]["y"] == "independent"
+    assert spec["spec"]["encoding"]["xOffset"]["field"] == "model_version"  # two models' scores side by side, not summed
 
 
 def test_the_dashboard_connection_cannot_read_other_files_or_write(store):
@@ -566,7 +590,7 @@ def test_dashboard_in_headless_chromium_shows_the_numbers_of_quarry_sql(store, s
         titles = [p.title for p in app.load_panels()]
         shot = tmp_path / "dashboard.png"
         page = json.loads(browser.render(
-            f"http://127.0.0.1:{port}/", expect=[*titles, "watched_files.sql"], screenshot=shot, full_height=16000,
+            f"http://127.0.0.1:{port}/", expect=[*titles, "watched_files.sql"], screenshot=shot, full_height=14500,
             extract=_EXTRACT_JS,
         ))  # fmt: skip
         assert set(page) == {p.name for p in app.load_panels()}

@@ -7,6 +7,7 @@ and worker are subprocesses that `server_down` ends by their process groups.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -107,37 +108,46 @@ def test_server_deploys_and_runs_ingest_with_new_parameters_publishing_artifacts
     listed_versions = arts["versions"]["data"]
     assert arts["versions"]["type"] == "markdown" and f"`{ref}` | 20 |" in listed_versions
     assert f'"deployed__ingest@{ref.version}"' in listed_versions
+    # the stage's progress line (the quarry logger) reached the run's logs in the API
+    assert any(m.startswith("ingest: ") and "shards (100 %)" in m for m in _run_logs(run_id, api))
+    _screenshot_versions_artifact(server["ui_url"], run_id, api, tmp_path)
 
 
-def test_a_deployment_run_with_a_missing_recipe_is_refused_when_triggered(server, tmp_path):
-    import datasets_cfg
-
-    api = server["api_url"]
-    deploy.deploy(api, names=["ingest/tiny"])
-    before = len(_flow_runs(api))
-    with pytest.raises(datasets_cfg.RecipeError, match="recipe not found"):
-        deploy.trigger("ingest/tiny", {"recipe": str(tmp_path / "missing.yaml")}, api)
-    with pytest.raises(datasets_cfg.RecipeError, match="no cluster profile"):
-        deploy.trigger("ingest/tiny", {"profile": "nope"}, api)
-    assert len(_flow_runs(api)) == before  # refused before a run existed
-    schema = _deployment("ingest/tiny", api).parameter_openapi_schema["properties"]
-    assert {"recipe", "profile", "storage_root"} <= set(schema) and all(schema[k]["description"] for k in schema
-                                                                        if k != "fail_from_shard")  # fmt: skip
-    assert schema["recipe"]["default"] == "datasets_cfg/tiny.yaml"
-
-
-def _flow_runs(api: str) -> list:
+def _run_logs(run_id: str, api: str) -> list[str]:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    with deploy.using_api(api), get_client(sync_client=True) as client:
-        return client.read_flow_runs()
+    async def read() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            return [log.message for log in logs]
+
+    with deploy.using_api(api):
+        return asyncio.run(read())
 
 
-def _deployment(name: str, api: str):
+def _screenshot_versions_artifact(ui_url: str, run_id: str, api: str, tmp_path: Path) -> None:
+    """The run's versions artifact in the Prefect UI (docs/prefect_run.png): what it committed, how to open it."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    with deploy.using_api(api), get_client(sync_client=True) as client:
-        return client.read_deployment_by_name(name)
+    from tests.test_dashboards import Browser
+
+    async def artifact_id() -> str:
+        async with get_client() as client:
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), key=ArtifactFilterKey(any_=["versions"])))  # fmt: skip
+            return str(arts[0].id)
+
+    with deploy.using_api(api):
+        url = f"{ui_url}/artifacts/artifact/{asyncio.run(artifact_id())}"
+    browser = Browser(width=1400, height=900)
+    try:
+        shot = tmp_path / "prefect_run.png"
+        browser.render(url, expect=["Versions committed by ingest-deployed-", "quarry sql"], screenshot=shot)
+        save_screenshot(shot, "prefect_run.png")
+    finally:
+        browser.close()
 
 
 @pytest.mark.timeout(600)
