@@ -68,7 +68,6 @@ class Resolved:
 class PanelResult:
     table: object | None  # a pyarrow Table, or None with a message
     message: str | None
-    reads: list[str]
 
 
 def load_panels(sql_dir: Path = SQL_DIR) -> list[Panel]:
@@ -153,21 +152,22 @@ def resolve(sql: str, dataset: str, views: dict[str, str]) -> Resolved:
     return out
 
 
-def run_panel(con, panel: Panel, dataset: str, views: dict[str, str] | None = None) -> PanelResult:
+def run_panel(
+    con, panel: Panel, dataset: str, views: dict[str, str] | None = None, resolved: Resolved | None = None
+) -> PanelResult:
     """The panel's rows, or a 'no data yet' message; SQL errors propagate to the caller."""
     views = dataset_views(con, dataset) if views is None else views
-    r = resolve(panel.sql, dataset, views)
+    r = resolved or resolve(panel.sql, dataset, views)
     if r.sql is None:
-        return PanelResult(None, f"no data yet: {panel.empty} ({'; '.join(r.missing)})", r.reads)
+        return PanelResult(None, f"no data yet: {panel.empty} ({'; '.join(r.missing)})")
     table = con.sql(r.sql).to_arrow_table()
     if table.num_rows == 0:
-        return PanelResult(None, f"no data yet: {panel.empty} (the query returned no rows)", r.reads)
-    return PanelResult(table, None, r.reads)
+        return PanelResult(None, f"no data yet: {panel.empty} (the query returned no rows)")
+    return PanelResult(table, None)
 
 
-def reads_caption(panel: Panel, dataset: str, views: dict[str, str]) -> str:
+def reads_caption(r: Resolved, views: dict[str, str]) -> str:
     """What a panel reads, in words: each view and the version behind it (``versions`` for catalog panels)."""
-    r = resolve(panel.sql, dataset, views)
     parts = [f"`{v}` ({views[v]})" if v in views else f"the `{v}` table" for v in r.reads]
     text = "reads " + ", ".join(parts) if parts else "reads nothing yet"
     if r.absent:
@@ -308,9 +308,10 @@ def main() -> None:
             st.header(panel.title, anchor=panel.name.replace("_", "-"))
             if panel.description:
                 st.caption(panel.description)
-            st.caption(f"{reads_caption(panel, dataset, views)} · dashboards/sql/{panel.name}.sql")
+            resolved = resolve(panel.sql, dataset, views)
+            st.caption(f"{reads_caption(resolved, views)} · dashboards/sql/{panel.name}.sql")
             try:
-                result = run_panel(con, panel, dataset, views)
+                result = run_panel(con, panel, dataset, views, resolved)
             except Exception as e:  # one broken panel must not take the page down
                 st.error(f"{panel.name}.sql failed: {type(e).__name__}: {e}")
                 continue

@@ -116,8 +116,8 @@ def connect(root: str | None = None, database: str = ":memory:", *, sandbox: boo
     return con
 
 
-def refresh(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
-    """(Re)build ``versions`` and the views from the manifests under ``root``; returns the files the views read."""
+def refresh(con: duckdb.DuckDBPyConnection, root: str) -> None:
+    """(Re)build ``versions`` and the views from the manifests under ``root``."""
     table = versions_table(root)
     con.register("_versions_arrow", table)
     con.execute(
@@ -131,21 +131,16 @@ def refresh(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
         if key not in latest or row["created_at"] > latest[key]["created_at"]:
             latest[key] = row
     quarantines: dict[str, list[str]] = {}
-    files: list[str] = []
     for (dataset, stage), row in sorted(latest.items()):
         if not (_IDENT_RE.match(dataset) and _IDENT_RE.match(stage)):
             continue
         view = f"{dataset}__{stage}"
         if row["files"]:
             try:
-                con.execute(
-                    f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM read_parquet({_quote_list(row["files"])}, '
-                    "union_by_name=true)"
-                )
+                con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM {parquet_expr(row["files"])}')
             except duckdb.Error as e:  # one unreadable version must not take the whole catalog down
                 warnings.warn(f"catalog: no view {view} for {row['ref']}: {e}", stacklevel=2)
                 continue
-            files.extend(row["files"])
             if stage.endswith("_quarantine"):
                 quarantines.setdefault(dataset, []).append(view)
         else:
@@ -153,7 +148,6 @@ def refresh(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
     for dataset, views in quarantines.items():
         union = " UNION ALL BY NAME ".join(f'SELECT * FROM "{v}"' for v in views)
         con.execute(f'CREATE OR REPLACE VIEW "{dataset}__quarantine" AS {union}')
-    return files
 
 
 # every ancestor once, at its shortest distance (a version reached along two paths, e.g. dedup's side inputs, is

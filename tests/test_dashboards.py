@@ -439,7 +439,7 @@ def _panels_as_rendered(con, panels: list[app.Panel], views) -> dict[str, dict]:
         parser = _TableParser()
         parser.feed(app.html_table(p.name, result.table))
         out[p.name] = {"head": parser.head, "rows": parser.rows, "links": parser.links,
-                       "text": app.reads_caption(p, DATASET, views)}  # fmt: skip
+                       "text": app.reads_caption(app.resolve(p.sql, DATASET, views), views)}  # fmt: skip
     return out
 
 
