@@ -242,7 +242,8 @@ def lineage_dot(df, src: str = "parent", dst: str = "child") -> str:
         if child not in seen:
             seen.add(child)
             label = f"{row.get('stage', '')}\\n{row.get('version', '')} · {row.get('num_rows', '')} rows"
-            style = ', penwidth=2.2, color="#1f4e79"' if row.get("is_latest") else ', color="gray60", fontcolor="gray40"'
+            latest = row.get("is_latest")
+            style = ', penwidth=2.2, color="#1f4e79"' if latest else ', color="gray60", fontcolor="gray40"'
             lines.append(f'  "{child}" [label="{label}"{style}];')
         parent = row[src]
         if parent is not None and parent == parent:  # NaN-safe: versions without a parent have no edge

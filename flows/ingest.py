@@ -20,7 +20,10 @@ from ray_cluster import runtime
 @flow(name="ingest", log_prints=True, flow_run_name=runinfo.run_name)
 @runinfo.tracked_flow
 def ingest(
-    recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None, fail_from_shard: int | None = None
+    recipe: Recipe = DEFAULT_RECIPE,
+    profile: ProfileName = None,
+    storage_root: StorageRoot = None,
+    fail_from_shard: int | None = None,
 ) -> str:
     """Read every source of the recipe into ``{dataset}/ingest/{version}``; a no-op when already committed."""
     cfg = datasets_cfg.load(recipe)

@@ -87,7 +87,8 @@ class RunParams(BaseModel):
         path = Path(self.recipe)
         cfg = datasets_cfg.load(path if path.is_absolute() else base / path)
         if self.profile:  # (runtime.load_profile would look at $QUARRY_PROFILE first)
-            candidate = Path(self.profile) if Path(self.profile).suffix else runtime.PROFILES_DIR / f"{self.profile}.yaml"
+            named = runtime.PROFILES_DIR / f"{self.profile}.yaml"
+            candidate = Path(self.profile) if Path(self.profile).suffix else named
             if not candidate.exists():
                 known = ", ".join(sorted(p.stem for p in runtime.PROFILES_DIR.glob("*.yaml")))
                 raise datasets_cfg.RecipeError(f"no cluster profile {self.profile!r} (known: {known})")
@@ -195,7 +196,9 @@ def versions_markdown(run: str, committed: list[str], root: str) -> str:
 
 
 @contextlib.contextmanager
-def tracked(recipe: str, profile: str | None = None, storage_root: str | None = None) -> Iterator[datasets_cfg.RunConfig]:
+def tracked(
+    recipe: str, profile: str | None = None, storage_root: str | None = None
+) -> Iterator[datasets_cfg.RunConfig]:
     """Validate the run's parameters, apply profile/root, tag the run and record it; yields the recipe."""
     from prefect.artifacts import create_markdown_artifact
 

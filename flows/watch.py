@@ -100,7 +100,11 @@ def record_taken(
 @flow(name="watch", log_prints=True, flow_run_name=runinfo.run_name)
 @runinfo.tracked_flow
 def watch(
-    recipe: Recipe = DEFAULT_RECIPE, prefix: str | None = None, domain: str = "web", profile: ProfileName = None, storage_root: StorageRoot = None
+    recipe: Recipe = DEFAULT_RECIPE,
+    prefix: str | None = None,
+    domain: str = "web",
+    profile: ProfileName = None,
+    storage_root: StorageRoot = None,
 ) -> dict:
     """Ingest the files of the recipe's sources (or of ``prefix``) that earlier runs did not take."""
     log = get_run_logger()

@@ -49,7 +49,8 @@ DEFAULT_PROFILE = "cluster"
 # variables a flow needs on the cluster when they are set here (never secrets: those come from the cluster's env)
 _PASS_THROUGH = ("PREFECT_API_URL", "QUARRY_SHARED_DATA", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 # fsspec protocols whose paths mean the same thing on every node
-_SHARED_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "hdfs", "oss", "r2", "b2", "http", "https"}
+_SHARED_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "hdfs", "oss", "r2", "b2", "http",
+                     "https"}  # fmt: skip
 _ROOT_HINT = "pass --root s3://bucket/prefix (or gs://...), or --root /path mounted at the same place on every node"
 
 

@@ -605,6 +605,7 @@ def test_dashboard_in_headless_chromium_shows_the_numbers_of_quarry_sql(store, s
         assert graph["nodes"] == n_versions and graph["edges"] == len([r for r in _rows(page["lineage"]) if r["parent"]])
         assert graph["label_px"] >= 9 and graph["height"] > 20 * graph["label_px"]  # readable, not squeezed
         assert shot.stat().st_size > 50_000  # a real rendering, not a blank page
+        assert "deprecat" not in (tmp_path / "streamlit.log").read_text().lower()  # e.g. use_container_width
         save_screenshot(shot, "dashboard.png")
     finally:
         if browser is not None:
