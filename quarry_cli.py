@@ -2,7 +2,9 @@
 
     quarry run curate datasets_cfg/tiny.yaml
     quarry sql "select domain, count(*) from tiny__ingest group by 1"
-    quarry datasets --lineage tiny/quality_filter/0123456789ab
+    echo 'select * from "tiny__ingest@0123456789ab" limit 5' | quarry sql -
+    quarry views tiny                     # views (and their columns) you can query
+    quarry datasets --lineage tiny/quality_filter          # latest version; or tiny/quality_filter/0123456789ab
     quarry gc
 """
 
@@ -29,6 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Progress lines of long stages (the `quarry` logger) go to the console and to the Prefect run's logs; read when
+# prefect is first imported, so set before any flow module loads.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "quarry")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="quarry: raw web text to an evaluated language model.")
 # A pipe or CI log gets a wide table rather than Rich's 80-column default.
@@ -51,6 +56,11 @@ def _root(root: str | None) -> str:
     from storage import datasets
 
     return root or datasets.default_root()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(message, style="red", markup=False, highlight=False)
+    return typer.Exit(code)
 
 
 def _load_flow(name: str):
@@ -249,71 +259,158 @@ def _cell(v) -> str:
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="DuckDB SQL over `versions` and the `{dataset}__{stage}` views"),
+    query: str = typer.Argument(
+        ..., help='DuckDB SQL over `versions` and the `{dataset}__{stage}` views ("-" reads it from stdin)'
+    ),
     root: str | None = typer.Option(None, help="storage root (default $QUARRY_ROOT or ./data)"),
     format: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet"),
     output: Path | None = typer.Option(None, "--output", "-o", help="write to a file (required for parquet)"),
 ) -> None:
-    """Query the catalog: e.g. quarry sql "select drop_reason, count(*) from tiny__quality_filter group by 1"."""
+    """Query the catalog: e.g. quarry sql "select drop_reason, count(*) from tiny__quality_filter group by 1".
+
+    A pinned version is the quoted view "tiny__ingest@0123456789ab" (any unique prefix of the version)."""
     import duckdb
 
     from storage import catalog
 
     if format not in ("table", "csv", "json", "parquet"):
         raise typer.BadParameter("--format must be table, csv, json or parquet")
+    if query == "-":
+        query = sys.stdin.read()
+    if not query.strip():
+        raise typer.BadParameter("empty query")
     con = catalog.connect(_root(root))
     try:
         table = catalog.query(con, query)
+    except catalog.UnknownVersion as e:
+        raise _fail(str(e)) from None
     except duckdb.Error as e:
-        console.print(f"[red]SQL error:[/red] {e}")
-        views = [r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()]
-        console.print(f"[dim]tables: versions; views: {', '.join(sorted(views)) or '(none yet)'}[/dim]")
-        raise typer.Exit(1) from None
+        hint = ""
+        if isinstance(e, duckdb.CatalogException):  # a wrong name: say where the names are, do not list them all
+            hint = "\n`quarry views` lists the views and their columns"
+        raise _fail(f"SQL error: {e}{hint}") from None
     _print_table(table, format, output)
+
+
+@app.command()
+def views(
+    pattern: str | None = typer.Argument(None, help="only views whose name contains this (e.g. a dataset)"),
+    root: str | None = typer.Option(None, help="storage root"),
+    columns: bool = typer.Option(True, help="show each view's columns"),
+) -> None:
+    """List the views you can query (and their columns); the same as SQL `show tables` / `describe <view>`."""
+    from storage import catalog
+
+    table = catalog.views(catalog.connect(_root(root)))
+    rows = [r for r in table.to_pylist() if pattern is None or pattern in r["name"]]
+    out = Table(show_lines=columns)
+    for name in ("name", "reads") + (("columns",) if columns else ()):
+        out.add_column(name, overflow="fold")
+    for r in rows:
+        out.add_row(r["name"], r["reads"] or "", *((", ".join(r["columns"]),) if columns else ()))
+    console.print(out)
+    console.print(f"[dim]{len(rows)} relations; a pinned version: \"{{dataset}}__{{stage}}@{{version}}\"[/dim]")
 
 
 @app.command()
 def datasets(
     root: str | None = typer.Option(None, help="storage root"),
-    lineage: str | None = typer.Option(None, help="show the lineage of a version (dataset/stage/version)"),
+    lineage: str | None = typer.Option(
+        None, help="show the lineage of a version: dataset/stage/version, or dataset/stage for its latest"
+    ),
 ) -> None:
-    """List committed versions (rows, parents), or the lineage of one version."""
+    """List committed versions (rows, parents), or the lineage of one version (each ancestor once)."""
     from storage import catalog
 
     con = catalog.connect(_root(root))
     if lineage:
-        _print_table(catalog.lineage(con, lineage), "table", None)
+        try:
+            table = catalog.lineage(con, lineage)
+        except catalog.UnknownVersion as e:
+            raise _fail(str(e), 2) from None
+        _print_table(table, "table", None)
         return
     table = catalog.query(
         con,
-        "select dataset, stage, version, num_rows, num_files, created_at, parents from versions "
+        "select dataset, stage, version, num_rows, num_files, created_at, parents, flow_run_name from versions "
         "order by dataset, created_at",
     )
     _print_table(table, "table", None)
 
 
-def _referenced(root: str) -> set[str]:
-    """Versions to keep: the latest version of every stage of a dataset that has a recipe, plus their lineage."""
+def _recipe_datasets(path: Path) -> set[str]:
+    """The datasets a recipe writes (its dataset, and an experiment's comparison table); empty when it is invalid."""
+    import datasets_cfg
+
+    try:
+        cfg = datasets_cfg.load(path)
+    except (datasets_cfg.RecipeError, OSError):
+        return set()
+    return {cfg.dataset} | ({cfg.experiment.name} if cfg.experiment else set())
+
+
+def gc_plan(root: str) -> list[dict]:
+    """Every committed version with ``keep`` and the ``reason``: a dataset is referenced when a recipe in
+    datasets_cfg/, or a recipe its manifests recorded (``run.recipe``) that still exists, writes it; of a referenced
+    dataset the latest version of every stage is kept, with its whole lineage."""
     import datasets_cfg
     from storage import catalog
+    from storage import datasets as ds
 
-    names = set()
-    for path in datasets_cfg.recipes():
-        try:
-            names.add(datasets_cfg.load(path).dataset)
-        except datasets_cfg.RecipeError:
-            continue
     con = catalog.connect(root)
+    referenced: dict[str, str] = {}
+    for path in datasets_cfg.recipes():
+        for name in _recipe_datasets(path):
+            referenced.setdefault(name, f"recipe {path.relative_to(datasets_cfg.RECIPES_DIR.parent)}")
+    recorded = catalog.query(
+        con, "select dataset, list(distinct recipe) recipes from versions where recipe is not null group by 1"
+    ).to_pylist()
+    missing: dict[str, list[str]] = {}
+    for r in recorded:
+        for recipe in r["recipes"]:
+            # exists() first: datasets_cfg.load would fall back to datasets_cfg/<same name> for a deleted file
+            if Path(recipe).exists() and r["dataset"] in _recipe_datasets(Path(recipe)):
+                referenced.setdefault(r["dataset"], f"recipe {recipe} (recorded in its manifests)")
+            else:
+                missing.setdefault(r["dataset"], []).append(recipe)
     rows = catalog.query(
         con,
-        "select ref, dataset, stage, created_at from versions "
-        "qualify row_number() over (partition by dataset, stage order by created_at desc) = 1",
+        "select ref, dataset, stage, version, uri, num_rows, created_at, row_number() over "
+        "(partition by dataset, stage order by created_at desc) = 1 as is_latest from versions order by ref",
     ).to_pylist()
-    keep: set[str] = set()
+    keep: dict[str, str] = {}
     for r in rows:
-        if r["dataset"] in names:
-            keep.update(catalog.lineage(con, r["ref"])["ref"].to_pylist())
-    return keep
+        if r["is_latest"] and r["dataset"] in referenced:
+            for ancestor in catalog.lineage(con, r["ref"])["ref"].to_pylist():
+                keep.setdefault(ancestor, r["ref"])
+    latest = {(r["dataset"], r["stage"]): r["version"] for r in rows if r["is_latest"]}
+    for r in rows:
+        fs, path = ds.filesystem(r["uri"])
+        try:
+            r["bytes"] = int(fs.du(path))
+        except (OSError, FileNotFoundError):
+            r["bytes"] = 0
+        r["keep"] = r["ref"] in keep
+        if r["keep"]:
+            by = keep[r["ref"]]  # a latest version of a referenced dataset (lineage may cross datasets)
+            r["reason"] = referenced[by.split("/")[0]] + (f"; in the lineage of {by}" if by != r["ref"] else "")
+        elif r["dataset"] not in referenced:
+            gone = missing.get(r["dataset"])
+            r["reason"] = f"no recipe writes {r['dataset']} (none in datasets_cfg/" + (
+                f"; recorded {', '.join(gone)} no longer exists or names another dataset)" if gone else ")"
+            )
+        else:
+            r["reason"] = f"superseded by {r['dataset']}/{r['stage']}/{latest[(r['dataset'], r['stage'])]}"
+            r["reason"] += ", and in the lineage of no latest version"
+    return rows
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 @app.command()
@@ -321,24 +418,27 @@ def gc(
     root: str | None = typer.Option(None, help="storage root"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
 ) -> None:
-    """Delete versions that no recipe references (older versions and datasets without a recipe)."""
-    from storage import catalog
+    """Delete versions no recipe references: superseded versions outside every latest version's lineage, and
+    datasets no recipe writes (recipes in datasets_cfg/ and those recorded in the manifests both count)."""
     from storage import datasets as ds
 
     root = _root(root)
-    keep = _referenced(root)
-    con = catalog.connect(root)
-    doomed = [r for r in catalog.query(con, "select ref, num_rows from versions order by ref").to_pylist() if r["ref"] not in keep]
+    doomed = [r for r in gc_plan(root) if not r["keep"]]
     if not doomed:
         console.print("nothing to delete")
         return
+    table = Table(show_lines=False)
+    for name in ("version", "rows", "size", "why"):
+        table.add_column(name, overflow="fold")
     for r in doomed:
-        console.print(f"  {r['ref']}  ({r['num_rows']} rows)")
-    if not yes and not typer.confirm(f"delete these {len(doomed)} versions?"):
+        table.add_row(r["ref"], str(r["num_rows"]), _size(r["bytes"]), r["reason"])
+    console.print(table)
+    total = _size(sum(r["bytes"] for r in doomed))
+    if not yes and not typer.confirm(f"delete these {len(doomed)} versions ({total})?"):
         raise typer.Exit(1)
     for r in doomed:
         ds.delete_version(ds.ref_from_string(root, r["ref"]))
-    console.print(f"deleted {len(doomed)} versions")
+    console.print(f"deleted {len(doomed)} versions ({total})")
 
 
 # ---------------------------------------------------------------------------------------------- service commands
@@ -433,13 +533,31 @@ def trigger(
         raise typer.Exit(1)
 
 
+def _prefect_api_for_jobs() -> str | None:
+    """The Prefect API a Ray-submitted run should report to: $PREFECT_API_URL, else the `quarry server up` one."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    try:
+        from services import prefect_server
+
+        status = prefect_server.server_status()
+    except Exception:  # no state folder, or flows not importable here: the job uses an ephemeral API
+        return None
+    return status.get("api_url") if status.get("healthy") else None
+
+
 @ray_app.command("submit")
 def ray_submit(
     flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
     recipe: str = typer.Argument(..., help="a recipe inside this repo (shipped with the job) or a path the cluster can read"),
     address: str | None = typer.Option(None, help="Ray dashboard URL, e.g. http://head:8265 (default $RAY_ADDRESS)"),
-    profile: str = typer.Option("gpu8", help="cluster profile the job uses (its address must be `auto`)"),
-    root: str | None = typer.Option(None, help="storage root on shared storage (QUARRY_ROOT), e.g. s3://bucket/quarry"),
+    profile: str = typer.Option("cluster", help="cluster profile the job uses (its address must be `auto`)"),
+    root: str | None = typer.Option(
+        None, help="storage root every node shares (QUARRY_ROOT): s3://bucket/quarry, or a path mounted on every node"
+    ),
+    python: str | None = typer.Option(
+        None, help="the Python on the cluster's nodes (default: this venv's for a head on this machine, else python)"
+    ),
     wait: bool = typer.Option(True, help="stream the logs until the job ends"),
     timeout: float | None = typer.Option(None, help="stop the job after this many seconds"),
 ) -> None:
@@ -448,7 +566,17 @@ def ray_submit(
 
     if flow not in FLOWS:
         raise typer.BadParameter(f"unknown flow {flow!r}; choose one of {', '.join(FLOWS)}")
-    job_id, status = jobs.submit(flow, recipe, address, profile=profile, root=root, wait=wait, timeout=timeout)
+    env = {}
+    api = _prefect_api_for_jobs()
+    if api:
+        env["PREFECT_API_URL"] = api  # so the run shows in the Prefect UI (the cluster must reach this URL)
+        console.print(f"[dim]the run reports to Prefect at {api}[/dim]")
+    try:
+        job_id, status = jobs.submit(
+            flow, recipe, address, profile=profile, root=root, python=python, env_vars=env, wait=wait, timeout=timeout
+        )
+    except (jobs.JobsError, ValueError) as e:
+        raise _fail(f"error: {e}", 2) from None
     console.print(f"job {job_id}: [{'green' if status == 'SUCCEEDED' else 'red'}]{status}[/]")
     if wait and status != "SUCCEEDED":
         raise typer.Exit(1)

@@ -9,29 +9,37 @@ committed shards, no writes). A file starts with a comment header:
     -- title: Filter funnel and drop reasons
     -- order: 6
     -- description: ...
-    -- chart: bar x=reason y=documents [color=..] [facet=..]   (bar | line | table | graph source=.. target=..)
+    -- chart: bar x=reason y=documents [color=..] [offset=..] [facet=.. [resolve=x,y]] [melt=var:value keep=c1,c2]
+    --        (bar | line | table | graph source=.. target=..)
     -- empty: run `quarry run curate datasets_cfg/tiny.yaml`
 
-and may name relations by placeholder, resolved against the selected dataset's views:
-``{dataset}`` the dataset name; ``{view:stage}`` the view ``{dataset}__{stage}``; ``{last:col,...}`` /
-``{first:col,...}`` the most recently / first created view that has all those columns (so a panel follows the data,
-not a stage name). A placeholder that resolves to nothing renders "no data yet: <empty>" instead of failing.
+and names the stages it reads by placeholder, resolved against the selected dataset's views (so every panel reads
+the stage it names, and says so under its title):
+
+* ``{dataset}``: the dataset name;
+* ``{view:stage}``: the view ``{dataset}__{stage}``; ``{view:a|b|c}`` the first of those stages that exists;
+* ``{view?:stage}``: the view, or an empty relation with the ingest view's columns when that stage did not run;
+* ``{has:stage}``: ``TRUE`` when that stage has a committed version, else ``FALSE``.
+
+A required view that does not exist renders "no data yet: <empty>" instead of failing.
 """
 
 from __future__ import annotations
 
+import html
 import os
 import re
+import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 APP = Path(__file__).resolve()
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
-_PLACEHOLDER = re.compile(r"\{(dataset|view|last|first)(?::([a-z0-9_,]+))?\}")
-_TABLE_ROWS = 40  # panels up to this many rows render as an HTML table (readable, searchable, in the page DOM)
+_PLACEHOLDER = re.compile(r"\{(dataset|view\??|has)(?::([a-z0-9_|]+))?\}")
+_TABLE_ROWS = 2000  # rows a panel's table shows (an HTML table in the page, so its numbers can be read and tested)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,22 @@ class Panel:
     chart_args: dict[str, str]
     empty: str
     sql: str
+
+
+@dataclass
+class Resolved:
+    """A panel's SQL with its placeholders substituted, and the views it reads."""
+
+    sql: str | None
+    missing: list[str] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)  # views the SQL reads
+    absent: list[str] = field(default_factory=list)  # optional stages that did not run
+
+
+@dataclass
+class PanelResult:
+    table: object | None  # a pyarrow Table, or None with a message
+    message: str | None
 
 
 def load_panels(sql_dir: Path = SQL_DIR) -> list[Panel]:
@@ -78,68 +102,83 @@ def datasets(con) -> list[str]:
     return [r[0] for r in con.execute("SELECT DISTINCT dataset FROM versions ORDER BY 1").fetchall()]
 
 
-def dataset_views(con, dataset: str) -> list[tuple[str, set[str]]]:
-    """(view, its columns) of a dataset, oldest first (by the created_at of the version behind the view)."""
+def dataset_views(con, dataset: str) -> dict[str, str]:
+    """view -> the version it reads (``dataset/stage/version``; the quarantine union reads every stage's)."""
     rows = con.execute(
-        "SELECT stage, max(created_at) FROM versions WHERE dataset = ? GROUP BY stage ORDER BY 2, 1", [dataset]
+        "SELECT stage, ref FROM versions WHERE dataset = ? "
+        "QUALIFY row_number() OVER (PARTITION BY stage ORDER BY created_at DESC) = 1 ORDER BY stage",
+        [dataset],
     ).fetchall()
     existing = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-    out = []
-    for stage, _ in rows:
-        view = f"{dataset}__{stage}"
-        if view in existing:
-            cols = {r[0] for r in con.execute(f'DESCRIBE "{view}"').fetchall()}
-            out.append((view, cols))
-    quarantine = f"{dataset}__quarantine"
-    if quarantine in existing:  # the union view of every *_quarantine side output
-        out.append((quarantine, {r[0] for r in con.execute(f'DESCRIBE "{quarantine}"').fetchall()}))
+    out = {f"{dataset}__{stage}": ref for stage, ref in rows if f"{dataset}__{stage}" in existing}
+    if f"{dataset}__quarantine" in existing:  # the union view of every *_quarantine side output
+        out[f"{dataset}__quarantine"] = "every *_quarantine stage"
     return out
 
 
-def resolve(sql: str, dataset: str, views: list[tuple[str, set[str]]]) -> tuple[str | None, str | None]:
-    """Substitute the placeholders; returns (sql, None) or (None, what is missing)."""
+def resolve(sql: str, dataset: str, views: dict[str, str]) -> Resolved:
+    """Substitute the placeholders (see the module docstring)."""
     if not _IDENT.match(dataset):
         raise ValueError(f"not a dataset name: {dataset!r}")
-    names = {v for v, _ in views}
-    missing: list[str] = []
+    out = Resolved(sql=None)
 
     def sub(m: re.Match) -> str:
         kind, arg = m.group(1), m.group(2) or ""
         if kind == "dataset":
             return dataset
-        if kind == "view":
-            view = f"{dataset}__{arg}"
-            if view not in names:
-                missing.append(f"no {view}")
+        stages = arg.split("|")
+        found = next((f"{dataset}__{s}" for s in stages if f"{dataset}__{s}" in views), None)
+        if kind == "has":
+            return "TRUE" if found else "FALSE"
+        if found:
+            if found not in out.reads:
+                out.reads.append(found)
+            return f'"{found}"'
+        if kind == "view?":
+            out.absent.append(f"{dataset}__{arg}")
+            ingest = f"{dataset}__ingest"
+            if ingest not in views:
+                out.missing.append(f"no {ingest}")
                 return "NULL"
-            return f'"{view}"'
-        cols = set(arg.split(","))
-        having = [v for v, c in views if cols <= c]
-        if not having:
-            missing.append(f"no stage of {dataset} with column(s) {', '.join(sorted(cols))}")
-            return "NULL"
-        return f'"{having[-1] if kind == "last" else having[0]}"'
+            return f'(SELECT * FROM "{ingest}" WHERE false)'
+        out.missing.append(f"no {' or '.join(f'{dataset}__{s}' for s in stages)}")
+        return "NULL"
 
-    out = _PLACEHOLDER.sub(sub, sql)
-    return (None, "; ".join(missing)) if missing else (out, None)
+    sql = _PLACEHOLDER.sub(sub, sql)
+    if re.search(r"\b(FROM|JOIN)\s+versions\b", sql, re.IGNORECASE):
+        out.reads.insert(0, "versions")
+    if not out.missing:
+        out.sql = sql
+    return out
 
 
-def run_panel(con, panel: Panel, dataset: str, views=None):
-    """(arrow table, None) or (None, a 'no data yet' message); SQL errors propagate to the caller."""
+def run_panel(
+    con, panel: Panel, dataset: str, views: dict[str, str] | None = None, resolved: Resolved | None = None
+) -> PanelResult:
+    """The panel's rows, or a 'no data yet' message; SQL errors propagate to the caller."""
     views = dataset_views(con, dataset) if views is None else views
-    sql, missing = resolve(panel.sql, dataset, views)
-    if sql is None:
-        return None, f"no data yet: {panel.empty} ({missing})"
-    table = con.sql(sql).to_arrow_table()
+    r = resolved or resolve(panel.sql, dataset, views)
+    if r.sql is None:
+        return PanelResult(None, f"no data yet: {panel.empty} ({'; '.join(r.missing)})")
+    table = con.sql(r.sql).to_arrow_table()
     if table.num_rows == 0:
-        return None, f"no data yet: {panel.empty} (the query returned no rows)"
-    return table, None
+        return PanelResult(None, f"no data yet: {panel.empty} (the query returned no rows)")
+    return PanelResult(table, None)
+
+
+def reads_caption(r: Resolved, views: dict[str, str]) -> str:
+    """What a panel reads, in words: each view and the version behind it (``versions`` for catalog panels)."""
+    parts = [f"`{v}` ({views[v]})" if v in views else f"the `{v}` table" for v in r.reads]
+    text = "reads " + ", ".join(parts) if parts else "reads nothing yet"
+    if r.absent:
+        text += "; not run: " + ", ".join(f"`{a}`" for a in r.absent)
+    return text
 
 
 # ----------------------------------------------------------------------------------------------- the page
 
 
-def _root_from_argv() -> str:
+def _root_from_argv() -> tuple[str, str | None]:
     import argparse
 
     ap = argparse.ArgumentParser()
@@ -151,24 +190,82 @@ def _root_from_argv() -> str:
     return args.root or ds.default_root(), args.dataset
 
 
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return ""
+        return f"{v:.6f}".rstrip("0").rstrip(".") if v == 0 or abs(v) >= 1e-4 else f"{v:.3e}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_cell(x) for x in v)
+    return str(v)
+
+
+def html_table(panel: str, table) -> str:
+    """A panel's rows as an escaped HTML table (in the page's DOM: readable, searchable, testable). A column
+    ``<name>_url`` turns column ``<name>`` into a link to it and is not shown itself."""
+    names = table.column_names
+    links = {n[: -len("_url")]: n for n in names if n.endswith("_url") and n[: -len("_url")] in names}
+    shown = [n for n in names if n not in links.values()]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in shown)
+    body = []
+    for row in table.slice(0, _TABLE_ROWS).to_pylist():
+        cells = []
+        for n in shown:
+            text = html.escape(_cell(row[n]))
+            url = row.get(links[n]) if n in links else None
+            if url and str(url).startswith(("http://", "https://")):
+                text = f'<a href="{html.escape(str(url), quote=True)}" target="_blank">{text or "run"}</a>'
+            cells.append(f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    more = f"<p>first {_TABLE_ROWS} of {table.num_rows} rows</p>" if table.num_rows > _TABLE_ROWS else ""
+    return (
+        f'<div class="quarry-panel-table" style="max-height: 420px; overflow: auto; font-size: 0.85rem">'
+        f'<table data-panel="{panel}" class="quarry-table panel-{panel}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>{more}"
+    )
+
+
+def lineage_dot(df, src: str = "parent", dst: str = "child") -> str:
+    """The lineage as Graphviz DOT, top to bottom: ranks follow the parent -> child depth, so a long pipeline grows
+    downwards at a readable size instead of being squeezed into one row."""
+    lines = [
+        "digraph lineage {",
+        "  rankdir=TB; ranksep=0.3; nodesep=0.25;",
+        '  node [shape=box, style="rounded", fontsize=11, fontname="Helvetica", margin="0.08,0.03"];',
+        "  edge [arrowsize=0.6];",
+    ]
+    seen = set()
+    for _, row in df.iterrows():
+        child = row[dst]
+        if child not in seen:
+            seen.add(child)
+            label = f"{row.get('stage', '')}\\n{row.get('version', '')} · {row.get('num_rows', '')} rows"
+            latest = row.get("is_latest")
+            style = ', penwidth=2.2, color="#1f4e79"' if latest else ', color="gray60", fontcolor="gray40"'
+            lines.append(f'  "{child}" [label="{label}"{style}];')
+        parent = row[src]
+        if parent is not None and parent == parent:  # NaN-safe: versions without a parent have no edge
+            lines.append(f'  "{parent}" -> "{child}";')
+    lines.append("}")
+    return "\n".join(lines)
+
+
 def _chart(st, panel: Panel, df) -> None:
     import altair as alt
 
     a = panel.chart_args
     if panel.chart == "graph":
-        src, dst = a.get("source", "parent"), a.get("target", "child")
-        lines = ["digraph lineage {", "  rankdir=LR; node [shape=box, fontsize=10, style=rounded];"]
-        for _, row in df.iterrows():
-            label = f"{row[dst]}\\n{row.get('num_rows', '')} rows"
-            bold = ", penwidth=2.5" if row.get("is_latest") else ""
-            lines.append(f'  "{row[dst]}" [label="{label}"{bold}];')
-            if row[src] is not None and row[src] == row[src]:  # NaN-safe: versions without a parent have no edge
-                lines.append(f'  "{row[src]}" -> "{row[dst]}";')
-        lines.append("}")
-        st.graphviz_chart("\n".join(lines))
+        st.graphviz_chart(lineage_dot(df, a.get("source", "parent"), a.get("target", "child")), width="content")
         return
     if panel.chart not in ("bar", "line") or "x" not in a or "y" not in a:
         return
+    if "melt" in a:  # wide table (one column per domain, say) -> long rows for the chart
+        var, value = a["melt"].split(":")
+        keep = [c for c in a.get("keep", "").split(",") if c in df.columns]
+        df = df.melt(id_vars=keep, var_name=var, value_name=value).dropna(subset=[value])
+        df[value] = df[value].astype("float64")  # a melted column of mixed int/None columns is object: not a measure
     mark = alt.Chart(df).mark_bar() if panel.chart == "bar" else alt.Chart(df).mark_line(point=len(df) < 60)
     enc = {"x": alt.X(a["x"], sort=None), "y": alt.Y(a["y"]), "tooltip": list(df.columns)}
     if "color" in a:
@@ -177,10 +274,9 @@ def _chart(st, panel: Panel, df) -> None:
         enc["xOffset"] = a["offset"]
     chart = mark.encode(**enc)
     if "facet" in a:
-        chart = (
-            chart.properties(width=260, height=160).facet(facet=a["facet"], columns=2).resolve_scale(x="independent")
-        )
-    st.altair_chart(chart, use_container_width="facet" not in a)
+        independent = {axis: "independent" for axis in a.get("resolve", "x").split(",")}
+        chart = chart.properties(width=260, height=160).facet(facet=a["facet"], columns=2).resolve_scale(**independent)
+    st.altair_chart(chart, width="content" if "facet" in a else "stretch")
 
 
 def main() -> None:
@@ -209,24 +305,23 @@ def main() -> None:
     panels = load_panels()
     st.sidebar.markdown("\n".join(f"- [{p.title}](#{p.name.replace('_', '-')})" for p in panels))
     for panel in panels:
-        st.header(panel.title, anchor=panel.name.replace("_", "-"))
-        if panel.description:
-            st.caption(panel.description)
-        try:
-            table, message = run_panel(con, panel, dataset, views)
-        except Exception as e:  # one broken panel must not take the page down
-            st.error(f"{panel.name}.sql failed: {type(e).__name__}: {e}")
-            continue
-        if table is None:
-            st.info(message)
-            continue
-        df = table.to_pandas()
-        _chart(st, panel, df)
-        st.caption(f"{table.num_rows} rows · dashboards/sql/{panel.name}.sql")
-        if table.num_rows <= _TABLE_ROWS:
-            st.table(df)
-        else:
-            st.dataframe(df, use_container_width=True, hide_index=True)
+        with st.container(key=f"panel_{panel.name}"):
+            st.header(panel.title, anchor=panel.name.replace("_", "-"))
+            if panel.description:
+                st.caption(panel.description)
+            resolved = resolve(panel.sql, dataset, views)
+            st.caption(f"{reads_caption(resolved, views)} · dashboards/sql/{panel.name}.sql")
+            try:
+                result = run_panel(con, panel, dataset, views, resolved)
+            except Exception as e:  # one broken panel must not take the page down
+                st.error(f"{panel.name}.sql failed: {type(e).__name__}: {e}")
+                continue
+            if result.table is None:
+                st.info(result.message)
+                continue
+            _chart(st, panel, result.table.to_pandas())
+            st.caption(f"{result.table.num_rows} rows")
+            st.html(html_table(panel.name, result.table))
 
 
 # ----------------------------------------------------------------------------------------------- the command
@@ -253,9 +348,41 @@ def start(root: str | None = None, *, port: int = 8501, host: str = "127.0.0.1",
     )  # fmt: skip
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Linux: the kernel sends the child SIGTERM when its parent dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(root: str | None = None, *, port: int = 8501, host: str = "127.0.0.1") -> int:
-    """Run the dashboard in the foreground until Ctrl-C (what ``quarry dashboard`` does)."""
-    return subprocess.call(command(root, port=port, host=host, headless=True))
+    """Run the dashboard in the foreground until Ctrl-C or SIGTERM (what ``quarry dashboard`` does); the Streamlit
+    child stops with it, whichever signal ends this process."""
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    child = subprocess.Popen(command(root, port=port, host=host, headless=True), preexec_fn=preexec)
+
+    def forward(signum, _frame) -> None:
+        child.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached the child too (same process group): let it finish
+                child.send_signal(signal.SIGINT)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 if __name__ == "__main__":

@@ -16,13 +16,16 @@ import sys
 from prefect import flow
 
 import datasets_cfg
+from flows import runinfo
 from flows.curate import curate_stages
 from flows.run import load, stage
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 
 
-@flow(name="augment", log_prints=True)
-def augment(recipe: str) -> str:
+@flow(name="augment", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def augment(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Curate (a no-op when done), then augment the curated documents; returns the augment version."""
     cfg, profile = load(recipe)
     if cfg.augment is None:

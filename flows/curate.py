@@ -15,7 +15,9 @@ from dataclasses import replace
 from prefect import flow
 
 import datasets_cfg
+from flows import runinfo
 from flows.run import load, section, stage
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 from storage.datasets import DatasetRef
 from tasks import registry
@@ -43,8 +45,9 @@ def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> tupl
     return docs, heldout
 
 
-@flow(name="curate", log_prints=True)
-def curate(recipe: str) -> str:
+@flow(name="curate", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def curate(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Run the recipe's curation stages; returns the final dataset version (dataset/stage/version)."""
     cfg, profile = load(recipe)
     with runtime.connected(profile):

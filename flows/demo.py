@@ -12,14 +12,17 @@ from prefect import flow
 
 import datasets_cfg
 from dashboards import reports
+from flows import runinfo
 from flows.evaluate import evaluate
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from storage import catalog
 
 TINY = str(datasets_cfg.RECIPES_DIR / "tiny.yaml")  # absolute: the default works from any working directory
 
 
-@flow(name="demo", log_prints=True)
-def demo(recipe: str = TINY) -> str:
+@flow(name="demo", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def demo(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     cfg = datasets_cfg.load(recipe)
     result = evaluate(recipe)  # evaluate -> train -> curate, each a subflow and a no-op when already committed
     con = catalog.connect(cfg.root)

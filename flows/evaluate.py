@@ -13,14 +13,17 @@ import sys
 from prefect import flow
 
 import datasets_cfg
+from flows import runinfo
 from flows.run import load, stage
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from flows.train import train
 from ray_cluster import runtime
 from storage import datasets
 
 
-@flow(name="evaluate", log_prints=True)
-def evaluate(recipe: str) -> str:
+@flow(name="evaluate", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def evaluate(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Train (a no-op when already done) and evaluate the recipe's model; returns the evaluate version."""
     cfg, profile = load(recipe)
     if cfg.evaluate is None:

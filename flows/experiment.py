@@ -15,8 +15,10 @@ from dataclasses import replace
 from prefect import flow, get_run_logger
 
 import datasets_cfg
+from flows import runinfo
 from flows.curate import curate_stages
 from flows.run import load, profile_for, stage
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 from storage import datasets
 from tasks import experiment as experiment_mod
@@ -24,6 +26,7 @@ from tasks.train import MODEL_PRESETS
 
 
 @flow(name="experiment-cell", flow_run_name="{variant}-{model_size}-seed{seed}", log_prints=True)
+@runinfo.tracked_flow
 def experiment_cell(recipe: str, variant: str, model_size: str, seed: int) -> str:
     """curate (variant) -> tokenize -> pack (equal token budget) -> train (size, seed) -> evaluate."""
     cfg = datasets_cfg.load(recipe)
@@ -41,8 +44,9 @@ def experiment_cell(recipe: str, variant: str, model_size: str, seed: int) -> st
         return str(stage("evaluate", [model, heldout], vcfg.evaluate, profile))
 
 
-@flow(name="experiment", log_prints=True)
-def experiment(recipe: str) -> str:
+@flow(name="experiment", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def experiment(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Run every cell, then write the comparison table; returns its version."""
     cfg, profile = load(recipe)
     exp = cfg.experiment

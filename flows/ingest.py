@@ -10,12 +10,20 @@ import sys
 
 from prefect import flow
 
+from flows import runinfo
 from flows.run import load, stage
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 
 
-@flow(name="ingest", log_prints=True)
-def ingest(recipe: str, fail_from_shard: int | None = None) -> str:
+@flow(name="ingest", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def ingest(
+    recipe: Recipe = DEFAULT_RECIPE,
+    profile: ProfileName = None,
+    storage_root: StorageRoot = None,
+    fail_from_shard: int | None = None,
+) -> str:
     """Read every source of the recipe into ``{dataset}/ingest/{version}``; a no-op when already committed."""
     cfg, profile = load(recipe)
     with runtime.connected(profile):

@@ -14,8 +14,10 @@ import sys
 from prefect import flow
 
 import datasets_cfg
+from flows import runinfo
 from flows.curate import curate
 from flows.run import load, stage
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 from storage import datasets
 from storage.datasets import DatasetRef
@@ -31,8 +33,9 @@ def train_on(ref: DatasetRef, cfg: datasets_cfg.RunConfig, profile: runtime.Prof
     return stage("train", [packed], cfg.train, profile)
 
 
-@flow(name="train", log_prints=True)
-def train(recipe: str) -> str:
+@flow(name="train", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def train(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Curate (a no-op when already done), then tokenize, pack and train; returns the model version."""
     cfg, profile = load(recipe)
     curated = datasets.ref_from_string(cfg.root, curate(recipe))

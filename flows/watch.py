@@ -20,15 +20,24 @@ import sys
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows import runinfo
 from flows.run import load, publish_table, stage
+from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 from storage import datasets
 from tasks import watch as watch_mod
 from tasks.ingest import IngestSource, list_input_files
 
 
-@flow(name="watch", log_prints=True)
-def watch(recipe: str, prefix: str | None = None, domain: str = "web") -> dict:
+@flow(name="watch", log_prints=True, flow_run_name=runinfo.run_name)
+@runinfo.tracked_flow
+def watch(
+    recipe: Recipe = DEFAULT_RECIPE,
+    prefix: str | None = None,
+    domain: str = "web",
+    profile: ProfileName = None,
+    storage_root: StorageRoot = None,
+) -> dict:
     """Ingest the files of the recipe's sources (or of ``prefix``) that earlier runs did not take."""
     log = get_run_logger()
     cfg, profile = load(recipe)

@@ -1,16 +1,24 @@
 """Submit a flow to a Ray cluster as a Ray Job and stream its logs.
 
-    quarry ray submit curate datasets_cfg/tiny.yaml --address http://head:8265 --profile gpu8
-    python -m ray_cluster.jobs ingest datasets_cfg/tiny.yaml --address http://127.0.0.1:8265
+    quarry ray submit curate datasets_cfg/tiny.yaml --address http://head:8265 --root s3://bucket/quarry
+    python -m ray_cluster.jobs ingest datasets_cfg/tiny.yaml --address http://127.0.0.1:8265 --root /mnt/shared/q
 
-The job's entrypoint is the CLI (``python quarry_cli.py run <flow> <recipe>``), run inside a copy of this checkout
-(runtime_env ``working_dir``, without .git/.venv/data/tests), so the stages run on the cluster with Ray Data / Ray
-Train through the same code a laptop runs. ``RAY_ADDRESS`` is set inside a job, so the profile the job uses must say
-``address: auto`` (``gpu8`` does): ``profile`` is passed as ``QUARRY_PROFILE``, which overrides the recipe's
-``cluster:``. A recipe path inside the repository is passed relative to it (it is shipped); any other path must be
-readable on the cluster (an object store, or a shared disk). ``root`` (``QUARRY_ROOT``) should be shared storage:
-a job's working directory is deleted with it. ``PREFECT_API_URL`` is passed through so the run appears in the
-Prefect UI when the cluster can reach that server; without it the job uses Prefect's ephemeral local API.
+The job's entrypoint is the CLI behind a check of the job's Python (``python -m ray_cluster.job_entry run <flow>
+<recipe>``), run inside a copy of this checkout (runtime_env ``working_dir``, without .git/.venv/data/tests), so the
+stages run on the cluster with Ray Data / Ray Train through the same code a laptop runs.
+
+* Python: a head on this machine gets this environment's interpreter for the entrypoint and for every worker
+  (runtime_env ``py_executable``), so a head started outside the virtualenv still runs quarry; a remote head uses
+  ``python`` (or ``--python``), and a Python without quarry's packages stops the job at once with one line saying so.
+* Storage: the root must be one every node shares. ``memory://`` is refused, and so is a local path unless given
+  explicitly (``--root``: you vouch that it is mounted at the same place on every node); with no root at all the job
+  would write into its working directory, which Ray deletes with the job.
+* ``RAY_ADDRESS`` is set inside a job, so the profile must say ``address: auto`` (``cluster``, the default, and
+  ``gpu8`` do); it is passed as ``QUARRY_PROFILE``, which overrides the recipe's ``cluster:``. A recipe inside the
+  repository is passed relative to it (it is shipped); any other path must be readable on the cluster.
+* ``PREFECT_API_URL`` is passed through, so the run appears in the Prefect UI when the cluster can reach that
+  server; without it the job uses Prefect's ephemeral local API. The submission id is readable
+  (``quarry-<flow>-<dataset>-<time>-<4 hex>``) and every version the job commits records it (``run.ray_job_id``).
 
 This module knows no flow: it builds a command line.
 """
@@ -18,10 +26,17 @@ This module knows no flow: it builds a command line.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
+import json
 import os
+import re
 import shlex
+import socket
 import sys
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,8 +45,17 @@ REPO = Path(__file__).resolve().parents[1]
 EXCLUDES = [".git/", ".venv/", "data/", ".quarry/", "tests/", "docs/", "benchmarks/", "*.egg-info/", "**/__pycache__/",
             ".ruff_cache/", ".pytest_cache/"]  # fmt: skip
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+DEFAULT_PROFILE = "cluster"
 # variables a flow needs on the cluster when they are set here (never secrets: those come from the cluster's env)
 _PASS_THROUGH = ("PREFECT_API_URL", "QUARRY_SHARED_DATA", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# fsspec protocols whose paths mean the same thing on every node
+_SHARED_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "hdfs", "oss", "r2", "b2", "http",
+                     "https"}  # fmt: skip
+_ROOT_HINT = "pass --root s3://bucket/prefix (or gs://...), or --root /path mounted at the same place on every node"
+
+
+class JobsError(RuntimeError):
+    """A submission that cannot work as asked; the message is one line saying what to pass or check."""
 
 
 def _dashboard_url(address: str | None) -> str:
@@ -48,27 +72,109 @@ def _client(address: str | None):
     """A job client; Ray's token authentication is used when a token is available (as the ``ray job`` CLI does)."""
     from ray.job_submission import JobSubmissionClient
 
+    url = _dashboard_url(address)
     try:  # RAY_AUTH_MODE unset + a token in $RAY_AUTH_TOKEN / ~/.ray/auth_token: send it (Ray >= 2.52 default)
         from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     except ImportError:  # an older Ray without token authentication
         pass
-    return JobSubmissionClient(_dashboard_url(address))
+    try:
+        return JobSubmissionClient(url)
+    except Exception as e:  # Ray raises a ConnectionError wrapping pages of urllib3 retries: say it in one line
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise JobsError(
+            f"cannot reach the Ray job server at {url} ({type(e).__name__}: {first}); check that the head runs "
+            "with its dashboard (ray start --head --include-dashboard=true), that this port is reachable from here "
+            "(`ray dashboard <cluster.yaml>` opens a tunnel) and that --address / $RAY_ADDRESS is http://<head>:8265"
+        ) from None
 
 
-def entrypoint(flow: str, recipe: str) -> str:
-    """The shell command the job runs: the quarry CLI's ``run`` (every flow the CLI knows, no list kept here)."""
+def _recipe_fields(recipe: str) -> dict:
+    """``dataset`` and ``storage_root`` of a recipe readable here (a relative root resolved against the recipe's
+    folder, as datasets_cfg does); empty for a recipe only the cluster can read."""
+    import yaml
+
+    path = Path(recipe) if Path(recipe).is_absolute() or Path(recipe).exists() else REPO / recipe
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    root = data.get("storage_root")
+    if isinstance(root, str):
+        root = os.path.expandvars(root)
+        if "://" not in root and not os.path.isabs(root):
+            root = str((path.resolve().parent / root).resolve())
+    return {"dataset": data.get("dataset"), "storage_root": root}
+
+
+def check_root(root: str | None, recipe_root: str | None) -> str:
+    """The storage root a job will use, when every node can share it; otherwise ``JobsError`` saying what to pass.
+
+    ``root`` is what the user passed (``--root``); ``recipe_root`` the recipe's ``storage_root``, which wins in the
+    flow as everywhere, so the two must agree."""
+    if recipe_root and root and recipe_root.rstrip("/") != root.rstrip("/"):
+        raise JobsError(f"the recipe's storage_root {recipe_root} would win over --root {root}: make them agree")
+    effective = recipe_root or root
+    if not effective:
+        raise JobsError(
+            "no storage root: the job would write to ./data inside its working directory, which Ray deletes with "
+            f"the job; {_ROOT_HINT}"
+        )
+    protocol = effective.split("://", 1)[0].lower() if "://" in effective else "file"
+    if protocol == "memory":
+        raise JobsError(f"{effective} lives in one process's memory, which no other node can read; {_ROOT_HINT}")
+    if protocol in _SHARED_PROTOCOLS:
+        return effective
+    if protocol not in ("file", "local"):
+        raise JobsError(f"storage root {effective}: {protocol}:// is not a file system quarry knows; {_ROOT_HINT}")
+    if not os.path.isabs(effective.split("://", 1)[-1]):
+        raise JobsError(f"storage root {effective} is relative: each node would resolve it elsewhere; {_ROOT_HINT}")
+    if not root:
+        raise JobsError(
+            f"the recipe stores under {effective}, a local path: pass --root {effective} if every node mounts it "
+            "there, or give the recipe a storage_root on object storage"
+        )
+    return effective
+
+
+def _host_is_local(url: str) -> bool:
+    host = urllib.parse.urlparse(url).hostname or ""
+    if host in ("localhost", socket.gethostname(), socket.getfqdn()):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def submission_id(flow: str, dataset: str | None, now: dt.datetime | None = None) -> str:
+    """``quarry-<flow>-<dataset>-<UTC time>-<4 hex>``: readable in ``ray job list``, unique per submission."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    name = re.sub(r"[^a-z0-9_]+", "-", (dataset or "recipe").lower()).strip("-") or "recipe"
+    return f"quarry-{flow}-{name}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+
+
+def entrypoint(flow: str, recipe: str, python: str = "python") -> str:
+    """The shell command the job runs: the quarry CLI's ``run`` behind a check of the job's Python (every flow the
+    CLI knows, no list kept here)."""
     path = Path(recipe)
     if path.is_absolute():
         with_repo = path.resolve()
         if with_repo.is_relative_to(REPO):
             recipe = str(with_repo.relative_to(REPO))
-    return f"python quarry_cli.py run {shlex.quote(flow)} {shlex.quote(recipe)}"
+    return f"{shlex.quote(python)} -m ray_cluster.job_entry run {shlex.quote(flow)} {shlex.quote(recipe)}"
 
 
 def runtime_env(
-    *, profile: str | None = None, root: str | None = None, env_vars: dict[str, str] | None = None
+    *,
+    profile: str | None = None,
+    root: str | None = None,
+    env_vars: dict[str, str] | None = None,
+    py_executable: str | None = None,
+    job_id: str | None = None,
 ) -> dict:
     """The job's runtime_env: this checkout as working_dir, plus the variables that tell the flow where it runs."""
     env = {k: os.environ[k] for k in _PASS_THROUGH if os.environ.get(k)}
@@ -81,8 +187,13 @@ def runtime_env(
         env["QUARRY_PROFILE"] = profile
     if root:
         env["QUARRY_ROOT"] = root
+    if job_id:  # every manifest the job commits records it (storage.datasets.run_context)
+        env["QUARRY_RUN_CONTEXT"] = json.dumps({"ray_job_id": job_id})
     env.update(env_vars or {})
-    return {"working_dir": str(REPO), "excludes": list(EXCLUDES), "env_vars": env}
+    out = {"working_dir": str(REPO), "excludes": list(EXCLUDES), "env_vars": env}
+    if py_executable:  # the workers' interpreter (the entrypoint names it itself)
+        out["py_executable"] = py_executable
+    return out
 
 
 def submit(
@@ -90,9 +201,10 @@ def submit(
     recipe: str,
     address: str | None = None,
     *,
-    profile: str | None = "gpu8",
+    profile: str | None = DEFAULT_PROFILE,
     root: str | None = None,
     env_vars: dict[str, str] | None = None,
+    python: str | None = None,
     wait: bool = True,
     timeout: float | None = None,
     log: Callable[[str], None] | None = None,
@@ -101,17 +213,28 @@ def submit(
 ) -> tuple[str, str]:
     """Submit ``flow`` on ``recipe`` as a Ray Job; stream its logs to ``log``; returns (job id, final status).
 
-    With ``wait=False`` it returns right after submission with the status at that moment. A job still running
-    after ``timeout`` seconds is stopped and reported as such.
+    Refuses (``JobsError``) a storage root the cluster cannot share and an unreachable job server before anything
+    is submitted. ``python`` is the interpreter on the cluster's nodes: by default this one when the head runs on
+    this machine, else ``python``. With ``wait=False`` it returns right after submission with the status at that
+    moment. A job still running after ``timeout`` seconds is stopped and reported as such.
     """
-    client = _client(address)
-    job_id = client.submit_job(
-        entrypoint=entrypoint(flow, recipe),
-        runtime_env=runtime_env(profile=profile, root=root, env_vars=env_vars),
+    fields = _recipe_fields(recipe)
+    shared = check_root(root, fields.get("storage_root"))
+    url = _dashboard_url(address)
+    python = python or (sys.executable if _host_is_local(url) else "python")
+    client = _client(url)
+    job_id = submission_id(flow, fields.get("dataset"))
+    client.submit_job(
+        submission_id=job_id,
+        entrypoint=entrypoint(flow, recipe, python),
+        runtime_env=runtime_env(
+            profile=profile, root=shared if root else None, env_vars=env_vars, job_id=job_id,
+            py_executable=python if python != "python" else None,
+        ),
         metadata={"quarry_flow": flow, "quarry_recipe": recipe},
         entrypoint_num_cpus=entrypoint_num_cpus,
         entrypoint_num_gpus=entrypoint_num_gpus,
-    )
+    )  # fmt: skip
     if not wait:
         raw = client.get_job_status(job_id)
         return job_id, str(getattr(raw, "value", raw))
@@ -151,15 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("flow")
     ap.add_argument("recipe")
     ap.add_argument("--address", default=None, help="Ray dashboard URL (default $RAY_ADDRESS or :8265)")
-    ap.add_argument("--profile", default="gpu8", help="profile the job uses (needs address: auto)")
+    ap.add_argument("--profile", default=DEFAULT_PROFILE, help="profile the job uses (needs address: auto)")
     ap.add_argument("--root", default=None, help="storage root on shared storage (QUARRY_ROOT)")
+    ap.add_argument("--python", default=None, help="the Python on the cluster's nodes")
     ap.add_argument("--no-wait", action="store_true")
     ap.add_argument("--timeout", type=float, default=None)
     args = ap.parse_args(argv)
-    job_id, status = submit(
-        args.flow, args.recipe, args.address, profile=args.profile, root=args.root, wait=not args.no_wait,
-        timeout=args.timeout,
-    )  # fmt: skip
+    try:
+        job_id, status = submit(
+            args.flow, args.recipe, args.address, profile=args.profile, root=args.root, python=args.python,
+            wait=not args.no_wait, timeout=args.timeout,
+        )  # fmt: skip
+    except (JobsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"job {job_id}: {status}")
     return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
 

@@ -129,7 +129,12 @@ def _quiet_ray_data() -> None:
 
 @contextlib.contextmanager
 def _progress(desc: str, total: int) -> Iterator[Callable[[], None]]:
-    """A Rich progress bar over shards (stderr), so long stages show how far they are."""
+    """A Rich progress bar over shards (stderr), so long stages show how far they are; plus a line on the ``quarry``
+    logger every ``$QUARRY_PROGRESS_LOG_S`` seconds (30) and at the end, for where no bar shows: a Ray Job's log,
+    Prefect's run logs (PREFECT_LOGGING_EXTRA_LOGGERS=quarry), a CI log."""
+    import logging
+    import time
+
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -141,6 +146,10 @@ def _progress(desc: str, total: int) -> Iterator[Callable[[], None]]:
     )
 
     console = Console(stderr=True)
+    log = logging.getLogger("quarry")
+    every = float(os.environ.get("QUARRY_PROGRESS_LOG_S", "30"))
+    start = time.monotonic()
+    state = {"done": 0, "logged": start}
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -153,7 +162,20 @@ def _progress(desc: str, total: int) -> Iterator[Callable[[], None]]:
         disable=os.environ.get("QUARRY_PROGRESS", "1") == "0",
     ) as bar:
         task = bar.add_task(desc, total=total)
-        yield lambda: bar.advance(task)
+
+        def advance() -> None:
+            bar.advance(task)
+            state["done"] += 1
+            now, done = time.monotonic(), state["done"]
+            if done == total or now - state["logged"] >= every:
+                state["logged"] = now
+                left = (now - start) / done * (total - done)
+                log.info(
+                    f"{desc}: {done}/{total} shards ({100 * done // total} %), {now - start:.0f} s elapsed"
+                    + (f", about {left:.0f} s left" if done < total else "")
+                )
+
+        yield advance
 
 
 class ShardsFailed(RuntimeError):

@@ -308,11 +308,19 @@ def list_deployments(api_url: str | None = None) -> list[dict]:
 
 
 def trigger(name: str, parameters: dict[str, Any] | None = None, api_url: str | None = None) -> str:
-    """Create a flow run of deployment ``flow/name`` with parameter overrides; returns the flow run id."""
+    """Create a flow run of deployment ``flow/name`` with parameter overrides; returns the flow run id.
+
+    The run's parameters (deployment defaults + overrides) are validated first, so a missing recipe or an unknown
+    profile is an error here (``RecipeError``) instead of a failed run on the worker."""
     from prefect.client.orchestration import get_client
+
+    from flows import runinfo
 
     with using_api(api_url), get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name(name)
+        merged = {**(dep.parameters or {}), **(parameters or {})}
+        if "recipe" in merged:
+            runinfo.validate_params(merged, base=REPO)  # the worker runs flows from the repository root
         run = client.create_flow_run_from_deployment(dep.id, parameters=parameters or {})
         return str(run.id)
 

@@ -5,11 +5,15 @@
     con.sql("select * from versions").show()
     con.sql("select count(*) from tiny__ingest").show()
 
-* ``versions``: one row per committed version (dataset, stage, version, parents, num_rows, created_at, params, ...).
+* ``versions``: one row per committed version (dataset, stage, version, parents, num_rows, ``created_at``
+  TIMESTAMPTZ, ``params``/``stats``/``run`` JSON, and the run that made it: ``flow_run_id``, ``deployment``,
+  ``ray_job_id``, ``recipe``, ``recipe_hash``, ``run_url``).
 * ``{dataset}__{stage}``: a view over the latest committed version, reading exactly the files its manifest lists,
   so a stage that is still writing (no manifest yet) is invisible: the catalog works read-only during a flow.
+* ``"{dataset}__{stage}@{version}"``: one pinned version (quoted: ``@`` is not an identifier character), created
+  when a query names it (``query`` / ``pin_versions``); a unique prefix of the version is enough.
 * ``{dataset}__quarantine``: the union of every ``*_quarantine`` side output of the latest versions.
-* ``lineage(con, ref)``: which versions a version came from (recursive over ``parents``).
+* ``lineage(con, ref)``: which versions a version came from (recursive over ``parents``), once per version.
 
 Remote roots (s3://, gs://, memory://) are reached through fsspec (``register_filesystem``), because DuckDB's
 httpfs extension cannot be installed offline.
@@ -27,6 +31,10 @@ import pyarrow as pa
 from storage import datasets
 
 _IDENT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# a pinned view named in SQL: "tiny__ingest@0123456789ab" (quoted), or a unique prefix of the version (>= 4 hex)
+_PINNED_RE = re.compile(r'"([a-z][a-z0-9_]*)__([a-z][a-z0-9_]*)@([0-9a-f]{4,12})"')
+# the run fields the versions table shows as columns (the whole run context is the `run` JSON column)
+RUN_COLUMNS = ("flow_run_id", "flow_run_name", "deployment", "ray_job_id", "recipe", "recipe_hash", "run_url")
 
 
 def _quote_list(uris: list[str]) -> str:
@@ -41,8 +49,10 @@ def _register_fs(con: duckdb.DuckDBPyConnection, root: str) -> None:
 
 
 def versions_table(root: str) -> pa.Table:
+    """One row per committed manifest under ``root`` (JSON fields as text; ``refresh`` types them)."""
     rows = []
     for m in datasets.iter_manifests(root):
+        run = m.get("run") or {}
         rows.append(
             {
                 "dataset": m["dataset"],
@@ -58,6 +68,8 @@ def versions_table(root: str) -> pa.Table:
                 "git_commit": m.get("git_commit"),
                 "params": json.dumps(m.get("params")),
                 "stats": json.dumps(m.get("stats")) if m.get("stats") is not None else None,
+                "run": json.dumps(run) if run else None,
+                **{k: run.get(k) for k in RUN_COLUMNS},
                 "files": [datasets._join(m["uri"], f["name"]) for f in m.get("files", [])],
             }
         )
@@ -76,6 +88,8 @@ def versions_table(root: str) -> pa.Table:
             ("git_commit", pa.string()),
             ("params", pa.string()),
             ("stats", pa.string()),
+            ("run", pa.string()),
+            *((k, pa.string()) for k in RUN_COLUMNS),
             ("files", pa.list_(pa.string())),
         ]
     )
@@ -91,20 +105,25 @@ def connect(root: str | None = None, database: str = ":memory:", *, sandbox: boo
     root = root or datasets.default_root()
     con = duckdb.connect(database)
     _register_fs(con, root)
-    files = refresh(con, root)
+    refresh(con, root)
     if sandbox:
-        # Only the committed shard files behind the views stay readable; nothing can be written or attached.
+        # Only committed shard files stay readable (every version's, so pinned views work); nothing can be written
+        # or attached.
+        files = [r[0] for r in con.execute("SELECT unnest(files) FROM versions").fetchall()]
         con.execute(f"SET allowed_paths = {_quote_list(files)}")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con
 
 
-def refresh(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
-    """(Re)build ``versions`` and the views from the manifests under ``root``; returns the files the views read."""
+def refresh(con: duckdb.DuckDBPyConnection, root: str) -> None:
+    """(Re)build ``versions`` and the views from the manifests under ``root``."""
     table = versions_table(root)
     con.register("_versions_arrow", table)
-    con.execute("CREATE OR REPLACE TABLE versions AS SELECT * FROM _versions_arrow")
+    con.execute(
+        "CREATE OR REPLACE TABLE versions AS SELECT * REPLACE (created_at::TIMESTAMPTZ AS created_at, "
+        "params::JSON AS params, stats::JSON AS stats, run::JSON AS run) FROM _versions_arrow"
+    )
     con.unregister("_versions_arrow")
     latest: dict[tuple[str, str], dict] = {}
     for row in table.to_pylist():
@@ -112,21 +131,16 @@ def refresh(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
         if key not in latest or row["created_at"] > latest[key]["created_at"]:
             latest[key] = row
     quarantines: dict[str, list[str]] = {}
-    files: list[str] = []
     for (dataset, stage), row in sorted(latest.items()):
         if not (_IDENT_RE.match(dataset) and _IDENT_RE.match(stage)):
             continue
         view = f"{dataset}__{stage}"
         if row["files"]:
             try:
-                con.execute(
-                    f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM read_parquet({_quote_list(row["files"])}, '
-                    "union_by_name=true)"
-                )
+                con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM {parquet_expr(row["files"])}')
             except duckdb.Error as e:  # one unreadable version must not take the whole catalog down
                 warnings.warn(f"catalog: no view {view} for {row['ref']}: {e}", stacklevel=2)
                 continue
-            files.extend(row["files"])
             if stage.endswith("_quarantine"):
                 quarantines.setdefault(dataset, []).append(view)
         else:
@@ -134,31 +148,105 @@ def refresh(con: duckdb.DuckDBPyConnection, root: str) -> list[str]:
     for dataset, views in quarantines.items():
         union = " UNION ALL BY NAME ".join(f'SELECT * FROM "{v}"' for v in views)
         con.execute(f'CREATE OR REPLACE VIEW "{dataset}__quarantine" AS {union}')
-    return files
 
 
+# every ancestor once, at its shortest distance (a version reached along two paths, e.g. dedup's side inputs, is
+# still one row), with its parents, so the DAG reads from the rows
 LINEAGE_SQL = """
-WITH RECURSIVE lineage(ref, depth) AS (
+WITH RECURSIVE edges AS (
+    SELECT ref, unnest(parents) AS parent FROM versions
+), lineage(ref, depth) AS (
     SELECT ?::VARCHAR, 0
     UNION
-    SELECT p.parent, l.depth + 1
-    FROM lineage l
-    JOIN (SELECT ref, unnest(parents) AS parent FROM versions) p ON p.ref = l.ref
+    SELECT e.parent, l.depth + 1 FROM lineage l JOIN edges e ON e.ref = l.ref
+), nearest AS (
+    SELECT ref, min(depth) AS depth FROM lineage GROUP BY ref
 )
-SELECT l.depth, l.ref, v.stage, v.num_rows, v.created_at
-FROM lineage l LEFT JOIN versions v USING (ref)
-ORDER BY l.depth, l.ref
+SELECT n.depth, n.ref, v.stage, v.num_rows, v.parents, v.created_at
+FROM nearest n LEFT JOIN versions v USING (ref)
+ORDER BY n.depth, v.created_at, n.ref
 """
 
 
+class UnknownVersion(KeyError):
+    """A ``dataset/stage[/version]`` that names no committed version; the message says what exists."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def resolve_ref(con: duckdb.DuckDBPyConnection, text: str | datasets.DatasetRef) -> str:
+    """``dataset/stage/version`` (a unique version prefix is enough) or ``dataset/stage`` (= its latest version)."""
+    text = str(text).strip().strip("/")
+    parts = text.split("/")
+    cur = con.cursor()
+    if len(parts) not in (2, 3) or not all(parts):
+        raise UnknownVersion(f"{text!r} is not dataset/stage or dataset/stage/version")
+    dataset, stage = parts[0], parts[1]
+    rows = cur.execute(
+        "SELECT ref, version FROM versions WHERE dataset = ? AND stage = ? ORDER BY created_at DESC", [dataset, stage]
+    ).fetchall()
+    if not rows:
+        sql = "SELECT DISTINCT stage FROM versions WHERE dataset = ? ORDER BY 1"
+        stages = [r[0] for r in cur.execute(sql, [dataset]).fetchall()]
+        known = f"stages of {dataset}: {', '.join(stages)}" if stages else f"no dataset {dataset!r} in this catalog"
+        raise UnknownVersion(f"no committed version of {dataset}/{stage} ({known})")
+    if len(parts) == 2:
+        return rows[0][0]
+    matches = [ref for ref, version in rows if version.startswith(parts[2])]
+    if len(matches) != 1:
+        what = "no version" if not matches else f"{len(matches)} versions"
+        raise UnknownVersion(
+            f"{what} of {dataset}/{stage} match {parts[2]!r} (committed: {', '.join(v for _, v in rows[:8])})"
+        )
+    return matches[0]
+
+
 def lineage(con: duckdb.DuckDBPyConnection, ref: str | datasets.DatasetRef) -> pa.Table:
-    """Every version ``ref`` was derived from (depth 0 is ``ref`` itself)."""
+    """Every version ``ref`` was derived from, once each (depth 0 is ``ref`` itself); ``dataset/stage`` means its
+    latest version, and a ref that names no committed version raises ``UnknownVersion``."""
     # a cursor (same database) so a caller's half-fetched result on ``con`` does not block this query (DuckDB 2)
-    return con.cursor().sql(LINEAGE_SQL, params=[str(ref)]).to_arrow_table()
+    return con.cursor().sql(LINEAGE_SQL, params=[resolve_ref(con, ref)]).to_arrow_table()
+
+
+def views(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The catalog's relations: ``versions`` and every view, with its columns and the version it reads."""
+    cur = con.cursor()
+    latest = dict(
+        cur.execute(
+            "SELECT dataset || '__' || stage, ref FROM versions "
+            "QUALIFY row_number() OVER (PARTITION BY dataset, stage ORDER BY created_at DESC) = 1"
+        ).fetchall()
+    )
+    names = ["versions"] + sorted(
+        r[0] for r in cur.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+    )
+    rows = []
+    for name in names:
+        cols = cur.execute(f'DESCRIBE "{name}"').fetchall()
+        reads = latest.get(name) or ("every *_quarantine view" if name.endswith("__quarantine") else None)
+        kind = "table" if name == "versions" else "view"
+        rows.append({"name": name, "kind": kind, "reads": reads, "columns": [f"{c[0]} {c[1]}" for c in cols]})
+    return pa.Table.from_pylist(rows)
+
+
+def pin_versions(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
+    """Create the pinned views ``"{dataset}__{stage}@{version}"`` that ``sql`` names; returns their names."""
+    made = []
+    cur = con.cursor()
+    for dataset, stage, version in set(_PINNED_RE.findall(sql)):
+        ref = resolve_ref(con, f"{dataset}/{stage}/{version}")
+        files = cur.execute("SELECT files FROM versions WHERE ref = ?", [ref]).fetchone()[0]
+        name = f"{dataset}__{stage}@{version}"
+        body = f"SELECT * FROM {parquet_expr(files)}" if files else "SELECT NULL AS empty WHERE false"
+        cur.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
+        made.append(name)
+    return made
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
-    """Run SQL and return an Arrow table."""
+    """Run SQL and return an Arrow table (pinned ``"{dataset}__{stage}@{version}"`` views are made on the way)."""
+    pin_versions(con, sql)
     result = con.cursor().sql(sql)
     if result is None:
         return pa.table({})

@@ -15,6 +15,8 @@ This module knows no stage: it handles paths, Parquet and manifests only.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -27,7 +29,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,6 +335,72 @@ def _git_commit() -> str | None:
         return None
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# run context: which run made a version (flow run, deployment, Ray job, recipe), recorded in every manifest
+
+
+# Only these keys are recorded: a run context is provenance, never configuration, so nothing secret can ride along.
+RUN_KEYS = (
+    "flow", "flow_run_id", "flow_run_name", "deployment", "deployment_id", "run_url",
+    "ray_job_id", "recipe", "recipe_hash", "profile",
+)  # fmt: skip
+RUN_CONTEXT_ENV = "QUARRY_RUN_CONTEXT"  # JSON object with RUN_KEYS (set for a Ray Job's driver, for example)
+_RUN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("quarry_run", default=None)
+_CREDENTIALS_RE = re.compile(r"://[^/@\s]+@")
+
+
+def _clean_run(fields: dict) -> dict:
+    out = {}
+    for k, v in fields.items():
+        if k in RUN_KEYS and v not in (None, ""):
+            v = str(v)
+            out[k] = _CREDENTIALS_RE.sub("://", v)  # a URL's user:password@ never reaches a manifest
+    return out
+
+
+def run_context() -> dict:
+    """The current run's provenance: ``$QUARRY_RUN_CONTEXT`` and ``$RAY_JOB_ID`` under what ``using_run`` set."""
+    merged: dict = {}
+    with contextlib.suppress(json.JSONDecodeError, TypeError):
+        env = json.loads(os.environ.get(RUN_CONTEXT_ENV) or "{}")
+        if isinstance(env, dict):
+            merged.update(env)
+    if "ray_job_id" not in merged:
+        merged["ray_job_id"] = os.environ.get("RAY_JOB_ID") or _ray_submission_id()
+    current = _RUN.get()
+    if current:
+        merged.update(current["fields"])
+    return _clean_run(merged)
+
+
+def _ray_submission_id() -> str | None:
+    """A Ray Job driver's submission id: Ray hands the job's metadata to its entrypoint in this variable."""
+    with contextlib.suppress(json.JSONDecodeError, TypeError, AttributeError):
+        return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("metadata", {}).get(
+            "job_submission_id"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def using_run(**fields: Any) -> Iterator[list[str]]:
+    """Record ``fields`` (a subset of RUN_KEYS) in every manifest committed inside the block; yields the list of
+    versions committed meanwhile (``dataset/stage/version``), for a run's summary. Blocks nest (a subflow)."""
+    outer = _RUN.get()
+    committed: list[str] = []
+    token = _RUN.set({"fields": {**(outer["fields"] if outer else {}), **fields}, "committed": committed})
+    try:
+        yield committed
+    finally:
+        _RUN.reset(token)
+
+
+def _note_committed(ref: DatasetRef) -> None:
+    current = _RUN.get()
+    if current is not None:
+        current["committed"].append(str(ref))
+
+
 def commit(
     ref: DatasetRef,
     *,
@@ -373,6 +441,9 @@ def commit(
         "git_commit": _git_commit(),
         **(extra or {}),
     }
+    run = run_context()
+    if run:
+        manifest["run"] = run
     payload = json.dumps(manifest, indent=2, default=_json_default)
     final = _join(base, MANIFEST)
     if _rename_is_atomic(fs):
@@ -382,6 +453,7 @@ def commit(
         try:
             # link() fails if the manifest exists: exactly one of two racing committers wins.
             os.link(fs._strip_protocol(tmp), fs._strip_protocol(final))
+            _note_committed(ref)
         except FileExistsError:
             pass
         finally:
@@ -389,6 +461,7 @@ def commit(
         return read_manifest(ref)
     if not fs.exists(final):
         fs.pipe_file(final, payload.encode())
+        _note_committed(ref)
     return read_manifest(ref)
 
 

@@ -7,6 +7,7 @@ and worker are subprocesses that `server_down` ends by their process groups.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -97,6 +98,56 @@ def test_server_deploys_and_runs_ingest_with_new_parameters_publishing_artifacts
     assert {r["file"]: r["documents"] for r in counts} == {"arxiv_abstracts.jsonl": 12, "wikipedia.jsonl": 8}
     ref = datasets.latest(str(tmp_path / "store"), "deployed", "ingest")
     assert ref is not None and datasets.read_manifest(ref)["num_rows"] == 20
+    # the run and the data link up: the versions it committed record it, its artifact lists them
+    assert deployments.flow_run_result(run_id, api)["name"].startswith("ingest-deployed-")
+    run = datasets.read_manifest(ref)["run"]
+    assert run["flow_run_id"] == run_id and run["deployment"] == "ingest/tiny"
+    assert run["run_url"].startswith(server["ui_url"]) and run_id in run["run_url"]
+    con = catalog.connect(str(tmp_path / "store"))
+    assert con.execute("select distinct flow_run_id, run_url from versions").fetchall() == [(run_id, run["run_url"])]
+    listed_versions = arts["versions"]["data"]
+    assert arts["versions"]["type"] == "markdown" and f"`{ref}` | 20 |" in listed_versions
+    assert f'"deployed__ingest@{ref.version}"' in listed_versions
+    # the stage's progress line (the quarry logger) reached the run's logs in the API
+    assert any(m.startswith("ingest: ") and "shards (100 %)" in m for m in _run_logs(run_id, api))
+    _screenshot_versions_artifact(server["ui_url"], run_id, api, tmp_path)
+
+
+def _run_logs(run_id: str, api: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            return [log.message for log in logs]
+
+    with deployments.using_api(api):
+        return asyncio.run(read())
+
+
+def _screenshot_versions_artifact(ui_url: str, run_id: str, api: str, tmp_path: Path) -> None:
+    """The run's versions artifact in the Prefect UI (docs/prefect_run.png): what it committed, how to open it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    from tests.test_dashboards import Browser
+
+    async def artifact_id() -> str:
+        async with get_client() as client:
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), key=ArtifactFilterKey(any_=["versions"])))  # fmt: skip
+            return str(arts[0].id)
+
+    with deployments.using_api(api):
+        url = f"{ui_url}/artifacts/artifact/{asyncio.run(artifact_id())}"
+    browser = Browser(width=1400, height=900)
+    try:
+        shot = tmp_path / "prefect_run.png"
+        browser.render(url, expect=["Versions committed by ingest-deployed-", "quarry sql"], screenshot=shot)
+        save_screenshot(shot, "prefect_run.png")
+    finally:
+        browser.close()
 
 
 @pytest.mark.timeout(600)

@@ -1,4 +1,5 @@
-"""A flow submitted as a Ray Job to a real Ray head started by the test (`ray start --head --block`), logs streamed.
+"""A flow submitted as a Ray Job to a real Ray head started by the test (`ray start --head --block`) with the
+virtualenv off its PATH (a bare `python` there lacks typer), logs streamed.
 
 The head runs in its own process session and is ended by signalling that session: `ray stop` would also stop every
 other Ray on the machine (other test sessions share it).
@@ -6,6 +7,9 @@ other Ray on the machine (other test sessions share it).
 
 from __future__ import annotations
 
+import datetime
+import json
+import logging
 import os
 import signal
 import socket
@@ -50,11 +54,15 @@ def _up(url: str) -> bool:
 
 @pytest.fixture()
 def ray_head():
-    """A one-CPU Ray head with its dashboard (the job server) on loopback; yields the dashboard URL."""
+    """A one-CPU Ray head with its dashboard (the job server) on loopback, started the way a user who did not
+    activate the virtualenv would (its bin/ not on PATH); yields the dashboard URL."""
     gcs, dash, client, agent_http, agent_grpc, metrics, rt_env, nm, om = _free_ports(9)
     # short temp dir: Ray's unix socket paths must stay under 107 characters
     temp = tempfile.mkdtemp(prefix="qrj-", dir="/tmp")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    venv_bin = Path(sys.executable).parent
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != venv_bin]
+    env = {**os.environ, "PATH": os.pathsep.join(path or ["/usr/bin", "/bin"])}
+    env.pop("VIRTUAL_ENV", None)
     env.pop("RAY_ADDRESS", None)
     cmd = [
         str(RAY_BIN), "start", "--head", "--block", "--disable-usage-stats", "--num-cpus", "1", "--num-gpus", "0",
@@ -113,21 +121,54 @@ def _profile(tmp_path: Path) -> Path:
 
 def test_entrypoint_passes_repo_recipes_relative_and_other_paths_as_given(tmp_path):
     assert jobs.entrypoint("ingest", str(REPO / "datasets_cfg" / "tiny.yaml")) == (
-        "python quarry_cli.py run ingest datasets_cfg/tiny.yaml"
+        "python -m ray_cluster.job_entry run ingest datasets_cfg/tiny.yaml"
     )
     assert jobs.entrypoint("curate", str(tmp_path / "my recipe.yaml")).endswith(f"'{tmp_path / 'my recipe.yaml'}'")
+    assert jobs.entrypoint("ingest", "r.yaml", "/opt/venv/bin/python").startswith("/opt/venv/bin/python -m ")
 
 
 def test_runtime_env_ships_the_checkout_without_venv_data_or_tests():
-    env = jobs.runtime_env(profile="gpu8", root="s3://bucket/quarry")
+    env = jobs.runtime_env(profile="gpu8", root="s3://bucket/quarry", job_id="quarry-ingest-x", py_executable="/v/py")
     assert env["working_dir"] == str(REPO)
     assert {".git/", ".venv/", "data/", "tests/"} <= set(env["excludes"])
     assert env["env_vars"]["QUARRY_PROFILE"] == "gpu8" and env["env_vars"]["QUARRY_ROOT"] == "s3://bucket/quarry"
+    assert json.loads(env["env_vars"]["QUARRY_RUN_CONTEXT"]) == {"ray_job_id": "quarry-ingest-x"}
+    assert env["py_executable"] == "/v/py"
+
+
+def test_runtime_env_passes_the_clients_prefect_api_through(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.internal:4200/api")
+    assert jobs.runtime_env()["env_vars"]["PREFECT_API_URL"] == "http://prefect.internal:4200/api"
+
+
+def test_submission_ids_are_readable_and_unique():
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    a, b = jobs.submission_id("curate", "tiny", now), jobs.submission_id("curate", "tiny", now)
+    assert a.startswith("quarry-curate-tiny-20260102-030405-") and a != b
 
 
 def test_ray_client_address_is_rejected_with_the_dashboard_hint():
     with pytest.raises(ValueError, match="8265"):
         jobs._dashboard_url("ray://head:10001")
+
+
+def test_shared_roots_pass_and_local_ones_need_an_explicit_root():
+    assert jobs.check_root("s3://bucket/q", None) == "s3://bucket/q"
+    assert jobs.check_root(None, "gs://bucket/q") == "gs://bucket/q"
+    assert jobs.check_root("/mnt/shared/q", "/mnt/shared/q/") == "/mnt/shared/q/"
+    for root, recipe_root in ((None, None), ("memory://x", None), ("rel/dir", None), (None, "/local/only")):
+        with pytest.raises(jobs.JobsError, match="--root"):
+            jobs.check_root(root, recipe_root)
+
+
+def test_a_python_without_quarrys_packages_stops_the_job_with_one_line(tmp_path):
+    bare = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if Path(p).exists()), None)
+    if bare is None or subprocess.run([bare, "-c", "import typer"], capture_output=True).returncode == 0:
+        pytest.skip("no Python without typer on this machine")
+    out = subprocess.run([bare, "-m", "ray_cluster.job_entry", "run", "ingest", "x.yaml"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 3 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "lacks typer" in out.stderr and "--python" in out.stderr
 
 
 @pytest.mark.timeout(600)
@@ -139,16 +180,19 @@ def test_ingest_submitted_as_a_ray_job_succeeds_and_streams_its_logs(tmp_path, r
         str(recipe),
         ray_head,
         profile=str(profile),
+        root=str(tmp_path / "store"),  # the recipe's own root, vouched for as shared (one machine here)
         env_vars={"PREFECT_HOME": str(tmp_path / "prefect_home")},  # the job's ephemeral Prefect API stays in tmp
         timeout=480,
         log=lines.append,
     )
     logs = "".join(lines)
     assert status == "SUCCEEDED", logs[-4000:]
+    assert job_id.startswith("quarry-ingest-rayjob-")
     assert "ingest finished:" in logs and "rayjob/ingest/" in logs  # the CLI's last line, streamed from the job
     con = catalog.connect(str(tmp_path / "store"))
     counts = dict(con.execute("select domain, count(*) from rayjob__ingest group by 1").fetchall())
     assert counts == {"web": 30, "arxiv": 20}
+    assert con.execute("select distinct ray_job_id from versions").fetchall() == [(job_id,)]
     assert jobs.job_logs(job_id, ray_head).strip()  # the job server kept the full log
 
 
@@ -178,3 +222,22 @@ def test_kuberay_manifests_define_a_gpu_worker_group_and_a_job_with_the_cli_entr
     assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["QUARRY_PROFILE"] == "gpu8"
     text = "\n".join(p.read_text() for p in (REPO / "ray_cluster").rglob("*.yaml"))
     assert "aws_secret_access_key" not in text.lower() and "password" not in text.lower()  # infra only, no secrets
+
+
+def test_shard_progress_is_logged_where_no_progress_bar_shows(monkeypatch, caplog):
+    from ray_cluster import runtime
+
+    serial = runtime.Profile(name="serial", engine="serial")
+    monkeypatch.setenv("QUARRY_PROGRESS", "0")  # as inside a Ray Job: no bar
+    items = [{"i": i} for i in range(3)]
+
+    def lines() -> list[str]:
+        return [r.getMessage().split(",")[0] for r in caplog.records if r.name == "quarry"]
+
+    with caplog.at_level(logging.INFO, logger="quarry"):
+        runtime.run_shards(items, dict, runtime.StageResources(), profile=serial, desc="toy")
+        assert lines() == ["toy: 3/3 shards (100 %)"]  # short stages: the final line only (every 30 s by default)
+        caplog.clear()
+        monkeypatch.setenv("QUARRY_PROGRESS_LOG_S", "0")
+        runtime.run_shards(items, dict, runtime.StageResources(), profile=serial, desc="toy")
+    assert lines() == ["toy: 1/3 shards (33 %)", "toy: 2/3 shards (66 %)", "toy: 3/3 shards (100 %)"]

@@ -1,8 +1,8 @@
 -- title: Evaluation scores
 -- order: 12
--- description: Every (task, metric) score of the latest evaluation, with its standard error and sample count.
--- chart: bar x=task y=value color=metric
+-- description: Every (task, metric) score of the latest evaluate version, per model version, with its standard error and sample count; one chart per metric, each on its own scale (perplexity and accuracy do not share an axis), models side by side.
+-- chart: bar x=task y=value color=model_version offset=model_version facet=metric resolve=x,y,xOffset
 -- empty: run `quarry run evaluate datasets_cfg/tiny.yaml`
-SELECT task, metric, round(value, 4) AS value, round(stderr, 4) AS stderr, n
-FROM {last:task,metric,value,stderr,n}
-ORDER BY task, metric
+SELECT metric, task, model_version, round(value, 4) AS value, round(stderr, 4) AS stderr, n
+FROM {view:evaluate}
+ORDER BY metric, task, model_version

@@ -1,13 +1,15 @@
 -- title: Stage yield
 -- order: 3
--- description: Rows in (the parent version's rows) and rows out per stage version, by joining `versions` to its parent. Filters keep every row and only flag it, so their yield is 1.0: the funnel below shows what they dropped.
+-- description: Rows in (the stage's main input: its first parent) and rows out of the latest version of every stage, the versions the views read. Side inputs (dedup keepers and clusters, the balance selection) are listed, not counted. Filters keep every row and only flag it, so their yield is 1.0: the funnel below shows what they dropped.
 -- chart: bar x=stage y=rows_out
 -- empty: run `quarry run curate datasets_cfg/tiny.yaml`
-WITH edges AS (SELECT ref, unnest(parents) AS parent FROM versions WHERE dataset = '{dataset}')
-SELECT v.stage, v.version, p.ref AS parent, p.num_rows AS rows_in, v.num_rows AS rows_out,
-       round(v.num_rows / nullif(p.num_rows, 0), 4) AS yield, v.created_at
-FROM versions v
-LEFT JOIN edges e ON e.ref = v.ref
-LEFT JOIN versions p ON p.ref = e.parent
-WHERE v.dataset = '{dataset}' AND NOT v.stage LIKE '%quarantine'
+WITH latest AS (
+    SELECT * FROM versions
+    WHERE dataset = '{dataset}' AND NOT stage LIKE '%quarantine'
+    QUALIFY row_number() OVER (PARTITION BY stage ORDER BY created_at DESC) = 1
+)
+SELECT v.stage, v.version, v.parents[1] AS input, p.num_rows AS rows_in, v.num_rows AS rows_out,
+       round(v.num_rows / nullif(p.num_rows, 0), 4) AS yield, v.parents[2:] AS side_inputs, v.created_at
+FROM latest v
+LEFT JOIN versions p ON p.ref = v.parents[1]
 ORDER BY v.created_at

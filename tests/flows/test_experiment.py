@@ -52,7 +52,7 @@ def test_experiment_matrix_trains_evaluates_and_compares(experiment_recipe, pref
         assert len(loss) == 30 and sum(loss[-5:]) / 5 < sum(loss[:5]) / 5
     # both variants were evaluated on the same held-out documents
     parents = [datasets.read_manifest(datasets.ref_from_string(root, r[0]))["parents"] for r in
-               con.execute("select ref from versions where stage = 'eval_results'").fetchall()]
+               con.execute("select ref from versions where stage = 'evaluate'").fetchall()]
     assert len({p[1] for p in parents}) == 1
     # a re-run skips every finished cell and lands on the same comparison version
     n = len(list(datasets.iter_manifests(root)))

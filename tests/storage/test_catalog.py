@@ -68,3 +68,74 @@ def test_sandboxed_connection_cannot_write_files_or_attach(tmp_path):
     with pytest.raises(duckdb.Error):
         con.execute(f"attach '{tmp_path}/other.duckdb'")
     assert not (tmp_path / "evil.csv").exists()
+
+
+def test_lineage_lists_each_ancestor_once_even_when_reached_along_two_paths(tmp_path):
+    root = str(tmp_path)
+    ingest = DatasetRef(root, "toy", "ingest", "0" * 12)
+    datasets.write_table(ingest, pa.table({"doc_id": ["a"]}))
+    hashes = _commit(root, "hashes", 1, parent=ingest)
+    keepers = _commit(root, "keepers", 1, parent=hashes)
+    dedup = datasets.derive([hashes, keepers], "dedup", _commit, {})  # two parents, both descending from hashes
+    datasets.write_table(dedup, pa.table({"doc_id": ["a"]}), parents=[hashes, keepers])
+    con = catalog.connect(root)
+    lin = catalog.lineage(con, dedup).to_pylist()
+    assert [r["ref"] for r in lin] == [str(dedup), str(hashes), str(keepers), str(ingest)]
+    assert [r["depth"] for r in lin] == [0, 1, 1, 2]  # hashes at its nearest depth, once
+    assert lin[0]["parents"] == [str(hashes), str(keepers)]
+
+
+def test_a_ref_without_version_means_the_latest_and_an_unknown_one_is_an_error(tmp_path):
+    root = str(tmp_path)
+    _commit(root, "signals", 3)
+    time.sleep(0.01)
+    newer = _commit(root, "signals", 5)
+    con = catalog.connect(root)
+    assert catalog.resolve_ref(con, "toy/signals") == str(newer)
+    assert catalog.resolve_ref(con, f"toy/signals/{newer.version[:6]}") == str(newer)  # a unique prefix
+    with pytest.raises(catalog.UnknownVersion, match="no committed version of toy/nope"):
+        catalog.lineage(con, "toy/nope")
+    with pytest.raises(catalog.UnknownVersion, match="no version of toy/signals match 'ffffff'"):
+        catalog.resolve_ref(con, "toy/signals/ffffff")
+    with pytest.raises(catalog.UnknownVersion, match="not dataset/stage"):
+        catalog.resolve_ref(con, "toy")
+
+
+def test_a_quoted_view_name_with_at_version_pins_that_version(tmp_path):
+    root = str(tmp_path)
+    older = _commit(root, "signals", 3)
+    time.sleep(0.01)
+    _commit(root, "signals", 5)
+    con = catalog.connect(root, sandbox=True)  # older versions' shards are readable in the sandbox too
+    pinned = f'"toy__signals@{older.version}"'
+    assert catalog.query(con, f"select count(*) n from {pinned}").to_pylist() == [{"n": 3}]
+    assert catalog.query(con, "select count(*) n from toy__signals").to_pylist() == [{"n": 5}]
+    short = f'"toy__signals@{older.version[:5]}"'
+    assert catalog.query(con, f"select count(*) n from {short}").to_pylist() == [{"n": 3}]
+
+
+def test_versions_types_created_at_as_timestamp_and_params_as_json(tmp_path):
+    ref = DatasetRef(str(tmp_path), "toy", "signals", "1" * 12)
+    datasets.write_table(ref, pa.table({"doc_id": ["a"]}), params={"n": 2, "rules": ["a", "b"]})
+    con = catalog.connect(str(tmp_path))
+    types = dict(con.execute("select column_name, column_type from (describe versions)").fetchall())
+    assert types["created_at"] == "TIMESTAMP WITH TIME ZONE" and types["params"] == "JSON" and types["run"] == "JSON"
+    assert con.execute("select params->>'$.rules[1]' from versions").fetchone()[0] == "b"
+
+
+def test_the_run_context_is_recorded_in_manifests_and_versions_without_secrets(tmp_path, monkeypatch):
+    root = str(tmp_path)
+    monkeypatch.setenv("QUARRY_RUN_CONTEXT", '{"ray_job_id": "quarry-curate-toy-1", "api_key": "sk-secret"}')
+    with datasets.using_run(flow_run_id="1234", deployment="curate/toy", run_url="http://user:pw@prefect/runs/1",
+                            recipe_hash="abc") as committed:  # fmt: skip
+        ref = _commit(root, "signals", 2)
+    assert committed == [str(ref)]
+    run = datasets.read_manifest(ref)["run"]
+    assert run == {"ray_job_id": "quarry-curate-toy-1", "flow_run_id": "1234", "deployment": "curate/toy",
+                   "run_url": "http://prefect/runs/1", "recipe_hash": "abc"}  # fmt: skip
+    outside = _commit(root, "other", 1)  # outside the block only the environment's part remains
+    assert datasets.read_manifest(outside)["run"] == {"ray_job_id": "quarry-curate-toy-1"}
+    con = catalog.connect(root)
+    row = con.execute("select flow_run_id, deployment, ray_job_id, recipe_hash from versions where stage = 'signals'")
+    assert row.fetchone() == ("1234", "curate/toy", "quarry-curate-toy-1", "abc")
+    assert "sk-secret" not in (tmp_path / "toy").joinpath("signals", ref.version, "_manifest.json").read_text()
