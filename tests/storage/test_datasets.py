@@ -127,7 +127,7 @@ def test_commit_never_removes_a_live_writers_temporary(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     try:
-        host = datasets._HOST
+        from storage.temporaries import HOST_TAG as host
         live_tmp = folder / f"_tmp.{live.pid}@{host}.{'a' * 32}.part-00001.parquet"
         dead_tmp = folder / f"_tmp.{dead.pid}@{host}.{'b' * 32}.part-00002.parquet"
         old_tmp = folder / f"_tmp.{live.pid}@{host}.{'c' * 32}.part-00003.parquet"
