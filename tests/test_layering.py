@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-INTERNAL = {"flows", "tasks", "storage", "ray_cluster", "datasets_cfg", "dashboards", "quarry_cli"}
+INTERNAL = {"flows", "tasks", "storage", "ray_cluster", "datasets_cfg", "dashboards", "services", "quarry_cli"}
 FORBIDDEN = {
     "tasks": {"prefect", "ray", "duckdb"} | (INTERNAL - {"tasks"}),
     "storage": INTERNAL - {"storage"},
     "ray_cluster": INTERNAL - {"ray_cluster"},
     "datasets_cfg": INTERNAL - {"datasets_cfg", "tasks"},
     "dashboards": INTERNAL - {"dashboards", "storage"},
+    "services": INTERNAL - {"services", "tasks"},  # servers wrap engines around the pure layer, nothing else
 }
 
 
