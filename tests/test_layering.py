@@ -15,7 +15,7 @@ FORBIDDEN = {
     "ray_cluster": INTERNAL - {"ray_cluster", "storage"},
     "datasets_cfg": INTERNAL - {"datasets_cfg", "tasks"},
     "dashboards": INTERNAL - {"dashboards", "storage"},
-    "services": INTERNAL - {"services", "storage", "ray_cluster", "flows", "datasets_cfg"},
+    "services": INTERNAL - {"services", "storage", "ray_cluster", "flows", "datasets_cfg", "tasks"},
     # flows compose registry stages: no Arrow compute, SQL engine or array maths of their own
     "flows": {"duckdb", "numpy", "pyarrow", "pyarrow.compute", "pandas"},
 }

@@ -98,13 +98,14 @@ def test_sql_filters_cannot_read_files_write_files_or_see_the_environment(predic
 
 @pytest.fixture(scope="module")
 def keyed_server():
-    """Our OpenAI-compatible server with the bundled model, requiring the planted key (read from its environment)."""
+    """llama.cpp's OpenAI-compatible server with the bundled model, requiring the planted key (read from its
+    environment, never from its command line)."""
     with openai_server("--api-key-env", KEY_ENV, env={KEY_ENV: PLANTED}) as (url, logs):
         yield url
     assert PLANTED not in logs["stderr"]  # the server does not log the key either
 
 
-def test_our_server_rejects_a_wrong_key_without_echoing_it(keyed_server):
+def test_the_engine_server_rejects_a_wrong_key_without_echoing_it(keyed_server):
     import json
     import urllib.error
     import urllib.request
