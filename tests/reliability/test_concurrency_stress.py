@@ -48,7 +48,7 @@ def test_two_writers_race_one_version_twenty_times_under_cpu_load(tmp_path, caps
             time.sleep(0.5)  # both imported and waiting
             go.touch()
             outs = [p.communicate(timeout=300) for p in procs]
-            for p, (out, err) in zip(procs, outs, strict=True):
+            for p, (_out, err) in zip(procs, outs, strict=True):
                 assert p.returncode == 0, f"round {r}: a writer failed:\n{err[-2000:]}"
             (rows_a, at_a), (rows_b, at_b) = (o.split() for o, _ in outs)
             assert rows_a == rows_b == "12000" and at_a == at_b  # one manifest won; both read it back
