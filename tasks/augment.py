@@ -15,6 +15,10 @@ Kinds:
 
     python -c "import pyarrow as pa; from tasks.augment import *; \\
       print(Augmenter(AugmentParams(max_new_tokens=32))(pa.table({'doc_id': ['a'], 'text': ['Water boils at 100 C.']})))"
+
+Size: the TPT contract in one place: templates, truncation, the parsing of completions, the provenance columns,
+reuse keys and cost are the same for every backend (llama.cpp, transformers, an OpenAI endpoint, vLLM), and the
+reliability suite compares their rows column by column.
 """
 
 from __future__ import annotations

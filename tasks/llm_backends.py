@@ -16,6 +16,9 @@ The vLLM path goes through Ray Data's LLM processor (see `tasks.augment.vllm_pre
 no class here.
 
     python -c "from tasks.llm_backends import LlamaCppBackend; print(LlamaCppBackend().teacher)"
+
+Size: the three engines behind one interface share the model cache, the chat-template rendering, seeding and the
+Completion/finish-reason contract the augment stage parses; apart they would each re-implement those.
 """
 
 from __future__ import annotations
