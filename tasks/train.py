@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tasks.tempfiles import clean_abandoned, tmp_path
 from tasks.tokenize import load_packed, tokenizer_dir
 
 # Model sizes. "tiny" trains in seconds on a CPU; "smollm2_135m" is SmolLM2-135M's shape (HF config of
@@ -249,7 +250,7 @@ def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
 def _save_checkpoint(ckpt_dir: Path, state: dict, keep: int) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step-{state['step']:08d}.pt"
-    tmp = path.with_suffix(f".pt.{os.getpid()}.tmp")
+    tmp = tmp_path(path)
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a checkpoint file either is complete or does not exist
     for old in sorted(ckpt_dir.glob("step-*.pt"))[:-keep]:
@@ -262,40 +263,15 @@ def _flush_metrics(metrics_dir: Path, rows: list[dict]) -> None:
         return
     metrics_dir.mkdir(parents=True, exist_ok=True)
     path = metrics_dir / f"steps-{rows[0]['step']:08d}-{rows[-1]['step']:08d}.parquet"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = tmp_path(path)
     pq.write_table(pa.Table.from_pylist(rows), tmp)
     os.replace(tmp, path)
     rows.clear()
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process runs (a killed child its parent has not reaped yet, a zombie, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):  # no /proc (macOS): ask the kernel
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-
-
-def _clean_abandoned(folder: Path) -> None:
-    """Remove temporaries (``*.{pid}.tmp``) whose writer is gone: a killed run left them; a live one still writes."""
-    for f in folder.glob("*.tmp"):
-        pid = f.name.rsplit(".", 2)[-2]
-        if not (pid.isdigit() and _alive(int(pid))) or int(pid) == os.getpid():
-            f.unlink(missing_ok=True)
-
-
 def _trim_metrics(metrics_dir: Path, last_step: int) -> None:
     """Drop metric files past the checkpoint we resume from (those steps are replayed)."""
-    _clean_abandoned(metrics_dir)
+    clean_abandoned(metrics_dir)
     for f in metrics_dir.glob("steps-*.parquet"):
         if int(f.stem.split("-")[2]) > last_step:
             f.unlink()
@@ -383,7 +359,7 @@ def train(
     step, resumed_from = 0, None
     last_loss = float("nan")
     if ckpt_dir.is_dir():
-        _clean_abandoned(ckpt_dir)
+        clean_abandoned(ckpt_dir)
     latest = _latest_checkpoint(ckpt_dir)
     if latest is not None:
         state = torch.load(latest, map_location=device, weights_only=False)  # our own file: holds numpy RNG state
