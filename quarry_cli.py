@@ -31,6 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `quarry run` starts an ephemeral Prefect API; Prefect gives it 20 s, which a loaded 2-core machine can miss (the
+# demo failed so in a fresh clone beside other work). The tests' harness waits 90 s for the same reason.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # Progress lines of long stages (the `quarry` logger) go to the console and to the Prefect run's logs; read when
 # prefect is first imported, so set before any flow module loads.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "quarry")
