@@ -149,6 +149,20 @@ def _present(stage: Any, inputs: list[DatasetRef | None]) -> tuple[list[DatasetR
     return [r for r in inputs if r is not None], roles
 
 
+def _prepare(stage: Any, inputs: list[DatasetRef | None], params: Any, profile: runtime.Profile, target: dict, *,
+             workers: bool = True) -> tuple[list[DatasetRef], dict[str, DatasetRef], DatasetRef, bool]:
+    """The opening every kind shares: derive the version, skip it when committed, refuse (before any work) a root
+    the stage's workers could not share. Returns (inputs present, roles, version, already committed)."""
+    present, roles = _present(stage, inputs)
+    dst = datasets.derive(present, stage.name, code_of(stage), params, dataset=target["dataset"])
+    if datasets.is_committed(dst):
+        log.info(f"{stage.name}: {dst} already committed, skipping")
+        return present, roles, dst, True
+    if workers:
+        check_shared_root(dst.root, profile)
+    return present, roles, dst, False
+
+
 def _commit(stage: Any, dst: DatasetRef, parents: list[DatasetRef], params: Any, stats: dict,
             expected: dict[str, int] | None = None, inputs: Sequence[str] = (), layer: dict | None = None) -> dict:
     """Check what the workers reported against what the driver sees, then write the manifest (the commit)."""
@@ -374,13 +388,10 @@ def _stateful(item: dict, state: _Model) -> dict:
 
 
 def _map(stage, kind, inputs, params, profile, fail_from_shard, target) -> DatasetRef:
-    present, roles = _present(stage, inputs)
-    src, side = inputs[0], {k: v for k, v in roles.items() if k != stage.roles[0]}
-    dst = datasets.derive(present, stage.name, code_of(stage), params, dataset=target["dataset"])
-    if datasets.is_committed(dst):
-        log.info(f"{stage.name}: {dst} already committed, skipping")
+    present, roles, dst, committed = _prepare(stage, inputs, params, profile, target)
+    if committed:
         return dst
-    check_shared_root(dst.root, profile)
+    src, side = inputs[0], {k: v for k, v in roles.items() if k != stage.roles[0]}
     res = resources(stage, profile)
     done = datasets.existing_shards(dst)
     columns = projection(stage, params, layers.column_names(src))
@@ -447,14 +458,15 @@ def _sql(stage, kind, inputs, params, profile, fail_from_shard, target, rows_per
     """A global step in DuckDB that spills to disk; the result table is streamed out as shards."""
     from storage import catalog
 
-    present, roles = _present(stage, inputs)
-    dst = datasets.derive(present, stage.name, code_of(stage), params, dataset=target["dataset"])
-    if datasets.is_committed(dst):
-        log.info(f"{stage.name}: {dst} already committed, skipping")
+    present, roles, dst, committed = _prepare(stage, inputs, params, profile, target, workers=False)
+    if committed:
         return dst
+    res = resources(stage, profile)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"quarry-{stage.name}-") as spill:
-        con = catalog.scratch(dst.root, temp_directory=spill)
+        # the profile's memory_gb bounds DuckDB (it spills past it): fuzzy dedup of millions of docs in a fixed budget
+        limit = f"{res.memory_gb}GB" if res.memory_gb else None
+        con = catalog.scratch(dst.root, temp_directory=spill, memory_limit=limit)
         try:
             exprs = {r: f"({layers.relation_sql(ref)})" for r, ref in roles.items()}
             columns = {r: layers.column_names(ref) for r, ref in roles.items()}
@@ -540,12 +552,9 @@ def local_dir(ref: DatasetRef) -> Path:
 
 
 def _global(stage, kind, inputs, params, profile, fail_from_shard, target) -> DatasetRef:
-    present, roles = _present(stage, inputs)
-    dst = datasets.derive(present, stage.name, code_of(stage), params, dataset=target["dataset"])
-    if datasets.is_committed(dst):
-        log.info(f"{stage.name}: {dst} already committed, skipping")
+    present, roles, dst, committed = _prepare(stage, inputs, params, profile, target)
+    if committed:
         return dst
-    check_shared_root(dst.root, profile)
     res = resources(stage, profile)
     t0 = time.perf_counter()
     args = (stage, _asdict(dst), {r: _asdict(v) for r, v in roles.items()}, params, res, profile)
@@ -600,11 +609,10 @@ def _llm(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datas
 
     from ray_cluster.llm import vllm_map
 
-    present, _ = _present(stage, inputs)
-    src = inputs[0]
-    dst = datasets.derive(present, stage.name, code_of(stage), params, dataset=target["dataset"])
-    if datasets.is_committed(dst):
+    present, _, dst, committed = _prepare(stage, inputs, params, profile, target)
+    if committed:
         return dst
+    src = inputs[0]
     res = resources(stage, profile)
     done = datasets.existing_shards(dst)
     t0 = time.perf_counter()

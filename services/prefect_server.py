@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from storage.temporaries import pid_alive
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POOL = "quarry-process"
 
@@ -48,21 +50,6 @@ def _healthy(api_url: str, timeout: float = 2.0) -> bool:
             return r.status == 200
     except OSError:
         return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of this process is dead for our purposes
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
 
 
 def read_state(sd: Path) -> dict:
@@ -138,7 +125,7 @@ def server_up(
     pid = _spawn(cmd, env, sd / "server.log", sd / "server.pid")
     deadline = time.monotonic() + timeout
     while not _healthy(api_url):
-        if not _alive(pid):
+        if not pid_alive(pid):
             tail = (sd / "server.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"prefect server exited during start-up; log {sd / 'server.log'}:\n{tail}")
         if time.monotonic() > deadline:
@@ -187,7 +174,7 @@ def _kill_group(pid: int, grace: float = 15.0) -> None:
             return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)  # leftover children of a leader that already exited
                 return
@@ -202,7 +189,7 @@ def server_down(*, state: str | Path | None = None) -> dict:
         pid_file = sd / f"{name}.pid"
         if pid_file.exists():
             pid = int(pid_file.read_text().strip() or 0)
-            if pid and _alive(pid):
+            if pid and pid_alive(pid):
                 _kill_group(pid)
                 stopped[name] = pid
             pid_file.unlink()
@@ -220,6 +207,6 @@ def server_status(*, state: str | Path | None = None) -> dict:
         pid_file = sd / f"{name}.pid"
         pid = int(pid_file.read_text().strip() or 0) if pid_file.exists() else 0
         out[f"{name}_pid"] = pid or None
-        out[f"{name}_running"] = bool(pid) and _alive(pid)
+        out[f"{name}_running"] = bool(pid) and pid_alive(pid)
     out["healthy"] = bool(info.get("api_url")) and out["server_running"] and _healthy(info["api_url"])
     return out

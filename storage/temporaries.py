@@ -29,7 +29,8 @@ def tmp_name(name: str) -> str:
     return f"{TMP_PREFIX}{os.getpid()}@{HOST_TAG}.{uuid.uuid4().hex}.{name}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -52,7 +53,7 @@ def is_abandoned(name: str, mtime: float | None, now: float | None = None) -> bo
     if m is None:
         return not name.startswith(f"{TMP_PREFIX}probe-")  # probes are removed by their writer
     pid, host = int(m.group(1)), m.group(2)
-    return host == HOST_TAG and pid != os.getpid() and not _pid_alive(pid)
+    return host == HOST_TAG and pid != os.getpid() and not pid_alive(pid)
 
 
 def clean_folder(fs: Any, base: str) -> int:
