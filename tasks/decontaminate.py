@@ -43,8 +43,8 @@ import pyarrow as pa
 import xxhash
 
 from tasks.eval_tasks import ALL_TASKS, SPECS
-from tasks.language_id import fold_verdict
 from tasks.minhash_dedup import rpv2_normalize
+from tasks.select import fold_verdict
 
 INDEX_FORMAT = "1"  # bump when the normalization, hashing or item text changes: old cache files are ignored
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio, Knuth): a rolling polynomial hash

