@@ -43,7 +43,7 @@ _PRIVATE_KEY = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]{16,16384}?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
 )
 _SECRET = re.compile(
-    r"(?<![A-Za-z0-9_/+=-])(?:"
+    r"(?<![A-Za-z0-9_/+-])(?:"
     r"(?:AKIA|ASIA)[0-9A-Z]{16}"
     r"|gh[pousr]_[A-Za-z0-9]{36,255}"
     r"|github_pat_[A-Za-z0-9_]{60,255}"
