@@ -47,7 +47,7 @@ def _planted(n_docs: int = 60, seed: int = 0) -> tuple[list[str], list[tuple[str
 
     kinds = ["email", "ipv4", "ipv6", "phone", "aws_key", "github_token", "openai_key"]
     texts, planted = [], []
-    for i, text in enumerate(c4[:n_docs]):
+    for text in c4[:n_docs]:
         sentences = text.split(". ")
         for kind in rng.sample(kinds, 3):
             v = value(kind)
