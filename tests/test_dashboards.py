@@ -218,12 +218,11 @@ def _inputs() -> tuple[Path, Path]:
 
 
 def _build_store(root: Path) -> dict:
-    from tasks.quality_filter import QualityFilterParams
-    from tasks.quality_signals import QualitySignalsParams
-
     from tasks.decontaminate import DecontaminateParams
     from tasks.language_id import LanguageIdParams
     from tasks.pii import PiiParams
+    from tasks.quality_filter import QualityFilterParams
+    from tasks.quality_signals import QualitySignalsParams
 
     bad, near, leaked = _inputs()
     sources = [
