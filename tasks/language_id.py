@@ -87,8 +87,13 @@ def language_id(batch: pa.Table, params: LanguageIdParams = LanguageIdParams()) 
     if params.text_column not in batch.column_names:
         raise ValueError(f"language_id needs a {params.text_column!r} column, got {batch.column_names}")
     langs, scores = predict(load_model(params.model), batch.column(params.text_column).to_pylist())
-    declared = batch.column("lang") if "lang" in batch.column_names and "lang_declared" not in batch.column_names \
-        else batch.column("lang_declared") if "lang_declared" in batch.column_names else pa.nulls(batch.num_rows)
+    # what ingest declared, kept once: a second run must not record its own detection as the declaration
+    for name in ("lang_declared", "lang"):
+        if name in batch.column_names:
+            declared = batch.column(name)
+            break
+    else:
+        declared = pa.nulls(batch.num_rows, pa.string())
     out = batch.drop_columns([c for c in COLUMNS if c in batch.column_names])
     out = out.append_column("lang", pa.array(langs, pa.string()))
     out = out.append_column("lang_score", pa.array(scores, pa.float64()))
