@@ -77,8 +77,11 @@ class DecontaminateParams:
         unknown = [str(t)[:40] for t in self.tasks if t not in SPECS]
         if unknown or not self.tasks:
             raise ValueError(f"tasks: unknown eval tasks {unknown[:5]}; known: {list(SPECS)}")
-        if self.eval_dir is not None:
-            object.__setattr__(self, "eval_fingerprint", fingerprint(self.eval_dir, self.tasks))
+        if self.eval_dir is not None:  # a missing file: a ValueError, so the recipe loader names the recipe and key
+            try:
+                object.__setattr__(self, "eval_fingerprint", fingerprint(self.eval_dir, self.tasks))
+            except FileNotFoundError as e:
+                raise ValueError(f"eval_dir: {e}") from None
 
 
 def eval_files(eval_dir: str | Path, tasks: tuple[str, ...]) -> dict[str, list[Path]]:
@@ -90,11 +93,11 @@ def eval_files(eval_dir: str | Path, tasks: tuple[str, ...]) -> dict[str, list[P
         if "dir" in spec:  # MMLU: one CSV per subject
             files = sorted((root / spec["dir"] / "test").glob("*_test.csv"))
             if not files:
-                raise FileNotFoundError(f"decontaminate: no MMLU test CSVs under {root / spec['dir'] / 'test'}")
+                raise FileNotFoundError(f"no MMLU test CSVs under {root / spec['dir'] / 'test'}")
         else:
             files = [root / spec["file"]]
             if not files[0].is_file():
-                raise FileNotFoundError(f"decontaminate: eval file for {task!r} missing: {files[0]}")
+                raise FileNotFoundError(f"eval file for {task!r} missing: {files[0]}")
         out[task] = files
     return out
 

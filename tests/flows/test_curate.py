@@ -16,6 +16,7 @@ def tiny_recipe(tmp_path_factory):
     data = yaml.safe_load((REPO / "datasets_cfg" / "tiny.yaml").read_text())
     for src in data["ingest"]["sources"]:
         src["path"] = str((REPO / "datasets_cfg" / src["path"]).resolve())
+    data["evaluate"]["eval_dir"] = str((REPO / "datasets_cfg" / data["evaluate"]["eval_dir"]).resolve())  # decontaminate
     data["storage_root"] = str(tmp / "store")
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -120,8 +120,11 @@ def test_the_index_is_built_once_per_eval_set_version(planted, tmp_path):
 
 
 def test_a_missing_eval_file_is_an_error_naming_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="arc_easy.*arc_easy.jsonl"):
+    with pytest.raises(ValueError, match="eval_dir: .*arc_easy.*arc_easy.jsonl"):
         dc.DecontaminateParams(eval_dir=str(tmp_path), tasks=("arc_easy",))
+    recipe = {"dataset": "r", "ingest": {"sources": [{"path": "x.jsonl"}]}, "decontaminate": {"eval_dir": "nowhere"}}
+    with pytest.raises(datasets_cfg.RecipeError, match=r"(?s)r\.yaml.*decontaminate: eval_dir: eval file for 'arc_easy' missing: .*nowhere"):
+        datasets_cfg.validate(recipe, tmp_path / "r.yaml")
 
 
 def test_the_recipe_section_takes_evaluate_files_and_tasks(tmp_path):
