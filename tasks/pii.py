@@ -53,6 +53,7 @@ _SECRET = re.compile(
     r"|sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,250}"
     r")(?![A-Za-z0-9_])"
 )
+_SECRET_ANCHORS = ("AKIA", "ASIA", "gh", "xox", "_live_", "AIza", "sk-")
 _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,64}(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,64}){0,8}"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?![\w-])"
@@ -112,15 +113,20 @@ def find_pii(text: str, params: PiiParams = PiiParams()) -> tuple[str, dict[str,
     phone and an e-mail's domain never as an address."""
     counts = dict.fromkeys(TYPES, 0)
     wanted = set(params.types)
+    # each pattern runs only where its anchor occurs (a substring test is ~100x cheaper than a regex scan)
     if "secret" in wanted:
-        text, n = _PRIVATE_KEY.subn(PRIVATE_KEY_PLACEHOLDER, text)
-        text, k = _SECRET.subn(PLACEHOLDERS["secret"], text)
+        n = k = 0
+        if "PRIVATE KEY-----" in text:
+            text, n = _PRIVATE_KEY.subn(PRIVATE_KEY_PLACEHOLDER, text)
+        if any(a in text for a in _SECRET_ANCHORS):
+            text, k = _SECRET.subn(PLACEHOLDERS["secret"], text)
         counts["secret"] = n + k
-    if "email" in wanted:
+    if "email" in wanted and "@" in text:
         text, counts["email"] = _EMAIL.subn(PLACEHOLDERS["email"], text)
     if "ip" in wanted:
-        for rx in (_IPV6, _IPV4):
-            text = _sub_checked(rx, text, "ip", counts, lambda m, t: _ip_ok(t, m, params.public_ips_only))
+        for rx, anchor in ((_IPV6, ":"), (_IPV4, ".")):
+            if anchor in text:
+                text = _sub_checked(rx, text, "ip", counts, lambda m, t: _ip_ok(t, m, params.public_ips_only))
     if "phone" in wanted:
         text = _sub_checked(_PHONE, text, "phone", counts, lambda m, t: _phone_ok(m))
     return text, counts
