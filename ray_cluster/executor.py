@@ -10,7 +10,9 @@ how it computes:
 * ``map``     ``fn(batch, params, **side)`` over every shard of the first input (side inputs: small tables);
 * ``actor``   ``fn(params, **side)`` builds a model once per actor, then maps batches (a Ray Data actor pool);
 * ``sql_map`` ``fn(params)`` is SQL over ``batch``, run per batch in a sandboxed DuckDB (rules are data, not code);
-* ``sql``     a global step in DuckDB that spills to disk (dedup group-bys): ``fn(con, exprs, params, columns)``;
+* ``sql``     a global step in DuckDB that spills to disk (dedup group-bys): ``fn(con, exprs, params, columns)``,
+  ``exprs[role]`` a relation over the role's wide table, ``exprs[f"{role}_in_order"]`` the same with ``__shard``,
+  ``__row`` (corpus order);
 * ``global``  ``fn(tables, params, ctx)`` over whole small tables on one worker, with side outputs committed as
   siblings and ``ctx.checkpoint`` for per-level/per-step resume (k-means, sampling, packing, training, evaluation);
 * ``llm``     Ray Data's LLM processor (vLLM engines) per shard, when the stage's params route there.
@@ -469,6 +471,8 @@ def _sql(stage, kind, inputs, params, profile, fail_from_shard, target, rows_per
         con = catalog.scratch(dst.root, temp_directory=spill, memory_limit=limit)
         try:
             exprs = {r: f"({layers.relation_sql(ref)})" for r, ref in roles.items()}
+            # the same rows with their corpus order (__shard, __row), for steps that keep a first occurrence
+            exprs.update({f"{r}_in_order": f"({layers.relation_sql(ref, keys=True)})" for r, ref in roles.items()})
             columns = {r: layers.column_names(ref) for r, ref in roles.items()}
             name = stage.fn(con, exprs, params, columns)
             reader = con.sql(f"SELECT * FROM {name}").to_arrow_reader(rows_per_shard)

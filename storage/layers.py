@@ -278,13 +278,18 @@ def _rel(links: list[Link], i: int, columns: list[str], keys: bool) -> str:
             f"ON p.__shard = parse_filename(l.filename) AND p.__row = {on}")
 
 
-def relation_sql(ref: DatasetRef, columns: Sequence[str] | None = None, manifests: dict | None = None) -> str:
-    """A DuckDB SELECT giving the wide table of ``ref`` (rows in shard order), projected to ``columns``."""
+def relation_sql(ref: DatasetRef, columns: Sequence[str] | None = None, manifests: dict | None = None, *,
+                 keys: bool = False) -> str:
+    """A DuckDB SELECT giving the wide table of ``ref`` (rows in shard order), projected to ``columns``; with
+    ``keys`` it also gives ``__shard`` and ``__row`` (the shard's name and the row's position in it: corpus order,
+    for SQL that keeps "the first occurrence") and leaves ordering to the caller."""
     links = chain(ref, manifests)
     names = column_names(ref, manifests)
     cols = names if columns is None else [c for c in columns if c in set(names)]
     if not link(ref, manifests).files:
         return "SELECT NULL AS empty WHERE false"
+    if keys:
+        return _rel(links, 0, cols, True)
     if links[0].kind == "full":
         if columns is None:  # every file's columns, as they are (union_by_name fills what a shard lacks)
             return f"SELECT * FROM read_parquet({_files_list(links[0])}, union_by_name = true)"
