@@ -29,11 +29,14 @@ import tasks.exact_dedup as exact_dedup
 import tasks.experiment as experiment
 import tasks.hkmeans as hkmeans
 import tasks.ingest as ingest
+import tasks.line_dedup as line_dedup
 import tasks.minhash_dedup as minhash_dedup
+import tasks.quality_classifier as quality_classifier
 import tasks.quality_filter as quality_filter
 import tasks.quality_signals as quality_signals
 import tasks.select as select
 import tasks.semdedup as semdedup
+import tasks.sentence_dedup as sentence_dedup
 import tasks.tokenize as tokenize
 import tasks.train as train
 import tasks.watch as watch
@@ -87,12 +90,28 @@ STAGES: dict[str, Stage] = _stages(
           doc="documents held out by doc id before curation (evaluation text)"),
     Stage("train_split", "map", select.split_by_doc_id, select.HeldoutParams, "heldout", ("src",),
           doc="the documents not held out"),
+    Stage("line_dedup_hashes", "map", line_dedup.line_dedup_hashes, line_dedup.LineDedupParams, "line_dedup",
+          ("src",), doc="CCNet-normalized line hashes (doc_id, unit_pos, unit_hash)"),
+    Stage("line_dedup_duplicates", "sql", line_dedup.line_dedup_duplicates_duckdb, line_dedup.LineDedupParams,
+          "line_dedup", ("line_dedup_hashes",), roles=("hashes",),
+          doc="lines after their hash's first occurrence in corpus order (DuckDB, spills)"),
+    Stage("line_dedup", "map", line_dedup.line_dedup, line_dedup.LineDedupParams, "line_dedup",
+          ("src", "line_dedup_duplicates"), roles=("docs", "duplicates"),
+          summarize_output=quality_filter.funnel_summary, artifacts=quality_filter.funnel_artifact,
+          doc="text without duplicate lines (CCNet); ld_lines_removed, ld_removed_char_fraction"),
     Stage("quality_signals", "map", quality_signals.quality_signals, quality_signals.QualitySignalsParams,
           "quality_signals", ("src",), doc="RedPajama-V2 quality signals"),
     Stage("minhash_signatures", "map", minhash_dedup.minhash_signatures, minhash_dedup.MinhashSignaturesParams,
           "minhash_signatures", ("src",), doc="RPv2 MinHash signatures and band keys"),
     Stage("datatrove_signals", "map", datatrove_signals.datatrove_signals, datatrove_signals.DatatroveSignalsParams,
           "datatrove_signals", ("src",), doc="datatrove Gopher/C4/FineWeb filter reasons"),
+    Stage("quality_classifier", "global", quality_classifier.quality_classifier_stage,
+          quality_classifier.QualityClassifierParams, "quality_classifier", ("positive", "negative"),
+          columns={"positive": ("doc_id", "text"), "negative": ("doc_id", "text")},
+          doc="fastText positive-vs-web classifier (DCLM); held-out accuracy/AUC in stats; the model as one row"),
+    Stage("quality_score", "actor", quality_classifier.QualityScorer, quality_classifier.QualityScoreParams,
+          "quality_score", ("src", "quality_classifier"), roles=("docs", "model"),
+          doc="quality_score = P(positive) from the recipe's quality_classifier"),
     Stage("quality_filter", "sql_map", quality_filter.quality_filter_sql, quality_filter.QualityFilterParams,
           "quality_filter", ("src",), post=quality_filter.line_filter, summarize_output=quality_filter.funnel_summary,
           artifacts=quality_filter.funnel_artifact,
@@ -114,6 +133,15 @@ STAGES: dict[str, Stage] = _stages(
           ("src", "minhash_clusters"), roles=("docs", "clusters"), summarize_output=quality_filter.funnel_summary,
           artifacts=quality_filter.funnel_artifact,
           doc="mh_cluster_id, mh_cluster_size; duplicates folded into keep"),
+    Stage("sentence_dedup_hashes", "map", sentence_dedup.sentence_dedup_hashes, sentence_dedup.SentenceDedupParams,
+          "sentence_dedup", ("src",), code=(line_dedup,), doc="3-sentence span hashes (doc_id, unit_pos, unit_hash)"),
+    Stage("sentence_dedup_duplicates", "sql", line_dedup.line_dedup_duplicates_duckdb,
+          sentence_dedup.SentenceDedupParams, "sentence_dedup", ("sentence_dedup_hashes",), roles=("hashes",),
+          doc="spans after their hash's first occurrence in corpus order (DuckDB, spills)"),
+    Stage("sentence_dedup", "map", sentence_dedup.sentence_dedup, sentence_dedup.SentenceDedupParams,
+          "sentence_dedup", ("src", "sentence_dedup_duplicates"), roles=("docs", "duplicates"), code=(line_dedup,),
+          summarize_output=quality_filter.funnel_summary, artifacts=quality_filter.funnel_artifact,
+          doc="text without duplicate 3-sentence spans (C4, datatrove); sn_sentences_removed, sn_removed_char_fraction"),
     Stage("kept", "map", select.kept_documents, select.KeptParams, None, ("src",),
           doc="the documents every filter kept"),
     Stage("embed", "actor", embed.Embedder, embed.EmbedParams, "embed", ("src",), doc="MiniLM embeddings"),
@@ -155,11 +183,15 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "heldout": ("heldout", "train_split"),
     "exact_dedup": ("exact_dedup_hashes", "exact_dedup_keepers", "exact_dedup"),
     "minhash_dedup": ("minhash_edges", "minhash_clusters", "minhash_dedup"),
+    "line_dedup": ("line_dedup_hashes", "line_dedup_duplicates", "line_dedup"),
+    "sentence_dedup": ("sentence_dedup_hashes", "sentence_dedup_duplicates", "sentence_dedup"),
 }
 
 # The document-level curation chain of a recipe, in flow order: each present section runs on the previous output.
-CURATION = ("quality_signals", "minhash_signatures", "datatrove_signals", "quality_filter", "exact_dedup",
-            "minhash_dedup")
+# line_dedup first: CCNet removes duplicate lines before RPv2 computes its signals on the result.
+# quality_score before quality_filter, so a rule can read it; it needs the recipe's quality_classifier model.
+CURATION = ("line_dedup", "quality_signals", "minhash_signatures", "datatrove_signals", "quality_score",
+            "quality_filter", "exact_dedup", "minhash_dedup", "sentence_dedup")
 
 
 def stage(name: str) -> Stage:
