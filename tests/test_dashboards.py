@@ -210,6 +210,24 @@ def _inputs() -> tuple[Path, Path]:
     return folder / "broken.jsonl", folder / "near_dups.jsonl"
 
 
+def _subdoc_and_quality_score(root: Path, train, signals, fuzzy) -> None:
+    """Side branches for the sub-document dedup and quality-score panels (the funnel's chain stays as it is)."""
+    from tasks.line_dedup import LineDedupParams
+    from tasks.quality_classifier import QualityClassifierParams, QualityScoreParams
+    from tasks.sentence_dedup import SentenceDedupParams
+
+    stages.section("line_dedup", train, LineDedupParams(), SERIAL)
+    stages.section("sentence_dedup", fuzzy, SentenceDedupParams(), SERIAL)
+    qc = QualityClassifierParams(
+        positive=(IngestSource(path=str(shared_path("clean", "wikipedia_1k", "wikipedia.jsonl")), domain="wikipedia",
+                               text_field="eng_Latn", limit=150),),
+        negative=(IngestSource(path=str(shared_path("web", "c4_sample", "c4_sample.jsonl")), domain="web", limit=150),))
+    sets = [stages.ingest(srcs, root=str(root), dataset=f"{DATASET}_qc_{role}", docs_per_shard=100, profile=SERIAL)
+            for role, srcs in (("positive", qc.positive), ("negative", qc.negative))]
+    model = stages.run("quality_classifier", sets, qc, SERIAL, dataset=DATASET)
+    stages.run("quality_score", [signals, model], QualityScoreParams(), SERIAL)
+
+
 def _build_store(root: Path) -> dict:
     from tasks.quality_filter import QualityFilterParams
     from tasks.quality_signals import QualitySignalsParams
@@ -237,6 +255,7 @@ def _build_store(root: Path) -> dict:
     exact = stages.section("exact_dedup", filtered, exact_mod.ExactDedupParams(), SERIAL)
     fuzzy = stages.section("minhash_dedup", exact, minhash_mod.MinhashDedupParams(similarity=0.8), SERIAL)
     kept = stages.run("kept", [fuzzy], select_mod.KeptParams(), SERIAL)
+    _subdoc_and_quality_score(root, train, signals, fuzzy)
     ids = datasets.read_table(kept, columns=["doc_id", "domain", "text"])
     n = ids.num_rows
     # the later stages' output contracts on the real kept doc_ids: k-means assignments, a balanced sample with
@@ -363,6 +382,20 @@ def check_panels(panels: dict[str, dict], sql) -> None:
     # quarantined records by reason
     q = sql(f"select reason, count(*) n from {v}__ingest_quarantine group by all")
     assert by(_rows(panels["quarantine"]), "reason", value="records") == by(q, "reason", value="n")
+
+    # sub-document dedup: units removed per stage and domain, each from its own stage's view
+    sub = sql(f"select 'line_dedup' stage, domain, sum(ld_lines_removed)::BIGINT n from {v}__line_dedup group by all "
+              f"union all select 'sentence_dedup', domain, sum(sn_sentences_removed)::BIGINT from {v}__sentence_dedup "
+              "group by all")
+    assert by(_rows(panels["subdoc_dedup"]), "stage", "domain", value="units_removed") == by(
+        sub, "stage", "domain", value="n")  # fmt: skip
+    assert sum(r["n"] for r in sub) > 0  # the planted C4 copies lose their lines
+    # quality score: documents per domain summed over the buckets
+    scored: dict[str, int] = {}
+    for r in _rows(panels["quality_score"]):
+        scored[r["domain"]] = scored.get(r["domain"], 0) + r["documents"]
+    qs = sql(f"select domain, count(*) n from {v}__quality_score where quality_score is not null group by 1")
+    assert scored == by(qs, "domain", value="n")
 
     # the funnel, step by step and per domain, against each stage's own view
     funnel = _rows(panels["filter_funnel"])
