@@ -85,7 +85,6 @@ def _run_datatrove(mode: str, ids: list[str], texts: list[str]) -> dict:
         SentenceDedupSignature,
         SentenceFindDedups,
     )
-
     from datatrove.utils.hashing import HashConfig
 
     # sha1/64 bit: CCNet's hash (and datatrove's xxhash default fails on str with the installed xxhash)
