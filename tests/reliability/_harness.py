@@ -559,7 +559,9 @@ class ZygoteClient:
             except ProcessLookupError:
                 pass
         status = self.wait(pid)
-        status["result"] = json.loads(result.read_text()) if result.exists() else None
+        # a child killed while it wrote its result leaves a partial file: only a clean exit has a result
+        ok = status["signal"] is None and status["code"] == 0 and result.exists()
+        status["result"] = json.loads(result.read_text()) if ok else None
         return status
 
     def close(self) -> None:
