@@ -255,6 +255,8 @@ _PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "language_id": ("model",),
     "decontaminate": ("eval_dir", "cache_dir"),
 }
+# lists of ingest sources: their paths are relative to the recipe file
+_SOURCE_LISTS = (("ingest", "sources"), ("quality_classifier", "positive"), ("quality_classifier", "negative"))
 # bounded repeats: an unbounded `[^}]*` rescans the rest of the value at every "${" (quadratic on 1 MB of "${")
 _VAR = re.compile(r"\$(?:\{(?P<braced>[^}]{0,256})\}|(?P<name>[A-Za-z_][A-Za-z0-9_]{0,255}))")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -280,13 +282,14 @@ def _expand(value: str, key: str) -> str:
 def _resolve_paths(data: dict, base: Path) -> dict:
     """Variables expanded in every path field; source paths, eval_dir and the storage root made relative to the
     recipe file. Sections are copied before they are changed: the caller's data is left as it was."""
-    ingest = data.get("ingest")
-    if isinstance(ingest, dict) and isinstance(ingest.get("sources"), list):
-        data["ingest"] = ingest = dict(ingest)
-        ingest["sources"] = [dict(s) if isinstance(s, dict) else s for s in ingest["sources"]]
-        for i, src in enumerate(ingest["sources"]):
-            if isinstance(src, dict) and isinstance(src.get("path"), str):
-                src["path"] = _resolve(_expand(src["path"], f"ingest.sources.{i}.path"), base)
+    for section, key in _SOURCE_LISTS:
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), list):
+            data[section] = sec = dict(sec)
+            sec[key] = [dict(s) if isinstance(s, dict) else s for s in sec[key]]
+            for i, src in enumerate(sec[key]):
+                if isinstance(src, dict) and isinstance(src.get("path"), str):
+                    src["path"] = _resolve(_expand(src["path"], f"{section}.{key}.{i}.path"), base)
     for section, fields in _PATH_FIELDS.items():
         if isinstance(data.get(section), dict):
             data[section] = params = dict(data[section])

@@ -19,8 +19,10 @@ from flows import runinfo
 from flows.run import load, section, stage
 from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
+from storage import datasets
 from storage.datasets import DatasetRef
 from tasks import registry
+from tasks.ingest import IngestParams
 from tasks.select import KeptParams, SelectedParams
 
 
@@ -31,8 +33,13 @@ def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> tupl
     if cfg.heldout:  # evaluation text leaves before curation, so no stage (or model) ever sees it
         heldout = stage("heldout", [docs], replace(cfg.heldout, side="heldout"), profile)
         docs = stage("train_split", [docs], replace(cfg.heldout, side="train"), profile)
+    model = quality_model(cfg, profile)
     for name in registry.CURATION:
-        if getattr(cfg, name) is not None:
+        if name == "quality_score" and cfg.quality_score is not None:
+            if model is None:
+                raise ValueError(f"{cfg.dataset}: the quality_score section needs a quality_classifier section")
+            docs = stage("quality_score", [docs, model], cfg.quality_score, profile)
+        elif getattr(cfg, name) is not None:
             docs = section(name, docs, getattr(cfg, name), profile)
     docs = stage("kept", [docs], KeptParams(), profile)
     if cfg.embed and cfg.hkmeans:  # embedding-space curation (Vo et al. 2024)
@@ -43,6 +50,22 @@ def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> tupl
             bal = stage("balance", [hk, docs, sd], cfg.balance, profile)
             docs = stage("curated", [docs, bal], SelectedParams(copies_column="bal_copies"), profile)
     return docs, heldout
+
+
+def quality_model(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> DatasetRef | None:
+    """The recipe's quality classifier: its positive and negative sets ingested as datasets of their own
+    (``{dataset}_qc_positive`` / ``_qc_negative``), then trained; held-out accuracy and AUC are printed."""
+    qc = cfg.quality_classifier
+    if qc is None:
+        return None
+    sets = [stage("ingest", [], IngestParams(sources=sources, docs_per_shard=qc.docs_per_shard), profile,
+                  root=cfg.root, dataset=f"{cfg.dataset}_qc_{role}")
+            for role, sources in (("positive", qc.positive), ("negative", qc.negative))]
+    model = stage("quality_classifier", sets, qc, profile, dataset=cfg.dataset)
+    stats = datasets.read_manifest(model)["stats"]
+    print(f"quality_classifier {model.version[:12]}: held-out accuracy {stats['quality_classifier_heldout_accuracy']}"
+          f", AUC {stats['quality_classifier_heldout_auc']}")
+    return model
 
 
 @flow(name="curate", log_prints=True, flow_run_name=runinfo.run_name)

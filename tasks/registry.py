@@ -31,12 +31,15 @@ import tasks.experiment as experiment
 import tasks.hkmeans as hkmeans
 import tasks.ingest as ingest
 import tasks.language_id as language_id
+import tasks.line_dedup as line_dedup
 import tasks.minhash_dedup as minhash_dedup
 import tasks.pii as pii
+import tasks.quality_classifier as quality_classifier
 import tasks.quality_filter as quality_filter
 import tasks.quality_signals as quality_signals
 import tasks.select as select
 import tasks.semdedup as semdedup
+import tasks.sentence_dedup as sentence_dedup
 import tasks.tokenize as tokenize
 import tasks.train as train
 import tasks.watch as watch
@@ -119,6 +122,17 @@ STAGES: dict[str, Stage] = _stages(
     Stage("language_id", "map", language_id.language_id, language_id.LanguageIdParams, "language_id", ("src",),
           layer="columns", reads=language_id.language_id_reads, rewrites=("lang",),
           doc="lang + lang_score (fastText lid.176, offline); the recipe's rule is a quality_filter rule"),
+    Stage("line_dedup_hashes", "map", line_dedup.line_dedup_hashes, line_dedup.LineDedupParams, "line_dedup",
+          ("src",), reads=line_dedup.line_dedup_hashes_reads,
+          doc="CCNet-normalized line hashes (doc_id, unit_pos, unit_hash)"),
+    Stage("line_dedup_duplicates", "sql", line_dedup.line_dedup_duplicates_duckdb, line_dedup.LineDedupParams,
+          "line_dedup", ("line_dedup_hashes",), roles=("hashes",),
+          doc="lines after their hash's first occurrence in corpus order (DuckDB, spills)"),
+    Stage("line_dedup", "map", line_dedup.line_dedup, line_dedup.LineDedupParams, "line_dedup",
+          ("src", "line_dedup_duplicates"), roles=("docs", "duplicates"),
+          summarize_output=quality_filter.funnel_summary, artifacts=quality_filter.funnel_artifact,
+          layer="columns", reads=line_dedup.line_dedup_reads, rewrites=("text", *_VERDICT),
+          doc="text without duplicate lines (CCNet); ld_lines_removed, ld_removed_char_fraction"),
     Stage("quality_signals", "map", quality_signals.quality_signals, quality_signals.QualitySignalsParams,
           "quality_signals", ("src",), layer="columns", reads=_reads("text_column", "lang_column", "url_column"),
           doc="RedPajama-V2 quality signals"),
@@ -128,6 +142,14 @@ STAGES: dict[str, Stage] = _stages(
     Stage("datatrove_signals", "map", datatrove_signals.datatrove_signals, datatrove_signals.DatatroveSignalsParams,
           "datatrove_signals", ("src",), layer="columns", reads=_reads("text_column", "lang_column"),
           doc="datatrove Gopher/C4/FineWeb filter reasons"),
+    Stage("quality_classifier", "global", quality_classifier.quality_classifier_stage,
+          quality_classifier.QualityClassifierParams, "quality_classifier", ("ingest", "ingest"),
+          roles=("positive", "negative"), columns={"positive": ("doc_id", "text"), "negative": ("doc_id", "text")},
+          doc="fastText positive-vs-web classifier (DCLM); held-out accuracy/AUC in stats; the model as one row"),
+    Stage("quality_score", "actor", quality_classifier.QualityScorer, quality_classifier.QualityScoreParams,
+          "quality_score", ("src", "quality_classifier"), roles=("docs", "model"), layer="columns",
+          reads=quality_classifier.quality_score_reads,
+          doc="quality_score = P(positive) from the recipe's quality_classifier"),
     Stage("quality_filter", "sql_map", quality_filter.quality_filter_sql, quality_filter.QualityFilterParams,
           "quality_filter", ("src",), post=quality_filter.line_filter, summarize_output=quality_filter.funnel_summary,
           artifacts=quality_filter.funnel_artifact, layer="columns", reads=quality_filter.columns_read,
@@ -157,6 +179,17 @@ STAGES: dict[str, Stage] = _stages(
           ("src", "minhash_clusters"), roles=("docs", "clusters"), summarize_output=quality_filter.funnel_summary,
           artifacts=quality_filter.funnel_artifact, layer="columns", reads=_reads("doc_id_column", also=_VERDICT),
           rewrites=_VERDICT, doc="mh_cluster_id, mh_cluster_size; duplicates folded into keep"),
+    Stage("sentence_dedup_hashes", "map", sentence_dedup.sentence_dedup_hashes, sentence_dedup.SentenceDedupParams,
+          "sentence_dedup", ("src",), code=(line_dedup,), reads=sentence_dedup.sentence_dedup_hashes_reads,
+          doc="3-sentence span hashes (doc_id, unit_pos, unit_hash)"),
+    Stage("sentence_dedup_duplicates", "sql", line_dedup.line_dedup_duplicates_duckdb,
+          sentence_dedup.SentenceDedupParams, "sentence_dedup", ("sentence_dedup_hashes",), roles=("hashes",),
+          doc="spans after their hash's first occurrence in corpus order (DuckDB, spills)"),
+    Stage("sentence_dedup", "map", sentence_dedup.sentence_dedup, sentence_dedup.SentenceDedupParams,
+          "sentence_dedup", ("src", "sentence_dedup_duplicates"), roles=("docs", "duplicates"), code=(line_dedup,),
+          summarize_output=quality_filter.funnel_summary, artifacts=quality_filter.funnel_artifact,
+          layer="columns", reads=sentence_dedup.sentence_dedup_reads, rewrites=("text", *_VERDICT),
+          doc="text without duplicate 3-sentence spans (C4, datatrove); sn_sentences_removed, sn_removed_char_fraction"),
     Stage("kept", "map", select.kept_documents, select.KeptParams, None, ("src",), layer="rows",
           reads=_reads("keep_column"), doc="the documents every filter kept"),
     Stage("embed", "actor", embed.Embedder, embed.EmbedParams, "embed", ("src",), layer="columns",
@@ -204,13 +237,18 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "heldout": ("heldout", "train_split"),
     "exact_dedup": ("exact_dedup_hashes", "exact_dedup_keepers", "exact_dedup"),
     "minhash_dedup": ("minhash_edges", "minhash_clusters", "minhash_dedup"),
+    "line_dedup": ("line_dedup_hashes", "line_dedup_duplicates", "line_dedup"),
+    "sentence_dedup": ("sentence_dedup_hashes", "sentence_dedup_duplicates", "sentence_dedup"),
 }
 
 # The document-level curation chain of a recipe, in flow order: each present section runs on the previous output.
-# language_id comes first (the signals use its `lang`, ccnet_language_score its score); pii and decontaminate come
-# after quality_filter, which re-decides keep/drop_reason from its rules, so their reasons are not overwritten.
-CURATION = ("language_id", "quality_signals", "minhash_signatures", "datatrove_signals", "quality_filter", "pii",
-            "decontaminate", "exact_dedup", "minhash_dedup")
+# line_dedup first: CCNet removes duplicate lines before language id and RPv2's signals see the text; language_id
+# next (the signals use its `lang`, ccnet_language_score its score); quality_score before quality_filter, so a rule
+# can read it; pii and decontaminate after quality_filter, which re-decides keep/drop_reason from its rules, so
+# their reasons are not overwritten; sentence_dedup last.
+CURATION = ("line_dedup", "language_id", "quality_signals", "minhash_signatures", "datatrove_signals",
+            "quality_score", "quality_filter", "pii", "decontaminate", "exact_dedup", "minhash_dedup",
+            "sentence_dedup")
 
 
 def stage(name: str) -> Stage:

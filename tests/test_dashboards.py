@@ -217,6 +217,25 @@ def _inputs() -> tuple[Path, Path]:
     return folder / "broken.jsonl", folder / "near_dups.jsonl", folder / "contaminated.jsonl"
 
 
+def _subdoc_and_quality_score(root: Path, train, signals, fuzzy) -> None:
+    """Line dedup and quality score as side branches; sentence dedup after fuzzy dedup (the chain's last filter)."""
+    from tasks.line_dedup import LineDedupParams
+    from tasks.quality_classifier import QualityClassifierParams, QualityScoreParams
+    from tasks.sentence_dedup import SentenceDedupParams
+
+    stages.section("line_dedup", train, LineDedupParams(), SERIAL)
+    last = stages.section("sentence_dedup", fuzzy, SentenceDedupParams(), SERIAL)
+    qc = QualityClassifierParams(
+        positive=(IngestSource(path=str(shared_path("clean", "wikipedia_1k", "wikipedia.jsonl")), domain="wikipedia",
+                               text_field="eng_Latn", limit=150),),
+        negative=(IngestSource(path=str(shared_path("web", "c4_sample", "c4_sample.jsonl")), domain="web", limit=150),))
+    sets = [stages.ingest(srcs, root=str(root), dataset=f"{DATASET}_qc_{role}", docs_per_shard=100, profile=SERIAL)
+            for role, srcs in (("positive", qc.positive), ("negative", qc.negative))]
+    model = stages.run("quality_classifier", sets, qc, SERIAL, dataset=DATASET)
+    stages.run("quality_score", [signals, model], QualityScoreParams(), SERIAL)
+    return last
+
+
 def _build_store(root: Path) -> dict:
     from tasks.decontaminate import DecontaminateParams
     from tasks.language_id import LanguageIdParams
@@ -252,7 +271,8 @@ def _build_store(root: Path) -> dict:
     clean = stages.run("decontaminate", [redacted], decont, SERIAL)
     exact = stages.section("exact_dedup", clean, exact_mod.ExactDedupParams(), SERIAL)
     fuzzy = stages.section("minhash_dedup", exact, minhash_mod.MinhashDedupParams(similarity=0.8), SERIAL)
-    kept = stages.run("kept", [fuzzy], select_mod.KeptParams(), SERIAL)
+    last = _subdoc_and_quality_score(root, train, signals, fuzzy)
+    kept = stages.run("kept", [last], select_mod.KeptParams(), SERIAL)
     ids = datasets.read_table(kept, columns=["doc_id", "domain", "text"])
     n = ids.num_rows
     # the later stages' output contracts on the real kept doc_ids: k-means assignments, a balanced sample with
@@ -381,6 +401,20 @@ def check_panels(panels: dict[str, dict], sql) -> None:
     q = sql(f"select reason, count(*) n from {v}__ingest_quarantine group by all")
     assert by(_rows(panels["quarantine"]), "reason", value="records") == by(q, "reason", value="n")
 
+    # sub-document dedup: units removed per stage and domain, each from its own stage's view
+    sub = sql(f"select 'line_dedup' stage, domain, sum(ld_lines_removed)::BIGINT n from {v}__line_dedup group by all "
+              f"union all select 'sentence_dedup', domain, sum(sn_sentences_removed)::BIGINT from {v}__sentence_dedup "
+              "group by all")
+    assert by(_rows(panels["subdoc_dedup"]), "stage", "domain", value="units_removed") == by(
+        sub, "stage", "domain", value="n")  # fmt: skip
+    assert sum(r["n"] for r in sub) > 0  # the planted C4 copies lose their lines
+    # quality score: documents per domain summed over the buckets
+    scored: dict[str, int] = {}
+    for r in _rows(panels["quality_score"]):
+        scored[r["domain"]] = scored.get(r["domain"], 0) + r["documents"]
+    qs = sql(f"select domain, count(*) n from {v}__quality_score where quality_score is not null group by 1")
+    assert scored == by(qs, "domain", value="n")
+
     # the funnel, step by step and per domain, against each stage's own view
     funnel = _rows(panels["filter_funnel"])
     steps_ = {r["step"]: r for r in funnel}
@@ -392,13 +426,14 @@ def check_panels(panels: dict[str, dict], sql) -> None:
     assert {d: steps_["read"][d] for d in domains} == read
     assert steps_["quarantine"]["removed"] == sql(f"select count(*) n from {v}__ingest_quarantine")[0]["n"]
     assert steps_["held out"]["removed"] == sql(f"select count(*) n from {v}__heldout")[0]["n"]
-    reasons = sql(f"select drop_reason r, count(*) n from {v}__minhash_dedup where drop_reason is not null group by 1")
+    reasons = sql(f"select drop_reason r, count(*) n from {v}__sentence_dedup where drop_reason is not null group by 1")
     assert {r["r"]: r["n"] for r in reasons} == {
-        s: r["removed"] for s, r in steps_.items() if r["stage"] in ("quality_filter", "pii", "decontaminate", "exact_dedup", "minhash_dedup")
+        s: r["removed"] for s, r in steps_.items()
+        if r["stage"] in ("quality_filter", "pii", "decontaminate", "exact_dedup", "minhash_dedup", "sentence_dedup")
         and not s.endswith(": none")}  # fmt: skip
     assert {r["r"]: r["n"] for r in reasons}.get("decontam_arc_easy") == 2  # the planted ARC items, in the funnel
     assert steps_["decontam_arc_easy"]["stage"] == "decontaminate"
-    rules = {r["r"] for r in reasons if not r["r"].startswith(("ed_", "mh_", "decontam_", "pii_"))}
+    rules = {r["r"] for r in reasons if not r["r"].startswith(("ed_", "mh_", "decontam_", "pii_", "sn_"))}
     assert len(rules) >= 3 and {"ed_url_duplicate", "mh_duplicate"} <= {r["r"] for r in reasons}
     order = [r["stage"] for r in funnel]
     assert order.index("exact_dedup") > max(i for i, s in enumerate(order) if s == "quality_filter")
@@ -533,7 +568,7 @@ def test_every_panel_equals_quarry_sql_over_the_stage_it_names(store, sql):
     rendered = _panels_as_rendered(con, app.load_panels(), views)
     check_panels(rendered, sql)
     reads = {name: p["text"] for name, p in rendered.items()}
-    assert "dash__minhash_dedup" in reads["filter_funnel"] and "dash__quality_signals" in reads["signal_histograms"]
+    assert "dash__sentence_dedup" in reads["filter_funnel"] and "dash__quality_signals" in reads["signal_histograms"]
     assert "dash__minhash_dedup" in reads["dedup_clusters"] and "dash__evaluate" in reads["eval_scores"]
 
 
@@ -550,7 +585,7 @@ def test_a_panel_reading_the_wrong_stage_fails_the_check(store, sql):
         "AND NOT v.stage LIKE '%quarantine'"
     )
     bugs = {
-        "filter_funnel": good["filter_funnel"].sql.replace("{view:minhash_dedup|exact_dedup|quality_filter}", "{view:kept}"),
+        "filter_funnel": good["filter_funnel"].sql.replace("{view:sentence_dedup|minhash_dedup|exact_dedup|quality_filter}", "{view:kept}"),
         "signal_histograms": good["signal_histograms"].sql.replace("{view:quality_signals}", "{view:kept}"),
         "dedup_clusters": good["dedup_clusters"].sql.replace("{view:minhash_dedup}", "{view:kept}"),
         "stage_yield": old_yield,
@@ -628,12 +663,16 @@ def test_dashboard_in_headless_chromium_shows_the_numbers_of_quarry_sql(store, s
         assert not any("failed:" in p["text"] for p in page.values())  # no panel raised
         assert "no data yet: run python -m flows.watch" in page["watched_files"]["text"]
         check_panels(page, sql)
-        for name, stage_view in (("filter_funnel", "dash__minhash_dedup"), ("signal_histograms", "dash__quality_signals"),
+        for name, stage_view in (("filter_funnel", "dash__sentence_dedup"), ("signal_histograms", "dash__quality_signals"),
                                  ("dedup_clusters", "dash__minhash_dedup"), ("training_loss", "dash__train")):  # fmt: skip
             assert f"reads {stage_view}" in page[name]["text"].replace("\n", " ") or stage_view in page[name]["text"]
         graph = page["lineage"]["graph"]
         n_versions = len(sql(f"select ref from versions where dataset = '{DATASET}'"))
-        assert graph["nodes"] == n_versions and graph["edges"] == len([r for r in _rows(page["lineage"]) if r["parent"]])
+        # parents from other datasets (the quality classifier's positive/negative ingests) are drawn as nodes too
+        n_outside = len(sql(f"select distinct p from (select unnest(parents) p from versions where dataset = "
+                            f"'{DATASET}') where p not in (select ref from versions where dataset = '{DATASET}')"))
+        assert n_outside == 2
+        assert graph["nodes"] == n_versions + n_outside and graph["edges"] == len([r for r in _rows(page["lineage"]) if r["parent"]])
         assert graph["label_px"] >= 9 and graph["height"] > 20 * graph["label_px"]  # readable, not squeezed
         assert shot.stat().st_size > 50_000  # a real rendering, not a blank page
         assert "deprecat" not in (tmp_path / "streamlit.log").read_text().lower()  # e.g. use_container_width

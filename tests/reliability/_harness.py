@@ -33,7 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 C4 = Path(os.environ.get("QUARRY_SHARED_DATA", REPO.parent / "shared" / "data")) / "web" / "c4_sample" / "c4_sample.jsonl"
-KINDS = ("ingest", "signals", "dedup", "langid_pii_decontam", "embed_kmeans", "augment", "train")
+KINDS = ("ingest", "signals", "dedup", "langid_pii_decontam", "subdoc_dedup", "quality_score", "embed_kmeans",
+         "augment", "train")
 DATASET = "rel"
 COMMIT_POINTS = ("rename", "replace", "link")
 # columns whose values legitimately differ between two runs (wall-clock measurements)
@@ -190,6 +191,24 @@ def run_kind(kind: str, root: str, inputs: Path, llm_url: str | None = None):
         params = dc.DecontaminateParams(eval_dir=str(C4.parents[2] / "eval"), tasks=("arc_easy", "copa"),
                                         cache_dir=cache)
         return stages.run("decontaminate", [red], params, prof)
+    if kind == "subdoc_dedup":  # map -> DuckDB (sql) -> map with a side table, twice
+        from tasks.line_dedup import LineDedupParams
+        from tasks.sentence_dedup import SentenceDedupParams
+
+        ref = stages.section("line_dedup", ing, LineDedupParams(), prof)
+        return stages.section("sentence_dedup", ref, SentenceDedupParams(min_doc_words=20), prof)
+    if kind == "quality_score":  # a global training stage, then an actor loading its model
+        from tasks.quality_classifier import QualityClassifierParams, QualityScoreParams
+
+        # the base input's first two files as the two classes: the numbers are meaningless, the commits are not
+        srcs = sources(inputs)
+        params = QualityClassifierParams(positive=(srcs[0],), negative=(srcs[1],), epoch=5)
+        pos = stages.ingest(params.positive, root=root, dataset=f"{DATASET}_qc_positive", docs_per_shard=8,
+                            profile=prof)
+        neg = stages.ingest(params.negative, root=root, dataset=f"{DATASET}_qc_negative", docs_per_shard=8,
+                            profile=prof)
+        model = stages.run("quality_classifier", [pos, neg], params, prof, dataset=DATASET)
+        return stages.run("quality_score", [ing, model], QualityScoreParams(), prof)
     if kind == "embed_kmeans":
         import tasks.hkmeans as km
 
@@ -555,7 +574,9 @@ class ZygoteClient:
             except ProcessLookupError:
                 pass
         status = self.wait(pid)
-        status["result"] = json.loads(result.read_text()) if result.exists() else None
+        # a child killed while it wrote its result leaves a partial file: only a clean exit has a result
+        ok = status["signal"] is None and status["code"] == 0 and result.exists()
+        status["result"] = json.loads(result.read_text()) if ok else None
         return status
 
     def close(self) -> None:
