@@ -134,7 +134,8 @@ STAGES: dict[str, Stage] = _stages(
           layer="columns", reads=line_dedup.line_dedup_reads, rewrites=("text", *_VERDICT),
           doc="text without duplicate lines (CCNet); ld_lines_removed, ld_removed_char_fraction"),
     Stage("quality_signals", "map", quality_signals.quality_signals, quality_signals.QualitySignalsParams,
-          "quality_signals", ("src",), layer="columns", reads=_reads("text_column", "lang_column", "url_column"),
+          "quality_signals", ("src",), layer="columns",
+          reads=_reads("text_column", "lang_column", "url_column", also=("lang_score",)),  # language_id's score
           doc="RedPajama-V2 quality signals"),
     Stage("minhash_signatures", "map", minhash_dedup.minhash_signatures, minhash_dedup.MinhashSignaturesParams,
           "minhash_signatures", ("src",), layer="columns", reads=_reads("text_column"),
