@@ -213,10 +213,10 @@ def harness_eval(
         raise ValueError("EvaluateParams.eval_dir must point at the local eval data (../shared/data/eval)")
     os.environ["HF_DATASETS_OFFLINE"] = "1"  # the task configs read local files; never fall back to the hub
     os.environ["HF_HUB_OFFLINE"] = "1"
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from importlib.metadata import version
 
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     device = _device(params)

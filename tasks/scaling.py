@@ -110,6 +110,9 @@ def fit_and_predict(points: list[dict]) -> dict:
     """points: {n_params, tokens, loss, error (or None), ...} per run. Fits both laws on every run but those of the
     largest compute, predicts those (the error chained through the predicted loss, as Gadre et al. do) and returns
     the fitted parameters and one row per run (role fit/heldout, observed, predicted, residual, relative error)."""
+    if len(points) < 6:
+        raise ValueError(f"a scaling fit needs at least 6 runs (5 to fit Eq. (4), the largest compute to predict), "
+                         f"got {len(points)}")  # fmt: skip
     c = np.array([6.0 * p["n_params"] * p["tokens"] for p in points])
     m = np.array([p["tokens"] / p["n_params"] for p in points])
     heldout = np.isclose(c, c.max(), rtol=1e-9)
@@ -126,12 +129,13 @@ def fit_and_predict(points: list[dict]) -> dict:
         role = "heldout" if heldout[i] else "fit"
         rows.append({**p, "compute": float(c[i]), "tokens_per_param": float(m[i]), "role": role, "quantity": "loss",
                      "observed": float(loss[i]), "predicted": float(pred_loss[i]),
-                     "residual": float(loss[i] - pred_loss[i]), "relative_error": relative_error(pred_loss[i], loss[i])})  # fmt: skip
+                     "residual": float(loss[i] - pred_loss[i]),
+                     "relative_error": float(relative_error(pred_loss[i], loss[i]))})  # fmt: skip
         if ef is not None and p.get("error") is not None:
             pe = float(error_law(pred_loss[i], **ef.params))
             rows.append({**p, "compute": float(c[i]), "tokens_per_param": float(m[i]), "role": role,
                          "quantity": "error", "observed": float(p["error"]), "predicted": pe,
-                         "residual": float(p["error"] - pe), "relative_error": relative_error(pe, p["error"])})  # fmt: skip
+                         "residual": float(p["error"] - pe), "relative_error": float(relative_error(pe, p["error"]))})  # fmt: skip
     return {"loss_fit": {**lf.params, "rmse": lf.rmse, "n_fit": len(fit_idx)},
             "error_fit": None if ef is None else {**ef.params, "rmse": ef.rmse, "n_fit": len(have_err)},
             "rows": rows}  # fmt: skip
