@@ -70,7 +70,7 @@ def test_experiment_matrix_trains_evaluates_and_compares(experiment_recipe, pref
     # the cell rows agree with the comparison: copa acc of raw is the mean of its examples
     cell = con.execute("select value from tiny_matrix__experiment_cells where variant = 'raw' and task = 'copa' "
                        "and metric = 'acc' and tokens_per_param is null").fetchone()[0]  # fmt: skip
-    assert rows[("raw", "copa", "acc")][0] == cell
+    assert rows[("raw", "copa", "acc")][0] == pytest.approx(cell)
     assert rows[("raw", "heldout/all", "perplexity")][-1] == "no per-example scores"
 
     # the scaling fit ran end to end on the balanced sweep: fitted on the small runs, the largest predicted
@@ -84,6 +84,29 @@ def test_experiment_matrix_trains_evaluates_and_compares(experiment_recipe, pref
     assert {"E", "a", "b", "eta", "rmse"} <= set(params) and params["n_fit"] == 6
     ref = datasets.ref_from_string(root, result)
     assert datasets.read_manifest(ref)["stats"]["scaling"]["balanced"]["status"] == "fitted"
+
+    # the dashboard shows those tables: the verdicts, the cells pivoted, observed vs predicted as a scatter
+    from dashboards import app
+
+    dash = catalog.connect(root, sandbox=True)
+    panels = {p.name: p for p in app.load_panels()}
+    verdicts = app.run_panel(dash, panels["experiment_verdicts"], "tiny_matrix").table.to_pylist()
+    assert {(r["variant"], r["task"], r["metric"], r["verdict"]) for r in verdicts} == set(
+        con.execute("select variant, task, metric, verdict from tiny_matrix__experiment").fetchall())  # fmt: skip
+    pivot = app.run_panel(dash, panels["experiment_comparison"], "tiny_matrix").table.to_pylist()
+    assert {(r["variant"], r["task"], r["acc"]) for r in pivot if r["task"] == "copa" and r["tokens_per_param"] is None} == set(
+        con.execute("select variant, task, value from tiny_matrix__experiment_cells where task = 'copa' and "
+                    "metric = 'acc' and tokens_per_param is null").fetchall())  # fmt: skip
+    scatter = app.run_panel(dash, panels["scaling_fit"], "tiny_matrix").table
+    assert scatter.num_rows == 14 and set(scatter["role"].to_pylist()) == {"fit", "heldout"}
+    charts = []
+
+    class _St:
+        def altair_chart(self, chart, **_):
+            charts.append(chart.to_dict())
+
+    app._chart(_St(), panels["scaling_fit"], scatter.to_pandas())
+    assert charts[0]["spec"]["mark"]["type"] == "point" and charts[0]["facet"]["field"] == "quantity"
 
     # each main cell trained: the loss went down over its 30 steps, on its own model version
     train_refs = [r[0] for r in con.execute("select ref from versions where stage = 'train'").fetchall()]
