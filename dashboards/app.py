@@ -10,7 +10,7 @@ committed shards, no writes). A file starts with a comment header:
     -- order: 6
     -- description: ...
     -- chart: bar x=reason y=documents [color=..] [offset=..] [facet=.. [resolve=x,y]] [melt=var:value keep=c1,c2]
-    --        (bar | line | table | graph source=.. target=..)
+    --        (bar | line | point | table | graph source=.. target=..)
     -- empty: run `quarry run curate datasets_cfg/tiny.yaml`
 
 and names the stages it reads by placeholder, resolved against the selected dataset's views (so every panel reads
@@ -259,15 +259,20 @@ def _chart(st, panel: Panel, df) -> None:
     if panel.chart == "graph":
         st.graphviz_chart(lineage_dot(df, a.get("source", "parent"), a.get("target", "child")), width="content")
         return
-    if panel.chart not in ("bar", "line") or "x" not in a or "y" not in a:
+    if panel.chart not in ("bar", "line", "point") or "x" not in a or "y" not in a:
         return
     if "melt" in a:  # wide table (one column per domain, say) -> long rows for the chart
         var, value = a["melt"].split(":")
         keep = [c for c in a.get("keep", "").split(",") if c in df.columns]
         df = df.melt(id_vars=keep, var_name=var, value_name=value).dropna(subset=[value])
         df[value] = df[value].astype("float64")  # a melted column of mixed int/None columns is object: not a measure
-    mark = alt.Chart(df).mark_bar() if panel.chart == "bar" else alt.Chart(df).mark_line(point=len(df) < 60)
-    enc = {"x": alt.X(a["x"], sort=None), "y": alt.Y(a["y"]), "tooltip": list(df.columns)}
+    if panel.chart == "point":  # a scatter on zero-free scales: observed vs predicted reads off the diagonal
+        mark = alt.Chart(df).mark_point(filled=True, size=60)
+        enc = {"x": alt.X(a["x"], scale=alt.Scale(zero=False)), "y": alt.Y(a["y"], scale=alt.Scale(zero=False)),
+               "tooltip": list(df.columns)}  # fmt: skip
+    else:
+        mark = alt.Chart(df).mark_bar() if panel.chart == "bar" else alt.Chart(df).mark_line(point=len(df) < 60)
+        enc = {"x": alt.X(a["x"], sort=None), "y": alt.Y(a["y"]), "tooltip": list(df.columns)}
     if "color" in a:
         enc["color"] = a["color"]
     if "offset" in a:  # grouped instead of stacked bars (before/after side by side)

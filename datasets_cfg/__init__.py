@@ -52,6 +52,24 @@ class ExperimentVariant(BaseModel):
     skip: list[str] = Field(default_factory=list)  # stage sections of the recipe to leave out (e.g. quality_filter)
 
 
+class ScalingSweep(BaseModel):
+    """Extra cells for a scaling-law fit (Gadre et al. 2024): model sizes x tokens per parameter, per variant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variants: list[str] | None = None  # None: every variant
+    model_sizes: list[str] = Field(min_length=1)
+    tokens_per_param: list[float] = Field(min_length=1)  # M = D / N (the paper sweeps 20 .. 640)
+    seed: int | None = None  # None: the experiment's first seed
+
+    @model_validator(mode="after")
+    def _positive(self) -> ScalingSweep:
+        bad = [m for m in self.tokens_per_param if not m > 0]
+        if bad:
+            raise ValueError(f"tokens_per_param must be > 0, got {bad[:5]}")
+        return self
+
+
 class ExperimentConfig(BaseModel):
     """A matrix of data recipes x model sizes x seeds, each trained on the same token budget and evaluated."""
 
@@ -62,13 +80,26 @@ class ExperimentConfig(BaseModel):
     model_sizes: list[str] = Field(default_factory=lambda: ["tiny"], min_length=1)  # tasks.train.MODEL_PRESETS
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     target_tokens: int = Field(gt=0)  # every cell trains on exactly this many tokens (resampled per variant)
+    # Comparisons (tasks/compare.py): every variant against `baseline` (default: the first variant).
+    baseline: str | None = None
+    bootstrap_iters: int = Field(default=1000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)  # of the bootstrap intervals
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)  # of the paired test
+    stats_seed: int = 0  # the bootstrap's and the permutation test's generator: the table is reproducible
+    scaling: ScalingSweep | None = None
 
     @model_validator(mode="after")
     def _names_exist(self) -> ExperimentConfig:
         # here, so that a typo fails at load and not after the first cells have trained
-        unknown = [_clip(s) for s in self.model_sizes if s not in MODEL_PRESETS]
+        sizes = self.model_sizes + (self.scaling.model_sizes if self.scaling else [])
+        unknown = [_clip(s) for s in sizes if s not in MODEL_PRESETS]
         if unknown:
             raise ValueError(f"unknown model_sizes {unknown}; known: {sorted(MODEL_PRESETS)}")
+        named = ([self.baseline] if self.baseline is not None else []) + list(
+            (self.scaling.variants or []) if self.scaling else [])  # fmt: skip
+        missing = [_clip(v) for v in named if v not in self.variants]
+        if missing:
+            raise ValueError(f"baseline/scaling name variants {missing} that are not in variants {list(self.variants)}")
         for name, v in self.variants.items():
             bad = [_clip(s) for s in v.skip if s not in _SKIPPABLE]
             if bad:

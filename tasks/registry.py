@@ -22,9 +22,11 @@ from typing import Any
 
 import tasks.augment as augment
 import tasks.balance as balance
+import tasks.compare as compare
 import tasks.datatrove_signals as datatrove_signals
 import tasks.decontaminate as decontaminate
 import tasks.embed as embed
+import tasks.eval_tasks as eval_tasks
 import tasks.evaluate as evaluate
 import tasks.exact_dedup as exact_dedup
 import tasks.experiment as experiment
@@ -37,6 +39,7 @@ import tasks.pii as pii
 import tasks.quality_classifier as quality_classifier
 import tasks.quality_filter as quality_filter
 import tasks.quality_signals as quality_signals
+import tasks.scaling as scaling
 import tasks.select as select
 import tasks.semdedup as semdedup
 import tasks.sentence_dedup as sentence_dedup
@@ -220,14 +223,18 @@ STAGES: dict[str, Stage] = _stages(
     Stage("train", "global", train.train_stage, train.TrainParams, "train", ("pack",), columns={"pack": None},
           driver=True, artifacts=train.train_artifact, doc="per-step metrics of a Llama trained with Ray Train"),
     Stage("evaluate", "global", evaluate.evaluate_stage, evaluate.EvaluateParams, "evaluate", ("train", "heldout"),
-          optional=("heldout",), columns={"train": None, "heldout": ()}, artifacts=evaluate.evaluate_artifact,
-          doc="bits/byte per held-out domain + lm-evaluation-harness tasks"),
+          optional=("heldout",), columns={"train": None, "heldout": ()}, outputs=("evaluate_examples",),
+          code=(compare, eval_tasks),  # the prompts and the per-example scoring are part of the version
+          artifacts=evaluate.evaluate_artifact,
+          doc="bits/byte per held-out domain + lm-evaluation-harness tasks (+ every example's score)"),
     Stage("eval_contamination", "global", decontaminate.eval_contamination_stage, decontaminate.DecontaminateParams,
           None, ("train", "src"), roles=("train", "docs"), columns={"train": None, "docs": ("text",)},
           artifacts=decontaminate.contamination_artifact,
           doc="per eval task: items sharing an n-gram with the documents the model was trained on"),
     Stage("experiment", "global", experiment.experiment_stage, None, "experiment", ("evaluate",), variadic=True,
-          artifacts=experiment.experiment_artifact, doc="one table over every cell of an experiment matrix"),
+          outputs=("experiment_cells", "experiment_scaling", "experiment_scaling_fit"), code=(compare, scaling),
+          artifacts=experiment.experiment_artifact,
+          doc="every cell of an experiment matrix compared with uncertainty, and its scaling-law fits"),
     Stage("watch_state", "global", watch.watch_state_stage, watch.WatchParams, None, ("ingest", "watch_state"),
           roles=("batch", "previous"), optional=("previous",), columns={"batch": None, "previous": ()},
           doc="files a watched prefix already gave, per ingest batch"),

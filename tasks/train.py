@@ -39,6 +39,8 @@ from tasks.tokenize import load_packed, tokenizer_dir
 # Model sizes. "tiny" trains in seconds on a CPU; "smollm2_135m" is SmolLM2-135M's shape (HF config of
 # HuggingFaceTB/SmolLM2-135M: 30 layers, d=576, 9 heads / 3 kv heads, ffn 1536, rope theta 1e5, tied embeddings).
 MODEL_PRESETS: dict[str, dict] = {
+    # nano: the smallest size of a CI scaling sweep (16k non-embedding parameters, 1/8 of tiny)
+    "nano": dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=128),
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=256),
     "small": dict(hidden_size=256, num_layers=6, num_heads=4, num_kv_heads=4, intermediate_size=768),
     "smollm2_135m": dict(

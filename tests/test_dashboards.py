@@ -541,9 +541,9 @@ def test_every_panel_file_has_a_title_a_chart_and_a_no_data_message():
     names = {p.name for p in panels}
     assert {"versions", "lineage", "stage_yield", "filter_funnel", "signal_histograms", "dedup_clusters",
             "cluster_balance", "tpt_generation", "training_loss", "eval_scores", "experiment_comparison",
-            "eval_contamination", "pii_language"} <= names  # fmt: skip
+            "eval_contamination", "pii_language", "experiment_verdicts", "scaling_fit"} <= names  # fmt: skip
     for p in panels:
-        assert p.title != p.name and p.empty.startswith("run ") and p.chart in ("table", "bar", "line", "graph")
+        assert p.title != p.name and p.empty.startswith("run ") and p.chart in ("table", "bar", "line", "point", "graph")
         assert "{last:" not in p.sql and "{first:" not in p.sql  # panels name their stage, they do not guess it
 
 

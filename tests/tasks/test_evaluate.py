@@ -1,3 +1,4 @@
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -64,7 +65,44 @@ def test_harness_scores_match_hand_computed_loglikelihood(model_dir, tmp_path):
         correct += int(max(range(2), key=ref.__getitem__) == doc["gold"])
     row = {(r["task"], r["metric"]): r for r in table.to_pylist()}[("copa", "acc")]
     assert row["value"] == correct / 2 and row["n"] == 2
-    assert table.schema.names == ["task", "metric", "value", "stderr", "n"]
+    assert table.schema.names[:5] == ["task", "metric", "value", "stderr", "n"]
+
+
+def test_every_row_says_how_it_was_produced_and_a_rerun_is_identical(model_dir, tmp_path):
+    from importlib.metadata import version
+
+    (tmp_path / "gauntlet").mkdir()
+    (tmp_path / "gauntlet" / "copa.jsonl").write_text("".join(json.dumps(d) + "\n" for d in TWO_COPA))
+    params = EvaluateParams(eval_dir=str(tmp_path), tasks=("copa",), batch_size=2, num_fewshot=1, fewshot_seed=7)
+    first, ex1 = harness_eval(model_dir, params, return_examples=True)
+    again, ex2 = harness_eval(model_dir, params, return_examples=True)
+    assert first.equals(again) and ex1.equals(ex2)  # same numbers, same provenance, every example
+    row = first.to_pylist()[0]
+    assert row["harness_version"] == f"lm_eval=={version('lm_eval')}"
+    assert (row["num_fewshot"], row["fewshot_seed"], row["batch_size"], row["dtype"], row["device"]) == (
+        1, 7, 2, "float32", "cpu")  # fmt: skip
+    assert row["eval_file_hash"] == hashlib.sha256(
+        b"gauntlet/copa.jsonl" + (tmp_path / "gauntlet" / "copa.jsonl").read_bytes()).hexdigest()  # fmt: skip
+    # the examples are the per-document scores the aggregate is the mean of; chance = 1 / 2 choices
+    assert ex1.num_rows == 2 and set(ex1["chance"].to_pylist()) == {0.5}
+    assert sum(ex1["value"].to_pylist()) / 2 == row["value"]
+    # changing the eval file changes its hash; changing the prompt format changes the config hash
+    (tmp_path / "gauntlet" / "copa.jsonl").write_text(json.dumps(TWO_COPA[0]) + "\n")
+    other = harness_eval(model_dir, params).to_pylist()[0]
+    assert other["eval_file_hash"] != row["eval_file_hash"] and other["task_config_hash"] == row["task_config_hash"]
+
+
+def test_prompt_formats_are_spelled_out_in_every_task_config(tmp_path):
+    from tasks.eval_tasks import PROMPT_FORMAT, SPECS
+
+    for task, spec in SPECS.items():
+        assert {"output_type", "doc_to_text", "doc_to_target", "metrics", *PROMPT_FORMAT} <= set(spec), task
+    if EVAL_DIR.is_dir():
+        write_task_configs(EVAL_DIR, tmp_path, ("copa", "winogrande", "lambada", "mmlu"))
+        for name in ("quarry_copa", "quarry_winogrande", "quarry_lambada", "quarry_mmlu_anatomy"):
+            text = (tmp_path / f"{name}.yaml").read_text()
+            for key in ("doc_to_text", "doc_to_target", "target_delimiter", "fewshot_delimiter", "output_type"):
+                assert f"\n{key}: " in text, (name, key)
 
 
 def test_unknown_task_and_missing_file_are_clear_errors(tmp_path):
@@ -109,6 +147,14 @@ def test_bits_per_byte_matches_the_definition(model_dir):
     assert rows[("heldout/web", "perplexity")]["value"] == pytest.approx(math.exp(nll / ntok), rel=1e-4)
     assert rows[("heldout/web", "bits_per_byte")]["n"] == 2 and rows[("heldout/web", "docs_skipped")]["n"] == 1
     assert rows[("heldout/all", "bits_per_byte")]["n"] == 3
+    # per-document rows: bits/byte weighted by bytes average back to the domain's score
+    table2, ex = heldout_bpb(model_dir, docs, EvaluateParams(), return_examples=True)
+    assert table2.equals(table)  # a re-run scores identically
+    web = [r for r in ex.to_pylist() if r["task"] == "heldout/web"]
+    assert [r["example"] for r in web] == ["0", "2"]  # row numbers when the docs carry no doc_id
+    assert sum(r["value"] * r["weight"] for r in web) / sum(r["weight"] for r in web) == pytest.approx(
+        rows[("heldout/web", "bits_per_byte")]["value"])  # fmt: skip
+    assert rows[("heldout/web", "bits_per_byte")]["harness_version"].startswith("quarry.heldout_bpb")
 
 
 def test_bits_per_byte_windows_cover_long_documents(model_dir):
