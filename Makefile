@@ -49,10 +49,10 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the dashboard browser test will be skipped"
 
-# .venv-vllm (~2 min: a 133 MB wheel + deps) is built by `make test` too: the vLLM path only stays working if CI runs it
+# .venv-vllm (~2 min: a 133 MB wheel + deps) is built by `make test` too: the vLLM path only stays working if CI runs
+# it. The suite's vLLM test then drives the engine from this venv, its Ray workers starting from .venv-vllm's Python.
 test: setup browser vllm
 	$(BIN)/python -m pytest -q -p no:randomly
-	$(MAKE) test-vllm
 
 vllm: $(VLLM_STAMP)
 
@@ -68,7 +68,7 @@ $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 	$(VLLM_BIN)/pip install --quiet --no-deps -e .
 	touch $(VLLM_STAMP)
 
-# the vLLM CPU engine through the executor's llm kind (tests/tasks/test_augment_vllm.py), in .venv-vllm
+# the vLLM test with the driver inside .venv-vllm too (the engine runs there either way)
 test-vllm: vllm
 	nice -n 10 $(VLLM_BIN)/python -m pytest -q -p no:randomly tests/tasks/test_augment_vllm.py
 
