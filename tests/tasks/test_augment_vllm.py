@@ -137,6 +137,8 @@ def _augment_through_the_executor(tmp_path: Path, teacher_dir: str, num_gpus: fl
     assert again.version == ref.version and datasets.read_manifest(again)["created_at"] == manifest["created_at"]
 
 
+# two CPU engine starts: 14-18 min on this 2-core machine at load average ~50 (the suite's 900 s default is too short)
+@pytest.mark.timeout(2700)
 @pytest.mark.skipif(not _has_vllm(), reason=NO_VLLM)
 def test_vllm_cpu_engine_augments_c4_through_the_executor_and_resumes(tmp_path, ray_local, teacher_dir):
     import torch
@@ -147,6 +149,7 @@ def test_vllm_cpu_engine_augments_c4_through_the_executor_and_resumes(tmp_path, 
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(2700)
 def test_vllm_gpu_engine_augments_c4_through_the_executor_and_resumes(tmp_path, ray_local, teacher_dir):
     pytest.importorskip("vllm", reason=NO_VLLM)
     import torch
