@@ -37,11 +37,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_cluster import runtime
-from storage import datasets
+from storage import datasets, layers
 from storage.datasets import DatasetRef, StorageError
 
 log = logging.getLogger("quarry")
@@ -149,7 +150,7 @@ def _present(stage: Any, inputs: list[DatasetRef | None]) -> tuple[list[DatasetR
 
 
 def _commit(stage: Any, dst: DatasetRef, parents: list[DatasetRef], params: Any, stats: dict,
-            expected: dict[str, int] | None = None, inputs: Sequence[str] = ()) -> dict:
+            expected: dict[str, int] | None = None, inputs: Sequence[str] = (), layer: dict | None = None) -> dict:
     """Check what the workers reported against what the driver sees, then write the manifest (the commit)."""
     if expected is not None:
         have = _shard_rows(dst)
@@ -161,7 +162,7 @@ def _commit(stage: Any, dst: DatasetRef, parents: list[DatasetRef], params: Any,
                 "cluster's workers. Nothing was committed."
             )
     manifest = datasets.commit(dst, parents=parents, params=params, code=datasets.code_hash(code_of(stage)),
-                               extra={"stats": stats}, inputs=inputs)
+                               extra={"stats": stats}, inputs=inputs, layer=layer)
     log.info(f"{stage.name}: {manifest['num_rows']} rows -> {dst.uri}")
     return manifest
 
@@ -312,21 +313,51 @@ class _Model:
         return self.fn(batch)
 
 
-def _apply(fn: Callable, item: dict) -> pa.Table:
-    """Worker: read one input shard in batches, apply ``fn(batch)``, write the output shard under the same name."""
+def _apply(fn: Callable, item: dict) -> dict:
+    """Worker: read one input shard (projected to the columns the stage reads, through its layers) in batches,
+    apply ``fn(batch)``, write the output shard under the same name: the whole table, or only the stage's layer."""
     _maybe_fail(item)
-    dst = DatasetRef(**item["dst"])
-    fs, path = datasets.filesystem(item["src"])
-    outs = []
-    with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        for batch in pf.iter_batches(batch_size=item["rows_per_call"]):
-            outs.append(fn(pa.Table.from_batches([batch])))
-        if not outs:  # an empty shard still gets an output with the stage's schema
-            outs.append(fn(pf.schema_arrow.empty_table()))
+    dst, src = DatasetRef(**item["dst"]), DatasetRef(**item["src"])
+    layer, where = item["layer"], f"{dst.stage} on {src}/{item['name']}"
+    outs, offset = [], 0
+    for batch in layers.iter_shard(src, item["name"], item["columns"], batch_size=item["rows_per_call"]):
+        if layer == "rows":  # a selection records which input rows it kept (and how often)
+            batch = batch.append_column(layers.POS, pa.array(np.arange(offset, offset + batch.num_rows, dtype=np.int64)))
+        outs.append(_layer_part(layer, batch, fn(batch), item["rewrites"], offset, where))
+        offset += batch.num_rows
     out = pa.concat_tables(outs, promote_options="permissive")
     datasets.write_shard(dst, item["name"], out)
-    return {"index": item["index"], "name": item["name"], "rows_in": pf.metadata.num_rows, "rows_out": out.num_rows}
+    return {"index": item["index"], "name": item["name"], "rows_in": offset, "rows_out": out.num_rows}
+
+
+def _layer_part(layer: str | None, batch: pa.Table, out: pa.Table, rewrites: Sequence[str], offset: int,
+                where: str) -> pa.Table:
+    """What a batch's output stores: everything (a full stage), or only what the stage added to its input."""
+    if layer is None:
+        return out
+    new = [c for c in out.column_names if c not in batch.column_names]
+    if layer == "rows":
+        if layers.POS not in out.column_names:
+            raise ValueError(f"{where}: a selection stage must keep its input's rows as they are (lost {layers.POS})")
+        pos = out.column(layers.POS).to_numpy(zero_copy_only=False)
+        if len(pos) and (np.any(np.diff(pos) < 0) or pos[0] < offset):
+            raise ValueError(f"{where}: a selection stage must keep its rows in input order")
+        return out.select([layers.POS, *new])
+    if out.num_rows != batch.num_rows:
+        raise ValueError(f"{where}: a columns-layer stage must keep every row ({batch.num_rows} in, {out.num_rows} out)")
+    dropped = [c for c in batch.column_names if c not in out.column_names]
+    if dropped:
+        raise ValueError(f"{where}: a columns-layer stage dropped input columns {dropped}")
+    for c in batch.column_names:
+        # an undeclared change would be lost (the view shows the input's value): refuse it. Floats are skipped
+        # (NaN != NaN); stages only ever add float columns.
+        if c not in rewrites and not pa.types.is_floating(batch.schema.field(c).type) \
+                and not out.column(c).equals(batch.column(c)):
+            raise ValueError(f"{where}: the stage changed column {c!r}, which it does not declare in `rewrites`")
+    own = [*new, *(c for c in rewrites if c in batch.column_names)]
+    if not own:  # nothing added: the layer still records its row count
+        return pa.table({layers.POS: pa.array(np.arange(offset, offset + out.num_rows, dtype=np.int64))})
+    return out.select(own)
 
 
 def _call_map(fn: Callable, params: Any, side: dict, batch: pa.Table) -> pa.Table:
@@ -352,11 +383,14 @@ def _map(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datas
     check_shared_root(dst.root, profile)
     res = resources(stage, profile)
     done = datasets.existing_shards(dst)
+    columns = projection(stage, params, layers.column_names(src))
+    hide = _hidden(stage, kind, params, src, side) if stage.layer == "rows" else ()
     items = [
-        {"index": i, "name": posixpath.basename(uri), "src": uri, "dst": _asdict(dst), "rows_per_call": res.rows_per_call,
+        {"index": i, "name": name, "src": _asdict(src), "dst": _asdict(dst), "rows_per_call": res.rows_per_call,
+         "columns": columns, "layer": stage.layer, "rewrites": list(stage.rewrites),
          "fail_from_shard": fail_from_shard, "side": {k: _asdict(v) for k, v in side.items()}}
-        for i, uri in enumerate(datasets.files(src))
-        if posixpath.basename(uri) not in done
+        for i, name in enumerate(layers.shard_names(src))
+        if name not in done
     ]
     t0 = time.perf_counter()
     secrets = secret_env(params)
@@ -372,8 +406,29 @@ def _map(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datas
              "rows_in_computed": sum(r["rows_in"] for r in results)}
     if stage.summarize_output is not None:
         stats.update(stage.summarize_output(functools.partial(_read_uncommitted, dst), elapsed, res))
-    _commit(stage, dst, present, params, stats, expected={r["name"]: r["rows_out"] for r in results})
+    layer = {"kind": stage.layer, "of": str(src), "hide": list(hide)} if stage.layer else None
+    _commit(stage, dst, present, params, stats, expected={r["name"]: r["rows_out"] for r in results}, layer=layer)
     return dst
+
+
+def projection(stage: Any, params: Any, available: list[str]) -> list[str]:
+    """The input columns a per-shard stage reads (Parquet projection: quality_filter never reads ``text``)."""
+    if stage.reads is None:
+        return list(available)
+    wanted = set(stage.reads(params, list(available)))
+    cols = [c for c in available if c in wanted]
+    return cols or available[:1]  # a batch needs one column to carry its row count
+
+
+def _hidden(stage: Any, kind: str, params: Any, src: DatasetRef, side: dict[str, DatasetRef]) -> list[str]:
+    """The input columns a selection stage drops from its view (e.g. ``kept`` hides MinHash signatures): learnt by
+    running it on the input's empty wide table, so the stage function stays the only place that decides."""
+    empty = layers.empty_table(src).append_column(layers.POS, pa.array([], pa.int64()))
+    if kind == "sql_map":
+        out = _sql_map_batch(stage.fn, stage.post, params, empty)
+    else:
+        out = stage.fn(empty, params, **{k: _side_table(v) for k, v in side.items()})
+    return [c for c in empty.column_names if c not in out.column_names and c != layers.POS]
 
 
 def _stateless_entry(kind: str, fn: Callable, post: Callable | None, params: Any, item: dict) -> dict:
@@ -401,8 +456,8 @@ def _sql(stage, kind, inputs, params, profile, fail_from_shard, target, rows_per
     with tempfile.TemporaryDirectory(prefix=f"quarry-{stage.name}-") as spill:
         con = catalog.scratch(dst.root, temp_directory=spill)
         try:
-            exprs = {r: catalog.parquet_expr(datasets.files(ref)) for r, ref in roles.items()}
-            columns = {r: [f["name"] for f in datasets.read_manifest(ref)["schema"]] for r, ref in roles.items()}
+            exprs = {r: f"({layers.relation_sql(ref)})" for r, ref in roles.items()}
+            columns = {r: layers.column_names(ref) for r, ref in roles.items()}
             name = stage.fn(con, exprs, params, columns)
             reader = con.sql(f"SELECT * FROM {name}").to_arrow_reader(rows_per_shard)
             expected, index = {}, 0
@@ -555,11 +610,10 @@ def _llm(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datas
     t0 = time.perf_counter()
     hooks = stage.llm(params)
     expected = {}
-    for uri in datasets.files(src):
-        name = posixpath.basename(uri)
+    for name in layers.shard_names(src):
         if name in done:
             continue
-        out = vllm_map(ray.data.read_parquet(uri), concurrency=max(1, res.concurrency), batch_size=res.rows_per_call,
+        out = vllm_map(ray.data.from_arrow(layers.read_shard(src, name)), concurrency=max(1, res.concurrency), batch_size=res.rows_per_call,
                        **hooks)
         table = pa.Table.from_pylist(out.take_all())
         datasets.write_shard(dst, name, table)

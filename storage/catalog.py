@@ -28,7 +28,7 @@ import warnings
 import duckdb
 import pyarrow as pa
 
-from storage import datasets
+from storage import datasets, layers
 
 _IDENT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # a pinned view named in SQL: "tiny__ingest@0123456789ab" (quoted), or a unique prefix of the version (>= 4 hex)
@@ -48,10 +48,10 @@ def _register_fs(con: duckdb.DuckDBPyConnection, root: str) -> None:
         con.register_filesystem(fs)
 
 
-def versions_table(root: str) -> pa.Table:
+def versions_table(root: str, manifests: list[dict] | None = None) -> pa.Table:
     """One row per committed manifest under ``root`` (JSON fields as text; ``refresh`` types them)."""
     rows = []
-    for m in datasets.iter_manifests(root):
+    for m in datasets.iter_manifests(root) if manifests is None else manifests:
         run = m.get("run") or {}
         rows.append(
             {
@@ -118,7 +118,9 @@ def connect(root: str | None = None, database: str = ":memory:", *, sandbox: boo
 
 def refresh(con: duckdb.DuckDBPyConnection, root: str) -> None:
     """(Re)build ``versions`` and the views from the manifests under ``root``."""
-    table = versions_table(root)
+    manifests = list(datasets.iter_manifests(root))
+    by_ref = {f"{m['dataset']}/{m['stage']}/{m['version']}": m for m in manifests}
+    table = versions_table(root, manifests)
     con.register("_versions_arrow", table)
     con.execute(
         "CREATE OR REPLACE TABLE versions AS SELECT * REPLACE (created_at::TIMESTAMPTZ AS created_at, "
@@ -137,8 +139,8 @@ def refresh(con: duckdb.DuckDBPyConnection, root: str) -> None:
         view = f"{dataset}__{stage}"
         if row["files"]:
             try:
-                con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT * FROM {parquet_expr(row["files"])}')
-            except duckdb.Error as e:  # one unreadable version must not take the whole catalog down
+                con.execute(f'CREATE OR REPLACE VIEW "{view}" AS {_relation(root, row["ref"], by_ref)}')
+            except (duckdb.Error, KeyError, OSError) as e:  # one unreadable version must not take the catalog down
                 warnings.warn(f"catalog: no view {view} for {row['ref']}: {e}", stacklevel=2)
                 continue
             if stage.endswith("_quarantine"):
@@ -238,7 +240,9 @@ def pin_versions(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
         ref = resolve_ref(con, f"{dataset}/{stage}/{version}")
         files = cur.execute("SELECT files FROM versions WHERE ref = ?", [ref]).fetchone()[0]
         name = f"{dataset}__{stage}@{version}"
-        body = f"SELECT * FROM {parquet_expr(files)}" if files else "SELECT NULL AS empty WHERE false"
+        root = cur.execute("SELECT uri FROM versions WHERE ref = ?", [ref]).fetchone()[0]
+        root = root[: -len(ref)].rstrip("/") if root and root.endswith(ref) else datasets.default_root()
+        body = _relation(root, ref) if files else "SELECT NULL AS empty WHERE false"
         cur.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
         made.append(name)
     return made
@@ -263,6 +267,12 @@ def scratch(root: str, *, temp_directory: str | None = None, memory_limit: str |
         con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET preserve_insertion_order = false")  # lets big group-bys/sorts stream and spill
     return con
+
+
+def _relation(root: str, ref: str, manifests: dict | None = None) -> str:
+    """The SELECT behind a version's view: its files, or, for a layer, its columns joined to the versions it lies on
+    (storage/layers.py), so every view keeps the wide shape of the stage and its ancestors."""
+    return layers.relation_sql(datasets.ref_from_string(root, ref), manifests=manifests)
 
 
 def parquet_expr(files: list[str]) -> str:

@@ -352,8 +352,12 @@ def commit(
     code: str | None = None,
     extra: dict | None = None,
     inputs: Sequence[str] = (),
+    layer: dict | None = None,
 ) -> dict:
-    """Write ``_manifest.json`` last; the first committer wins and a racing second one reuses its manifest."""
+    """Write ``_manifest.json`` last; the first committer wins and a racing second one reuses its manifest.
+
+    ``layer`` ({"kind": "columns"|"rows", "of": "dataset/stage/version", "hide": [...]}) marks a version that
+    stores only what its stage added over ``of`` (storage/layers.py); its ``view_schema`` is the wide one."""
     if is_committed(ref):
         return read_manifest(ref)
     fs, base = filesystem(ref.uri)
@@ -384,6 +388,13 @@ def commit(
         "git_commit": _git_commit(),
         **(extra or {}),
     }
+    if layer:
+        from storage import layers  # layers reads through this module
+
+        manifest["layer"] = {"kind": layer["kind"], "of": layer["of"], "hide": list(layer.get("hide", ()))}
+        manifest["view_schema"] = layers.view_schema(
+            ref_from_string(ref.root, layer["of"]), layer["kind"], manifest["schema"], layer.get("hide", ())
+        )
     run = run_context()
     if run:
         manifest["run"] = run
@@ -446,7 +457,12 @@ def files(ref: DatasetRef) -> list[str]:
 
 
 def read_table(ref: DatasetRef, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a committed version into memory (for small tables: reports, cluster centroids, eval results)."""
+    """Read a committed version into memory (for small tables: reports, cluster centroids, eval results); a layer
+    reads as its wide table (its columns joined with those of the versions it lies on)."""
+    if read_manifest(ref).get("layer"):
+        from storage import layers
+
+        return layers.read_table(ref, columns)
     tables = []
     for uri in files(ref):
         fs, path = filesystem(uri)

@@ -3,8 +3,9 @@
 The stage is split the way datatrove splits `MinhashDedup{Signature,Buckets,Cluster,Filter}` so that no step needs
 all buckets in RAM:
 
-1. `minhash_signatures(batch, MinhashSignaturesParams)` (kind a): `mh_values` + RPv2 band keys `minhash_signature_<s>`.
-2. `minhash_edges(batch, MinhashDedupParams)` (kind a): one row per (band, key, doc_id) plus a `part` column; the
+1. `minhash_signatures(batch, MinhashSignaturesParams)` (kind a): `mh_values` (+ RPv2 band keys
+   `minhash_signature_<s>` with ``band_keys=True``; `band_keys(mh_values, s)` gives them from the values).
+2. `minhash_edges(batch, MinhashDedupParams)` (kind a): one row per (band, 64-bit key, doc_id) plus a `part` column; the
    engine writes it hash-partitioned by `part`, so every bucket lives in exactly one partition.
 3. `minhash_buckets(edges_of_one_partition)` (kind c, per partition): duplicate pairs `(src, dst)` with
    `dst = min(doc_id)` of the bucket (RPv2 `run_lsh.py` step 2).
@@ -73,6 +74,10 @@ class MinhashSignaturesParams:
     seed: int = 42  # pipeline.py --seed default
     similarities: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7)  # MINHASH_SIMILARITIES
     text_column: str = "text"
+    # RPv2's band-key columns `minhash_signature_<s>`: each is the big-endian bytes of `mh_values`' band rows, so
+    # they add nothing `mh_values` lacks but 4 x up to 512 B/doc (4x the values). Off: minhash_edges derives the
+    # same bytes from `mh_values`; on: the RPv2 file layout, for users who export it.
+    band_keys: bool = False
 
     def __post_init__(self) -> None:
         if self.ngram_size < 1:
@@ -145,13 +150,6 @@ def minhash_values(text: str, params: MinhashSignaturesParams = MinhashSignature
     return values[0] if ok[0] else None
 
 
-def band_keys(values: np.ndarray, bands: int, rows: int) -> list[bytes]:
-    """RPv2 band keys: band i is the big-endian uint32 bytes of values[i*rows:(i+1)*rows]."""
-    be = values[: bands * rows].astype(">u4").tobytes()
-    width = rows * 4
-    return [be[i * width : (i + 1) * width] for i in range(bands)]
-
-
 def _batch_values(texts: list[str | None], params: MinhashSignaturesParams) -> tuple[np.ndarray, np.ndarray]:
     """(uint32[docs, num_perm], ok[docs]) for a batch: normalized texts concatenated, one numba pass (the per-shingle
     SHA-1 and the permutation min), instead of a Python loop over shingles."""
@@ -184,23 +182,43 @@ def minhash_signatures(batch: pa.Table, params: MinhashSignaturesParams = Minhas
 
     # mh_values: list<uint32> from one (docs x perms) array, null where RPv2 gives None
     mh_values = pa.ListArray.from_arrays(offsets(params.num_perm), pa.array(good.reshape(-1), pa.uint32()), mask=mask)
-    be = good.astype(">u4")  # band keys are the big-endian bytes of each band's rows
-    keys = {}
-    for s in params.similarities:
-        bands, rows = lsh_bands(s, params.num_perm)
-        width, nkeys = rows * 4, len(good) * bands
-        blob = np.ascontiguousarray(be[:, : bands * rows]).tobytes()
-        key_offs = pa.array(np.arange(0, nkeys * width + 1, width, dtype=np.int32))
-        flat_keys = pa.BinaryArray.from_buffers(pa.binary(), nkeys, [None, key_offs.buffers()[1], pa.py_buffer(blob)])
-        keys[s] = pa.ListArray.from_arrays(offsets(bands), flat_keys, mask=mask)
+    keys = {s: _band_keys(good, s, params.num_perm, offsets, mask) for s in params.similarities} if params.band_keys else {}
     out = batch
     for name in ["mh_values", *(signature_column(s) for s in params.similarities)]:
         if name in out.column_names:
             out = out.drop_columns([name])
     out = out.append_column(pa.field("mh_values", pa.list_(pa.uint32())), mh_values)
-    for s in params.similarities:
-        out = out.append_column(signature_column(s), keys[s])
+    for s, k in keys.items():
+        out = out.append_column(signature_column(s), k)
     return out
+
+
+def _band_keys(good: np.ndarray, similarity: float, num_perm: int, offsets: Callable, mask: pa.Array) -> pa.Array:
+    """RPv2 band keys of one similarity: per band, the big-endian bytes of its rows of MinHash values."""
+    be = good.astype(">u4")
+    bands, rows = lsh_bands(similarity, num_perm)
+    width, nkeys = rows * 4, len(good) * bands
+    blob = np.ascontiguousarray(be[:, : bands * rows]).tobytes()
+    key_offs = pa.array(np.arange(0, nkeys * width + 1, width, dtype=np.int32))
+    flat_keys = pa.BinaryArray.from_buffers(pa.binary(), nkeys, [None, key_offs.buffers()[1], pa.py_buffer(blob)])
+    return pa.ListArray.from_arrays(offsets(bands), flat_keys, mask=mask)
+
+
+def band_keys(mh_values: pa.Array | pa.ChunkedArray, similarity: float) -> pa.Array:
+    """RPv2's `minhash_signature_<similarity>` column from a `mh_values` column (the same bytes the stage writes
+    with ``band_keys=True``)."""
+    arr = mh_values.combine_chunks() if isinstance(mh_values, pa.ChunkedArray) else mh_values
+    ok = arr.is_valid().to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.uint32)
+    num_perm = len(flat) // max(1, int(ok.sum())) if ok.any() else 128
+    good = flat.reshape(-1, num_perm) if ok.any() else np.zeros((0, num_perm), np.uint32)
+
+    def offsets(per_row: int) -> pa.Array:
+        out = np.zeros(len(ok) + 1, dtype=np.int32)
+        np.cumsum(ok.astype(np.int32) * per_row, out=out[1:])
+        return pa.array(out)
+
+    return _band_keys(good, similarity, num_perm, offsets, pa.array(~ok, pa.bool_()))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -240,38 +258,65 @@ class MinhashDedupParams:
 
 
 
-EDGES_SCHEMA = pa.schema([("part", pa.int32()), ("band", pa.int32()), ("key", pa.binary()), ("doc_id", pa.string())])
+# `key` is a 64-bit hash of a band's rows, not the rows' 4 x 13 bytes: buckets group the same docs (a false merge
+# needs two different bands colliding in 64 bits: ~N^2/2^65 per band, 1e-7 at 2M docs) at 1/6 of the bytes.
+EDGES_SCHEMA = pa.schema([("part", pa.int32()), ("band", pa.int32()), ("key", pa.uint64()), ("doc_id", pa.string())])
 PAIRS_SCHEMA = pa.schema([("src", pa.string()), ("dst", pa.string())])
 CLUSTERS_SCHEMA = pa.schema(
     [("doc_id", pa.string()), ("cluster_id", pa.string()), ("cluster_size", pa.int64()), ("keep", pa.bool_())]
 )
 
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64 finalizer (Steele et al. 2014)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    h = (h ^ (h >> np.uint64(30))) * _M1
+    h = (h ^ (h >> np.uint64(27))) * _M2
+    return h ^ (h >> np.uint64(31))
+
+
+def _band_hashes(values: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(docs, bands) 64-bit hashes of each band's MinHash rows (the band index is mixed in: no cross-band ties)."""
+    with np.errstate(over="ignore"):
+        v = values[:, : bands * rows].astype(np.uint64).reshape(len(values), bands, rows)
+        h = np.broadcast_to(np.arange(bands, dtype=np.uint64), (len(values), bands)).copy()
+        for r in range(rows):
+            h = _mix(h ^ v[:, :, r])
+    return h
+
 
 def minhash_edges(batch: pa.Table, params: MinhashDedupParams = MinhashDedupParams()) -> pa.Table:
-    """Explode the band keys of `params.similarity` into (part, band, key, doc_id) rows; null signatures give none.
+    """Explode the LSH bands of `params.similarity` into (part, band, key, doc_id) rows; null signatures give none.
 
-    `part` = first 4 key bytes (a MinHash value, uniform) mod num_partitions, so a bucket never spans partitions.
+    Bands come from `mh_values` (RPv2's band layout for the similarity, `lsh_bands`), or from a stored
+    `minhash_signature_<s>` column; `part` = key mod num_partitions, so a bucket never spans partitions.
     """
     col = signature_column(params.similarity)
-    for need in (col, params.doc_id_column):
+    source = "mh_values" if "mh_values" in batch.column_names else col
+    for need in (source, params.doc_id_column):
         if need not in batch.column_names:
             raise ValueError(f"minhash_edges needs column {need!r} (run minhash_signatures first)")
     if params.only_kept and "keep" in batch.column_names:
         batch = batch.filter(pc.fill_null(batch.column("keep"), False))
-    chunks = batch.column(col).chunks
-    sigs = pa.concat_arrays(chunks) if chunks else pa.array([], pa.list_(pa.binary()))
-    keys = pc.list_flatten(sigs)
-    if len(keys) == 0:
+    arr = batch.column(source).combine_chunks() if batch.num_rows else pa.array([], batch.schema.field(source).type)
+    ok = arr.is_valid().to_numpy(zero_copy_only=False)
+    if not ok.any():
         return EDGES_SCHEMA.empty_table()
-    parent = pc.list_parent_indices(sigs).to_numpy()
-    # position of each key inside its own list (independent of the slots a null list may occupy in the child array)
-    run_start = np.flatnonzero(np.r_[True, parent[1:] != parent[:-1]])
-    band = (np.arange(len(keys)) - np.repeat(run_start, np.diff(np.r_[run_start, len(keys)]))).astype(np.int32)
-    first4 = pc.binary_slice(keys, 0, 4)
-    head = np.frombuffer(b"".join(first4.to_pylist()).ljust(4 * len(keys), b"\0"), dtype=">u4")
-    part = (head % np.uint32(params.num_partitions)).astype(np.int32)
+    flat = pc.list_flatten(arr)
+    if source == "mh_values":
+        values = flat.to_numpy(zero_copy_only=False).astype(np.uint32).reshape(int(ok.sum()), -1)
+        bands, rows = lsh_bands(params.similarity, values.shape[1])
+    else:  # stored RPv2 keys: each is `rows` big-endian uint32 values
+        width = len(flat[0].as_py())
+        rows, bands = width // 4, len(flat) // int(ok.sum())
+        blob = b"".join(flat.to_pylist())
+        values = np.frombuffer(blob, dtype=">u4").astype(np.uint32).reshape(int(ok.sum()), bands * rows)
+    keys = _band_hashes(values, bands, rows).reshape(-1)
+    parent = np.repeat(np.flatnonzero(ok), bands)
+    band = np.tile(np.arange(bands, dtype=np.int32), int(ok.sum()))
+    part = (keys % np.uint64(params.num_partitions)).astype(np.int32)
     doc_ids = batch.column(params.doc_id_column).combine_chunks().cast(pa.string()).take(pa.array(parent))
-    return pa.table([pa.array(part), pa.array(band), keys.cast(pa.binary()), doc_ids], schema=EDGES_SCHEMA)
+    return pa.table([pa.array(part), pa.array(band), pa.array(keys, pa.uint64()), doc_ids], schema=EDGES_SCHEMA)
 
 
 def minhash_buckets(edges: pa.Table) -> pa.Table:

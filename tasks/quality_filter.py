@@ -143,6 +143,17 @@ def quality_filter_sql(params: QualityFilterParams = QualityFilterParams(), sour
     return rules_to_sql(rules, source)
 
 
+def columns_read(params: QualityFilterParams, available: list[str]) -> list[str]:
+    """The input columns the rules name (a column named anywhere in the SQL, conservatively), and `text` plus the
+    line signals only when line rules rewrite the text: the filter reads signal columns, never the corpus."""
+    sql = quality_filter_sql(params)
+    out = [c for c in available if re.search(rf"(?<![A-Za-z0-9_]){re.escape(c)}(?![A-Za-z0-9_])", sql)]
+    if params.line_rules is not None:
+        rules = load_rule_set(params.line_rules).get("line_rules", [])
+        out += [params.text_column, *(r["signal"] for r in rules)]
+    return out
+
+
 def check_predicate(sql: str) -> str | None:
     """Why `sql` is not exactly one SQL expression, or None when it is (as far as a tokenizer can tell).
 

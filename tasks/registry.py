@@ -66,6 +66,11 @@ class Stage:
     reduce: Callable | None = None  # source: (results, seconds) -> manifest stats
     summarize_output: Callable | None = None  # map/actor/llm: (rows, seconds, resources) -> manifest stats
     artifacts: Callable[[dict], list[tuple[str, list[dict], str]]] | None = None  # manifest -> Prefect tables
+    # Layers (storage/layers.py): "columns" = the stage keeps every row in order and its version stores only the
+    # columns it adds plus those in ``rewrites``; "rows" = a selection stored as row positions; None = a full table.
+    layer: str | None = None
+    reads: Callable[[Any, list[str]], list[str]] | None = None  # (params, available) -> columns fn needs; None: all
+    rewrites: tuple[str, ...] = ()  # columns layer: input columns the stage may change (keep, drop_reason, text)
     doc: str = ""
 
     def __post_init__(self) -> None:
@@ -73,6 +78,27 @@ class Stage:
             raise ValueError(f"stage {self.name}: unknown kind {self.kind!r}")
         if not self.roles:
             object.__setattr__(self, "roles", tuple(self.inputs))
+        if self.layer not in (None, "columns", "rows"):
+            raise ValueError(f"stage {self.name}: unknown layer {self.layer!r}")
+        if self.layer and self.kind not in ("map", "actor", "sql_map"):
+            raise ValueError(f"stage {self.name}: only per-shard kinds can write layers, not {self.kind!r}")
+
+
+def _reads(*fields: str, also: tuple[str, ...] = ()) -> Callable[[Any, list[str]], list[str]]:
+    """``reads=`` of a stage whose params name its input columns (``text_column``...), plus fixed column names."""
+
+    def reads(params: Any, available: list[str]) -> list[str]:
+        return [v for f in fields if (v := getattr(params, f, None))] + list(also)
+
+    return reads
+
+
+_VERDICT = ("keep", "drop_reason")  # what every filter and dedup folds its decision into (first failing rule wins)
+
+
+def _edges_reads(params: Any, available: list[str]) -> list[str]:
+    bands = "mh_values" if "mh_values" in available else minhash_dedup.signature_column(params.similarity)
+    return [bands, params.doc_id_column, "keep"]
 
 
 def _stages(*stages: Stage) -> dict[str, Stage]:
@@ -84,39 +110,44 @@ STAGES: dict[str, Stage] = _stages(
           list_inputs=ingest.input_files, summarize=ingest.summarize_file, reduce=ingest.ingest_stats,
           artifacts=ingest.ingest_artifacts, doc="files -> documents (+ quarantine rows with reason and position)"),
     Stage("heldout", "map", select.split_by_doc_id, select.HeldoutParams, "heldout", ("src",),
-          doc="documents held out by doc id before curation (evaluation text)"),
+          layer="rows", reads=_reads(also=("doc_id",)), doc="documents held out by doc id before curation (evaluation text)"),
     Stage("train_split", "map", select.split_by_doc_id, select.HeldoutParams, "heldout", ("src",),
-          doc="the documents not held out"),
+          layer="rows", reads=_reads(also=("doc_id",)), doc="the documents not held out"),
     Stage("quality_signals", "map", quality_signals.quality_signals, quality_signals.QualitySignalsParams,
-          "quality_signals", ("src",), doc="RedPajama-V2 quality signals"),
+          "quality_signals", ("src",), layer="columns", reads=_reads("text_column", "lang_column", "url_column"),
+          doc="RedPajama-V2 quality signals"),
     Stage("minhash_signatures", "map", minhash_dedup.minhash_signatures, minhash_dedup.MinhashSignaturesParams,
-          "minhash_signatures", ("src",), doc="RPv2 MinHash signatures and band keys"),
+          "minhash_signatures", ("src",), layer="columns", reads=_reads("text_column"),
+          doc="RPv2 MinHash signatures and band keys"),
     Stage("datatrove_signals", "map", datatrove_signals.datatrove_signals, datatrove_signals.DatatroveSignalsParams,
-          "datatrove_signals", ("src",), doc="datatrove Gopher/C4/FineWeb filter reasons"),
+          "datatrove_signals", ("src",), layer="columns", reads=_reads("text_column", "lang_column"),
+          doc="datatrove Gopher/C4/FineWeb filter reasons"),
     Stage("quality_filter", "sql_map", quality_filter.quality_filter_sql, quality_filter.QualityFilterParams,
           "quality_filter", ("src",), post=quality_filter.line_filter, summarize_output=quality_filter.funnel_summary,
-          artifacts=quality_filter.funnel_artifact,
-          doc="keep + drop_reason from SQL rules"),
+          artifacts=quality_filter.funnel_artifact, layer="columns", reads=quality_filter.columns_read,
+          rewrites=(*_VERDICT, "text"), doc="keep + drop_reason from SQL rules (line rules rewrite text)"),
     Stage("exact_dedup_hashes", "map", exact_dedup.exact_dedup_hashes, exact_dedup.ExactDedupParams, "exact_dedup",
-          ("src",), doc="normalized text and URL hashes"),
+          ("src",), layer="columns", reads=_reads("text_column", "url_column"), doc="normalized text and URL hashes"),
     Stage("exact_dedup_keepers", "sql", exact_dedup.exact_dedup_keepers_duckdb, exact_dedup.ExactDedupParams, "exact_dedup",
           ("exact_dedup_hashes",), roles=("hashes",), doc="one survivor per hash (DuckDB, spills)"),
     Stage("exact_dedup", "map", exact_dedup.exact_dedup_filter, exact_dedup.ExactDedupParams, "exact_dedup",
           ("exact_dedup_hashes", "exact_dedup_keepers"), roles=("docs", "keepers"),
           summarize_output=quality_filter.funnel_summary, artifacts=quality_filter.funnel_artifact,
+          layer="columns", reads=_reads("doc_id_column", also=_VERDICT), rewrites=_VERDICT,
           doc="ed_keep, ed_duplicate_of; duplicates folded into keep"),
     Stage("minhash_edges", "map", minhash_dedup.minhash_edges, minhash_dedup.MinhashDedupParams, "minhash_dedup",
-          ("src",), doc="LSH band edges"),
+          ("src",), reads=_edges_reads, doc="LSH band edges"),
     Stage("minhash_clusters", "sql", minhash_dedup.minhash_clusters_duckdb, minhash_dedup.MinhashDedupParams,
           "minhash_dedup", ("minhash_edges", "src"), roles=("edges", "docs"),
           doc="connected components and one survivor per cluster (DuckDB, spills)"),
     Stage("minhash_dedup", "map", minhash_dedup.minhash_filter, minhash_dedup.MinhashDedupParams, "minhash_dedup",
           ("src", "minhash_clusters"), roles=("docs", "clusters"), summarize_output=quality_filter.funnel_summary,
-          artifacts=quality_filter.funnel_artifact,
-          doc="mh_cluster_id, mh_cluster_size; duplicates folded into keep"),
-    Stage("kept", "map", select.kept_documents, select.KeptParams, None, ("src",),
-          doc="the documents every filter kept"),
-    Stage("embed", "actor", embed.Embedder, embed.EmbedParams, "embed", ("src",), doc="MiniLM embeddings"),
+          artifacts=quality_filter.funnel_artifact, layer="columns", reads=_reads("doc_id_column", also=_VERDICT),
+          rewrites=_VERDICT, doc="mh_cluster_id, mh_cluster_size; duplicates folded into keep"),
+    Stage("kept", "map", select.kept_documents, select.KeptParams, None, ("src",), layer="rows",
+          reads=_reads("keep_column"), doc="the documents every filter kept"),
+    Stage("embed", "actor", embed.Embedder, embed.EmbedParams, "embed", ("src",), layer="columns",
+          reads=_reads("text_column"), doc="MiniLM embeddings"),
     Stage("hkmeans", "global", hkmeans.hkmeans_stage, hkmeans.HKMeansParams, "hkmeans", ("embed",),
           columns={"embed": ("doc_id", "embedding", "emb_error")}, checkpoints=("hkmeans_levels", "hkmeans_centroids"),
           outputs=("hkmeans_tree",), doc="hierarchical k-means (Vo et al. 2024), resumable per level"),
@@ -129,13 +160,14 @@ STAGES: dict[str, Stage] = _stages(
           outputs=tuple(f"balance_{r}" for r in balance.REPORTS), artifacts=balance.balance_artifact,
           doc="balanced hierarchical sample (water-filling) + balance report tables"),
     Stage("curated", "map", select.selected_documents, select.SelectedParams, None, ("src", "balance"),
-          roles=("docs", "selection"), doc="the sampled documents, repeated bal_copies times"),
+          roles=("docs", "selection"), layer="rows", reads=_reads(also=("doc_id",)),
+          doc="the sampled documents, repeated bal_copies times"),
     Stage("augment", "actor", augment.ReusingAugmenter, augment.AugmentParams, "augment", ("src",),
           history=augment.REUSE_COLUMNS, route=augment.route, llm=augment.vllm_hooks,
           summarize_output=augment.augment_summary, artifacts=augment.augment_artifact,
           doc="TPT thinking trajectories from a teacher LLM (reuses earlier generations by aug_key)"),
     Stage("tokenize", "map", tokenize.tokenize_docs, tokenize.TokenizeParams, "tokenize", ("src",),
-          doc="token ids + EOS"),
+          reads=_reads("text_column", also=("doc_id", "domain", "km_l1")), doc="token ids + EOS"),
     Stage("pack", "global", tokenize.pack_stage, tokenize.PackParams, "pack", ("tokenize",),
           columns={"tokenize": ()}, doc="fixed-length rows, mixture weights, upsampling phase; counts per group"),
     Stage("train", "global", train.train_stage, train.TrainParams, "train", ("pack",), columns={"pack": None},

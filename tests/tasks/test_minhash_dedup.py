@@ -11,6 +11,7 @@ import pytest
 from tasks.minhash_dedup import (
     MinhashDedupParams,
     MinhashSignaturesParams,
+    band_keys,
     lsh_bands,
     minhash_buckets,
     minhash_clusters,
@@ -70,8 +71,10 @@ def test_signatures_identical_to_rpv2_gold(name):
     docs = _jsonl(GOLD / f"{name}_docs.jsonl")
     gold = {g["id"]: g for g in _jsonl(GOLD / f"{name}_rpv2_signals.jsonl")}
     batch = pa.table({"doc_id": [d["id"] for d in docs], "text": [d["text"] for d in docs]})
-    out = minhash_signatures(batch, MinhashSignaturesParams())
+    out = minhash_signatures(batch, MinhashSignaturesParams(band_keys=True))
     assert out.schema.field("mh_values").type == pa.list_(pa.uint32())
+    for s in SIMS:  # the keys derived from the values (what minhash_edges uses by default) are the same bytes
+        assert band_keys(out.column("mh_values"), s).to_pylist() == out.column(f"minhash_signature_{s}").to_pylist()
     rows = out.to_pylist()
     assert len(rows) == len(gold) == len(docs)
     for row in rows:
@@ -91,7 +94,9 @@ def test_short_and_null_texts_get_null_signatures_without_dropping_rows():
     assert out.num_rows == 3
     assert out.column("mh_values").to_pylist()[:2] == [None, None]
     assert len(out.column("mh_values")[2].as_py()) == 128
-    assert out.column("minhash_signature_0.8")[2].as_py() is not None
+    assert "minhash_signature_0.8" not in out.column_names  # derived on demand: 4x the bytes of the values
+    keys = minhash_signatures(batch, MinhashSignaturesParams(band_keys=True)).column("minhash_signature_0.8")
+    assert keys.to_pylist()[:2] == [None, None] and keys[2].as_py() is not None
 
 
 def test_missing_text_column_is_a_clear_error():
@@ -336,12 +341,23 @@ def test_minhash_values_single_doc_matches_the_batch():
 
 def test_edges_number_bands_per_document_around_null_signatures():
     long = [" ".join(f"{w}{i}" for i in range(30)) for w in ("a", "b")]
-    out = minhash_signatures(pa.table({"doc_id": ["x", "short", "y"], "text": [long[0], "tiny", long[1]]}))
+    batch = pa.table({"doc_id": ["x", "short", "y"], "text": [long[0], "tiny", long[1]]})
+    out = minhash_signatures(batch, MinhashSignaturesParams(band_keys=True))
     edges = minhash_edges(out, MinhashDedupParams(similarity=0.8))
-    bands, _ = lsh_bands(0.8)
+    bands, rows = lsh_bands(0.8)
     assert sorted(set(edges.column("doc_id").to_pylist())) == ["x", "y"]
+    # from the stored RPv2 keys or from the values: the same buckets
+    from_keys = minhash_edges(out.drop_columns(["mh_values"]), MinhashDedupParams(similarity=0.8))
+    assert from_keys.equals(edges)
     for doc in ("x", "y"):
         got = edges.filter(pa.compute.equal(edges.column("doc_id"), doc))
         assert sorted(got.column("band").to_pylist()) == list(range(bands))
-        keys = out.filter(pa.compute.equal(out.column("doc_id"), doc)).column("minhash_signature_0.8")[0].as_py()
-        assert dict(zip(got.column("band").to_pylist(), got.column("key").to_pylist(), strict=True)) == dict(enumerate(keys))
+        values = out.filter(pa.compute.equal(out.column("doc_id"), doc)).column("mh_values")[0].as_py()
+        # a band's key changes when one of its rows does, and only then
+        other = list(values)
+        other[rows] ^= 1  # first row of band 1
+        changed = minhash_edges(pa.table({"doc_id": ["z"], "mh_values": pa.array([other], pa.list_(pa.uint32()))}),
+                                MinhashDedupParams(similarity=0.8, only_kept=False))
+        mine = dict(zip(got.column("band").to_pylist(), got.column("key").to_pylist(), strict=True))
+        theirs = dict(zip(changed.column("band").to_pylist(), changed.column("key").to_pylist(), strict=True))
+        assert [b for b in range(bands) if mine[b] != theirs[b]] == [1]
