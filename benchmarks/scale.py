@@ -256,18 +256,33 @@ def run_quarry(recipe: Path, root: Path, dataset: str) -> dict:
             "bytes_total": _folder_bytes(root / dataset)}
 
 
+def _sample(ref, columns: list[str], rows: int):
+    """The first ``rows`` rows of a version's wide table (through its layers), shard by shard."""
+    import pyarrow as pa
+
+    from storage import layers
+
+    parts, have = [], 0
+    for name in layers.shard_names(ref):
+        if have >= rows:
+            break
+        part = layers.read_shard(ref, name, columns).slice(0, rows - have)
+        parts.append(part)
+        have += part.num_rows
+    return pa.concat_tables(parts)
+
+
 def kernel_rates(recipe: Path, root: Path, dataset: str, stages: dict, sample: int) -> dict:
     """Seconds per document (map stages, on a sample of their committed input) and seconds (global DuckDB steps)."""
     import pyarrow as pa
 
     from flows.run import load
     from ray_cluster import executor
-    from storage import catalog, datasets
+    from storage import catalog, datasets, layers
     from tasks import registry
     from tasks.select import KeptParams
 
     cfg, profile = load(str(recipe))
-    con = catalog.connect(str(root))
     out = {}
     for name in CURATE_STAGES:
         st = registry.stage(name)
@@ -285,8 +300,8 @@ def kernel_rates(recipe: Path, root: Path, dataset: str, stages: dict, sample: i
             roles = dict(zip(st.roles, parents, strict=True))
             with tempfile.TemporaryDirectory(prefix="quarry-scale-") as spill:
                 scon = catalog.scratch(str(root), temp_directory=spill)
-                exprs = {r: catalog.parquet_expr(datasets.files(ref)) for r, ref in roles.items()}
-                columns = {r: [f["name"] for f in datasets.read_manifest(ref)["schema"]] for r, ref in roles.items()}
+                exprs = {r: f"({layers.relation_sql(ref)})" for r, ref in roles.items()}  # as the executor reads
+                columns = {r: layers.column_names(ref) for r, ref in roles.items()}
                 t0 = time.perf_counter()
                 rel = st.fn(scon, exprs, params, columns)
                 rows = scon.sql(f"SELECT * FROM {rel}").to_arrow_table().num_rows
@@ -294,9 +309,11 @@ def kernel_rates(recipe: Path, root: Path, dataset: str, stages: dict, sample: i
                 scon.close()
             continue
         src = parents[0]
-        view = f'"{src.dataset}__{src.stage}@{src.version}"'
-        batch = catalog.query(con, f"SELECT * FROM {view} LIMIT {sample}")
-        side = {r: datasets.read_table(ref) for r, ref in zip(st.roles[1:], parents[1:], strict=True)}
+        cols = executor.projection(st, params, layers.column_names(src))  # the columns the executor feeds it
+        batch = _sample(src, cols, sample)
+        if st.layer == "rows":  # a selection sees its input rows' positions, as in the executor
+            batch = batch.append_column(layers.POS, pa.array(np.arange(batch.num_rows, dtype=np.int64)))
+        side = {r: executor._side_table(ref) for r, ref in zip(st.roles[1:], parents[1:], strict=True)}
         if st.kind == "sql_map":
             def call(b, st=st, params=params):
                 res = executor.sql_over_batch(st.fn, params, b)
