@@ -1,7 +1,7 @@
 """A writable home for numba's compiled-kernel cache, chosen before the kernel modules are decorated.
 
 Every kernel is ``@njit(cache=True)``: a fresh Ray worker then loads machine code from disk instead of compiling
-for tens of seconds (``benchmarks/scale.py`` prints both: ~28 s cold vs ~2.6 s cached on this machine). Numba
+for tens of seconds (``benchmarks/scale.py`` prints both: 21 s cold vs 4 s cached in its 200k run here). Numba
 looks for a cache folder in order ``$NUMBA_CACHE_DIR``, ``__pycache__`` beside the source, the user cache
 (``$XDG_CACHE_HOME/numba`` or ``~/.cache/numba``) and raises ``RuntimeError("cannot cache function ...")`` at import
 when none is writable: a worker image with read-only code and no writable home would die on import. Then this
