@@ -295,6 +295,57 @@ def sql(
     _print_table(table, format, output)
 
 
+EXPORT_FORMATS = {"parquet": "(FORMAT parquet, COMPRESSION zstd)", "jsonl": "(FORMAT json)"}
+
+
+@app.command()
+def export(
+    view: str = typer.Argument(..., help='a view: tiny__curated, or a pinned version "tiny__curated@0123456789ab"'),
+    out: Path = typer.Argument(..., help="the file to write (must not exist)"),
+    format: str | None = typer.Option(None, "--format", "-f", help="parquet | jsonl (default: from the extension)"),
+    root: str | None = typer.Option(None, help="storage root (default $QUARRY_ROOT or ./data)"),
+) -> None:
+    """Write one view as a single materialized file (the wide table, every layer joined) for tools that want one.
+
+    DuckDB's COPY streams the view to the file, so a view larger than memory exports too; the file appears only
+    when complete (written under a temporary name, then renamed)."""
+    import duckdb
+
+    from storage import catalog
+
+    fmt = format or {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}.get(out.suffix.lower())
+    if fmt not in EXPORT_FORMATS:
+        given = f"--format {format!r}" if format else f"the extension of {out.name!r}"
+        raise _fail(f"export: cannot tell the format from {given}; use --format parquet or --format jsonl")
+    if out.exists():
+        raise _fail(f"export: {out} already exists; remove it or choose another path (nothing was written)")
+    if not out.parent.is_dir():
+        raise _fail(f"export: the folder {out.parent} does not exist")
+    if '"' in view or not view.strip():
+        raise _fail(f"export: {view!r} is not a view name (see `quarry views`)")
+    con = catalog.connect(_root(root))
+    try:
+        catalog.pin_versions(con, f'"{view}"')
+    except catalog.UnknownVersion as e:
+        raise _fail(f"export: {e}") from None
+    names = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    if view not in names | {"versions"}:
+        prefix = view.split("__")[0]
+        near = sorted(n for n in names if n.startswith(prefix + "__"))[:12]
+        hint = f"; views of {prefix}: {', '.join(near)}" if near else "; `quarry views` lists them"
+        raise _fail(f"export: no view {view!r} in the catalog at {_root(root)}{hint}")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    target = str(tmp).replace("'", "''")
+    try:
+        rows = con.execute(f"COPY (SELECT * FROM \"{view}\") TO '{target}' {EXPORT_FORMATS[fmt]}").fetchone()[0]
+        os.replace(tmp, out)
+    except duckdb.Error as e:
+        raise _fail(f"export: {view}: {e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    console.print(f"wrote {rows} rows of {view} to {out} ({fmt})", markup=False, highlight=False)
+
+
 @app.command()
 def views(
     pattern: str | None = typer.Argument(None, help="only views whose name contains this (e.g. a dataset)"),

@@ -13,7 +13,12 @@ kernel's digests against hashlib and every value against the RPv2 gold signature
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from tasks import _numba_cache
+
+_numba_cache.ensure()  # a writable kernel cache before numba decorates anything (see that module)
+
+from numba import njit  # noqa: E402
 
 _M32 = np.uint64(0xFFFFFFFF)
 _M61 = np.uint64((1 << 61) - 1)

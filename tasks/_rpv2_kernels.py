@@ -17,7 +17,12 @@ Size: the numba kernels of every RPv2 signal family live together so they compil
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from tasks import _numba_cache
+
+_numba_cache.ensure()  # a writable kernel cache before numba decorates anything (see that module)
+
+from numba import njit  # noqa: E402
 
 # bit flags in the per-code-point table
 F_WORD = 1  # re "\w" for str patterns: str.isalnum() or "_"

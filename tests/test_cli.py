@@ -99,6 +99,40 @@ def test_a_sql_error_is_one_message_not_a_dump_of_every_view(store):
     assert "orphan__ingest" not in unknown.output
 
 
+def test_export_writes_a_view_as_one_parquet_or_jsonl_file(store, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = _cli("export", "--root", store["root"], "toy__kept", tmp_path / "kept.parquet")
+    assert out.exit_code == 0, out.output
+    assert "wrote 4 rows" in out.output
+    assert pq.read_table(tmp_path / "kept.parquet").to_pylist() == [{"doc_id": f"d{i}"} for i in range(4)]
+    pinned = f"toy__ingest@{store['old'].version[:6]}"  # a pinned version by unique prefix, JSONL by --format
+    out = _cli("export", "--root", store["root"], pinned, tmp_path / "old.txt", "--format", "jsonl")
+    assert out.exit_code == 0, out.output
+    lines = (tmp_path / "old.txt").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"doc_id": "d0"}, {"doc_id": "d1"}]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # the temporary was renamed away
+
+
+@pytest.mark.parametrize(
+    ("view", "name", "extra", "message"),
+    [
+        ("toy__nope", "x.parquet", [], "no view 'toy__nope'"),
+        ("toy__ingest@ffffffffffff", "x.parquet", [], "no version of toy/ingest"),
+        ("toy__kept", "x.csv", [], "cannot tell the format"),
+        ("toy__kept", "x.parquet", ["--format", "xml"], "--format 'xml'"),
+        ("toy__kept", "exists.parquet", [], "already exists"),
+    ],
+)
+def test_export_refuses_an_unknown_view_a_bad_format_or_an_existing_file(store, tmp_path, view, name, extra, message):
+    (tmp_path / "exists.parquet").write_bytes(b"keep me")
+    out = _cli("export", "--root", store["root"], view, tmp_path / name, *extra)
+    assert out.exit_code == 1 and message in out.output, out.output
+    assert "Traceback" not in out.output
+    assert (tmp_path / "exists.parquet").read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.parquet", "recipes", "store"]
+
+
 def test_gc_keeps_versions_of_a_recipe_recorded_in_manifests_and_says_why_and_how_big(store):
     out = _cli("gc", "--root", store["root"], input="n\n")
     assert out.exit_code == 1  # answered no

@@ -1,0 +1,52 @@
+"""Where the numba kernel cache goes: numba's own folders when writable, else a per-user temporary folder (numba
+raises at import when it finds no writable cache folder, which would kill every worker of a read-only image)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks import _numba_cache
+from tests.conftest import REPO
+
+
+def test_numba_s_own_folders_win_when_writable(tmp_path):
+    env = {"HOME": str(tmp_path / "home")}
+    assert _numba_cache.cache_dir(tmp_path / "src", env) is None  # __pycache__ beside the source is writable
+    assert _numba_cache.cache_dir(tmp_path / "src", {**env, "NUMBA_CACHE_DIR": "/x"}) is None  # the user's choice
+
+
+def test_read_only_code_and_home_get_a_temporary_cache_folder(tmp_path):
+    src, home = tmp_path / "src", tmp_path / "home"
+    read_only = {src / "__pycache__", home / ".cache" / "numba"}
+    chosen = _numba_cache.cache_dir(src, {"HOME": str(home), "TMPDIR": str(tmp_path / "t")},
+                                    writable=lambda p: p not in read_only)
+    assert chosen == str(tmp_path / "t" / f"quarry-numba-cache-{os.getuid()}")
+    # a writable user cache (XDG_CACHE_HOME) is numba's third choice: nothing to set
+    xdg = _numba_cache.cache_dir(src, {"HOME": str(home), "XDG_CACHE_HOME": str(tmp_path / "xdg")},
+                                 writable=lambda p: p not in read_only)
+    assert xdg is None
+
+
+def test_a_fresh_process_with_a_warm_cache_compiles_nothing(tmp_path):
+    """Kernels compiled once into NUMBA_CACHE_DIR are loaded, not recompiled, by the next fresh process: numba's
+    cache index files (.nbi) and compiled objects (.nbc) appear the first time and are unchanged the second."""
+    code = (
+        "import pyarrow as pa\n"
+        "from tasks.minhash_dedup import MinhashSignaturesParams, minhash_signatures\n"
+        "t = pa.table({'doc_id': ['a', 'b'], 'text': ['one two three four five six seven eight nine ten eleven "
+        "twelve thirteen fourteen', 'x']})\n"
+        "print(minhash_signatures(t, MinhashSignaturesParams()).num_rows)\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+
+    def run() -> dict[Path, int]:
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr[-2000:]
+        return {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.nb[ic]")}
+
+    first = run()
+    assert any(p.suffix == ".nbc" for p in first) and any(p.suffix == ".nbi" for p in first)
+    assert run() == first  # loaded from the cache: no kernel was compiled (and rewritten) again
