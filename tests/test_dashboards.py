@@ -296,7 +296,11 @@ def _build_store(root: Path) -> dict:
     _write([trained], "evaluate", pa.table({
         "model_version": ["m1"] * 4 + ["m2"] * 4, "task": ["arc_easy", "arc_easy", "heldout/web", "heldout/web"] * 2,
         "metric": ["acc", "acc_norm", "bits_per_byte", "perplexity"] * 2,
-        "value": [0.31, 0.30, 1.9, 40.0, 0.35, 0.33, 1.7, 33.0], "stderr": [0.02] * 8, "n": [100] * 8}))  # fmt: skip
+        "value": [0.31, 0.30, 1.9, 40.0, 0.35, 0.33, 1.7, 33.0], "stderr": [0.02] * 8, "n": [100] * 8,
+        # the provenance every evaluate row carries (Biderman et al. 2024), as tasks/evaluate.py writes it
+        "harness_version": ["lm_eval==0.4.x"] * 8, "task_config_hash": ["c0ffee"] * 8, "eval_file_hash": ["f00d"] * 8,
+        "num_fewshot": [0] * 8, "fewshot_seed": [1234] * 8, "batch_size": [16] * 8, "dtype": ["float32"] * 8,
+        "device": ["cpu"] * 8}))  # fmt: skip
     return {"docs": docs, "signals": signals, "kept": kept}
 
 
