@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
-from tasks.minhash_dedup import ensure_keep_columns
+from tasks.select import fold_verdict
 
 HASHES_SCHEMA = pa.schema([("doc_id", pa.string()), ("unit_pos", pa.int32()), ("unit_hash", pa.int64())])
 DUPLICATES_SCHEMA = pa.schema([("doc_id", pa.string()), ("dup_pos", pa.list_(pa.int32()))])
@@ -116,14 +116,19 @@ def line_hashes(text: str | None, min_line_chars: int = 0) -> list[int | None]:
     return out
 
 
+def hashes_stage(batch: pa.Table, params: Any, stage: str, per_text: Callable[[str | None], list]) -> pa.Table:
+    """A ``*_hashes`` stage (map): (doc_id, unit_pos, unit_hash) of ``per_text(text)``'s units, in document order,
+    for the rows still judged (``only_kept``) that have a doc_id."""
+    texts = column_values(batch, params.text_column, stage)
+    ids = [str(d) if d is not None else None for d in column_values(batch, params.doc_id_column, stage)]
+    use = judged(batch, params.only_kept)
+    units = [per_text(t) if u and d is not None else [] for t, d, u in zip(texts, ids, use, strict=True)]
+    return unit_hashes(units, ids)
+
+
 def line_dedup_hashes(batch: pa.Table, params: LineDedupParams = LineDedupParams()) -> pa.Table:
     """The ``line_dedup_hashes`` stage (map): (doc_id, unit_pos, unit_hash) per candidate line, in document order."""
-    texts = column_values(batch, params.text_column, "line_dedup_hashes")
-    ids = [str(d) if d is not None else None for d in column_values(batch, params.doc_id_column, "line_dedup_hashes")]
-    use = judged(batch, params.only_kept)
-    units = [line_hashes(t, params.min_line_chars) if u and d is not None else []
-             for t, d, u in zip(texts, ids, use, strict=True)]
-    return unit_hashes(units, ids)
+    return hashes_stage(batch, params, "line_dedup_hashes", lambda t: line_hashes(t, params.min_line_chars))
 
 
 def duplicates_sql(hashes: str) -> str:
@@ -165,12 +170,7 @@ def dup_positions(batch: pa.Table, doc_id_column: str, duplicates: pa.Table) -> 
 
 def fold_drops(batch: pa.Table, emptied: np.ndarray, reason: str) -> pa.Table:
     """keep=false and drop_reason=reason for newly emptied documents still kept (first failing rule wins)."""
-    out = ensure_keep_columns(batch)
-    prev = pc.fill_null(out.column("keep"), False)
-    newly = pc.and_(prev, pa.array(emptied, pa.bool_()))
-    out = out.set_column(out.schema.get_field_index("keep"), "keep", pc.and_(prev, pc.invert(newly)))
-    return out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason",
-                          pc.if_else(newly, pa.scalar(reason), out.column("drop_reason").cast(pa.string())))
+    return fold_verdict(batch, [reason if e else None for e in emptied.tolist()])
 
 
 def set_columns(batch: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.minhash_dedup import ensure_keep_columns
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KeptParams:
@@ -101,10 +103,7 @@ def embedded(table: pa.Table) -> pa.Table:
 
 def fold_verdict(out: pa.Table, reasons: list[str | None]) -> pa.Table:
     """Fold a per-row reason (None = passes) into keep/drop_reason: an earlier rule's reason is never replaced."""
-    if "keep" not in out.column_names:
-        out = out.append_column("keep", pa.array([True] * out.num_rows, pa.bool_()))
-    if "drop_reason" not in out.column_names:
-        out = out.append_column("drop_reason", pa.nulls(out.num_rows, pa.string()))
+    out = ensure_keep_columns(out)
     failed = pa.array([r is not None for r in reasons], pa.bool_())
     prev = pc.fill_null(out.column("keep"), False)
     newly = pc.and_(prev, failed)

@@ -31,11 +31,10 @@ from tasks.line_dedup import (
     dup_positions,
     fold_drops,
     hash64,
-    judged,
+    hashes_stage,
     normalize_line,
     present_columns,
     set_columns,
-    unit_hashes,
 )
 
 # end of a sentence: terminal punctuation (+ closing quotes/brackets) then white space, or a run of line breaks
@@ -95,12 +94,7 @@ def span_hashes(text: str | None, n: int) -> list[int | None]:
 
 def sentence_dedup_hashes(batch: pa.Table, params: SentenceDedupParams = SentenceDedupParams()) -> pa.Table:
     """The ``sentence_dedup_hashes`` stage (map): (doc_id, unit_pos, unit_hash) per span, in document order."""
-    texts = column_values(batch, params.text_column, "sentence_dedup_hashes")
-    ids = [str(d) if d is not None else None for d in column_values(batch, params.doc_id_column, "sentence_dedup_hashes")]
-    use = judged(batch, params.only_kept)
-    units = [span_hashes(t, params.n_sentences) if u and d is not None else []
-             for t, d, u in zip(texts, ids, use, strict=True)]
-    return unit_hashes(units, ids)
+    return hashes_stage(batch, params, "sentence_dedup_hashes", lambda t: span_hashes(t, params.n_sentences))
 
 
 def sentence_dedup(batch: pa.Table, params: SentenceDedupParams = SentenceDedupParams(), *,
