@@ -272,10 +272,6 @@ def decontaminate(batch: pa.Table, params: DecontaminateParams) -> pa.Table:
     return fold_verdict(out, reasons)
 
 
-def decontaminate_reads(params: DecontaminateParams, available: list[str]) -> list[str]:
-    """Columns the stage reads (it rewrites keep and drop_reason, adds dc_*)."""
-    return [params.text_column, *(c for c in ("keep", "drop_reason") if c in available)]
-
 
 def contaminated_items(texts: Any, params: DecontaminateParams) -> pa.Table:
     """Per task: eval items, items sharing at least one n-gram with `texts` (GPT-3's "dirty" items), too-short

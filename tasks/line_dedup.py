@@ -208,18 +208,3 @@ def line_dedup(batch: pa.Table, params: LineDedupParams = LineDedupParams(), *, 
         "ld_removed_char_fraction": pa.array(fraction, pa.float64()),
     })
     return fold_drops(out, np.array(emptied, dtype=bool), "ld_empty_after_dedup")
-
-
-def present_columns(available: Sequence[str], wanted: Sequence[str]) -> list[str]:
-    return [c for c in wanted if c in available]
-
-
-def line_dedup_hashes_reads(params: LineDedupParams, available: Sequence[str]) -> list[str]:
-    """Columns ``line_dedup_hashes`` reads (its output is new rows, not columns of the input)."""
-    return present_columns(available, [params.doc_id_column, params.text_column, "keep"])
-
-
-def line_dedup_reads(params: LineDedupParams, available: Sequence[str]) -> list[str]:
-    """Columns ``line_dedup`` reads; it rewrites text, keep and drop_reason and adds ld_lines_removed and
-    ld_removed_char_fraction."""
-    return present_columns(available, [params.doc_id_column, params.text_column, "keep", "drop_reason"])

@@ -217,8 +217,3 @@ class QualityScorer:
         if "quality_score" in batch.column_names:
             return batch.set_column(batch.schema.get_field_index("quality_score"), "quality_score", values)
         return batch.append_column("quality_score", values)
-
-
-def quality_score_reads(params: QualityScoreParams, available: Sequence[str]) -> list[str]:
-    """Columns ``quality_score`` reads; it adds ``quality_score`` and rewrites nothing."""
-    return [c for c in (params.text_column,) if c in available]

@@ -20,7 +20,6 @@ space that follows it, so joining the kept sentences rebuilds the text exactly m
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +32,6 @@ from tasks.line_dedup import (
     hash64,
     hashes_stage,
     normalize_line,
-    present_columns,
     set_columns,
 )
 
@@ -124,14 +122,3 @@ def sentence_dedup(batch: pa.Table, params: SentenceDedupParams = SentenceDedupP
         "sn_removed_char_fraction": pa.array(fraction, pa.float64()),
     })
     return fold_drops(out, np.array(short, dtype=bool), "sn_too_short_after_dedup")
-
-
-def sentence_dedup_hashes_reads(params: SentenceDedupParams, available: Sequence[str]) -> list[str]:
-    """Columns ``sentence_dedup_hashes`` reads (its output is new rows, not columns of the input)."""
-    return present_columns(available, [params.doc_id_column, params.text_column, "keep"])
-
-
-def sentence_dedup_reads(params: SentenceDedupParams, available: Sequence[str]) -> list[str]:
-    """Columns ``sentence_dedup`` reads; it rewrites text, keep and drop_reason and adds sn_sentences_removed and
-    sn_removed_char_fraction."""
-    return present_columns(available, [params.doc_id_column, params.text_column, "keep", "drop_reason"])
