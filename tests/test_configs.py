@@ -4,10 +4,12 @@ import pytest
 import yaml
 
 import datasets_cfg
+from tests.conftest import shared_path
 
 
 @pytest.mark.parametrize("path", datasets_cfg.recipes(), ids=lambda p: p.name)
 def test_every_recipe_validates(path):
+    shared_path("eval")  # the bundled recipes name ../shared/data files (decontaminate checks its eval files)
     cfg = datasets_cfg.load(path)
     assert cfg.dataset
 

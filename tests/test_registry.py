@@ -9,6 +9,7 @@ import datasets_cfg
 from flows.run import profile_for
 from ray_cluster import executor, runtime
 from tasks import registry
+from tests.conftest import shared_path
 
 PROFILES = sorted((Path(runtime.PROFILES_DIR)).glob("*.yaml"))
 
@@ -21,6 +22,7 @@ def test_every_profile_keys_only_registry_stages(path):
 
 @pytest.mark.parametrize("path", datasets_cfg.recipes(), ids=lambda p: p.name)
 def test_every_recipe_section_is_a_registry_stage_with_its_params(path):
+    shared_path("eval")  # the bundled recipes name ../shared/data files (decontaminate checks its eval files)
     cfg = datasets_cfg.load(path)
     sections = registry.sections()
     for name in cfg.model_fields_set - {"dataset", "description", "storage_root", "cluster", "experiment"}:
