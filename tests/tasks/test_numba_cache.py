@@ -50,3 +50,28 @@ def test_a_fresh_process_with_a_warm_cache_compiles_nothing(tmp_path):
     first = run()
     assert any(p.suffix == ".nbc" for p in first) and any(p.suffix == ".nbi" for p in first)
     assert run() == first  # loaded from the cache: no kernel was compiled (and rewritten) again
+
+
+def test_char_table_disk_cache_equals_the_computed_table(tmp_path, monkeypatch):
+    """The RPv2 character classes are kept on disk for fresh workers: the cached file must be the computed table,
+    and a torn or foreign file must be recomputed, never trusted."""
+    import numpy as np
+
+    from tasks import quality_signals as Q
+
+    monkeypatch.setenv("QUARRY_CACHE", str(tmp_path))
+    Q._char_table.cache_clear()
+    try:
+        first = Q._char_table()
+        files = list((tmp_path / "rpv2").glob("chars-*.npy"))
+        assert len(files) == 1 and not list((tmp_path / "rpv2").glob(".*tmp"))
+        expected = Q._compute_char_table()
+        assert np.array_equal(first, expected)
+        Q._char_table.cache_clear()
+        assert np.array_equal(Q._char_table(), expected)  # read back from disk
+        files[0].write_bytes(b"\x93NUMPY torn")  # a torn file: recomputed (and rewritten)
+        Q._char_table.cache_clear()
+        assert np.array_equal(Q._char_table(), expected)
+        assert np.array_equal(np.load(files[0]), expected)
+    finally:
+        Q._char_table.cache_clear()
