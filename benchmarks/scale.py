@@ -300,8 +300,9 @@ def kernel_rates(recipe: Path, root: Path, dataset: str, stages: dict, sample: i
             roles = dict(zip(st.roles, parents, strict=True))
             with tempfile.TemporaryDirectory(prefix="quarry-scale-") as spill:
                 scon = catalog.scratch(str(root), temp_directory=spill)
-                exprs = {r: f"({layers.relation_sql(ref)})" for r, ref in roles.items()}  # as the executor reads
-                columns = {r: layers.column_names(ref) for r, ref in roles.items()}
+                # as the executor reads: each input projected to the stage's declared columns
+                columns = {r: executor.projection(st, params, layers.column_names(ref)) for r, ref in roles.items()}
+                exprs = {r: f"({layers.relation_sql(ref, columns[r])})" for r, ref in roles.items()}
                 t0 = time.perf_counter()
                 rel = st.fn(scon, exprs, params, columns)
                 rows = scon.sql(f"SELECT * FROM {rel}").to_arrow_table().num_rows

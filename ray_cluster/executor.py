@@ -470,10 +470,12 @@ def _sql(stage, kind, inputs, params, profile, fail_from_shard, target, rows_per
         limit = f"{res.memory_gb}GB" if res.memory_gb else None
         con = catalog.scratch(dst.root, temp_directory=spill, memory_limit=limit)
         try:
-            exprs = {r: f"({layers.relation_sql(ref)})" for r, ref in roles.items()}
+            # each input projected to the columns the stage reads (a join of layers DuckDB never widens to text)
+            columns = {r: projection(stage, params, layers.column_names(ref)) for r, ref in roles.items()}
+            exprs = {r: f"({layers.relation_sql(ref, columns[r])})" for r, ref in roles.items()}
             # the same rows with their corpus order (__shard, __row), for steps that keep a first occurrence
-            exprs.update({f"{r}_in_order": f"({layers.relation_sql(ref, keys=True)})" for r, ref in roles.items()})
-            columns = {r: layers.column_names(ref) for r, ref in roles.items()}
+            exprs.update({f"{r}_in_order": f"({layers.relation_sql(ref, columns[r], keys=True)})"
+                          for r, ref in roles.items()})
             name = stage.fn(con, exprs, params, columns)
             reader = con.sql(f"SELECT * FROM {name}").to_arrow_reader(rows_per_shard)
             expected, index = {}, 0

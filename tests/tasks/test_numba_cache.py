@@ -57,21 +57,21 @@ def test_char_table_disk_cache_equals_the_computed_table(tmp_path, monkeypatch):
     and a torn or foreign file must be recomputed, never trusted."""
     import numpy as np
 
-    from tasks import quality_signals as Q
+    from tasks import rpv2_chars as Q
 
     monkeypatch.setenv("QUARRY_CACHE", str(tmp_path))
-    Q._char_table.cache_clear()
+    Q.char_table.cache_clear()
     try:
-        first = Q._char_table()
+        first = Q.char_table()
         files = list((tmp_path / "rpv2").glob("chars-*.npy"))
         assert len(files) == 1 and not list((tmp_path / "rpv2").glob(".*tmp"))
-        expected = Q._compute_char_table()
+        expected = Q.compute_char_table()
         assert np.array_equal(first, expected)
-        Q._char_table.cache_clear()
-        assert np.array_equal(Q._char_table(), expected)  # read back from disk
+        Q.char_table.cache_clear()
+        assert np.array_equal(Q.char_table(), expected)  # read back from disk
         files[0].write_bytes(b"\x93NUMPY torn")  # a torn file: recomputed (and rewritten)
-        Q._char_table.cache_clear()
-        assert np.array_equal(Q._char_table(), expected)
+        Q.char_table.cache_clear()
+        assert np.array_equal(Q.char_table(), expected)
         assert np.array_equal(np.load(files[0]), expected)
     finally:
-        Q._char_table.cache_clear()
+        Q.char_table.cache_clear()

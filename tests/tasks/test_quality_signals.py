@@ -19,6 +19,7 @@ from tasks.quality_signals import (
     QualitySignalsParams,
     quality_signals,
 )
+from tasks.rpv2_chars import char_table
 
 GOLD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gold"
 needs_gold = pytest.mark.skipif(not (GOLD / "c4_rpv2_signals.jsonl").exists(), reason=f"gold data absent at {GOLD}")
@@ -153,7 +154,7 @@ def test_lorem_ipsum_counts_case_insensitively_on_normalized_text():
 
 
 def test_character_classes_equal_python_re_and_str():
-    table = qs._char_table()
+    table = char_table()
     sample = [chr(i) for i in random.Random(0).sample(range(0x110000), 20000)] + list("a_1²\u030a \t\x1c\u00a0é")
     for c in sample:
         f = int(table[ord(c)])
