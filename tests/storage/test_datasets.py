@@ -148,3 +148,26 @@ def test_temporary_names_carry_their_owner():
     name = datasets.tmp_name("part-00000.parquet")
     assert name.startswith(f"_tmp.{os.getpid()}@") and name.endswith(".part-00000.parquet")
     assert not datasets.is_abandoned(name, mtime=None)  # this process is alive
+
+
+def test_shards_have_bounded_row_groups(tmp_path, monkeypatch):
+    """A shard of long documents is split into row groups near ROW_GROUP_BYTES (a reader holds one at a time),
+    a shard of many small rows into groups of at most ROW_GROUP_ROWS; every row is still there, in order."""
+    import pyarrow.parquet as pq
+
+    from storage import datasets as D
+
+    ref = D.DatasetRef(str(tmp_path), "d", "s", "0123456789ab")
+    monkeypatch.setattr(D, "ROW_GROUP_BYTES", 1 << 20)
+    long_docs = pa.table({"i": list(range(200)), "text": ["x" * 50_000] * 200})  # ~10 MB in memory
+    D.write_shard(ref, "part-00000.parquet", long_docs)
+    monkeypatch.setattr(D, "ROW_GROUP_ROWS", 1000)
+    D.write_shard(ref, "part-00001.parquet", pa.table({"i": list(range(4500))}))
+    D.write_shard(ref, "part-00002.parquet", pa.table({"i": pa.array([], pa.int64())}))
+    f0 = pq.ParquetFile(tmp_path / "d" / "s" / ref.version / "part-00000.parquet")
+    assert f0.metadata.num_row_groups >= 8
+    assert max(f0.metadata.row_group(g).num_rows for g in range(f0.metadata.num_row_groups)) <= 21
+    f1 = pq.ParquetFile(tmp_path / "d" / "s" / ref.version / "part-00001.parquet")
+    assert [f1.metadata.row_group(g).num_rows for g in range(f1.metadata.num_row_groups)] == [1000] * 4 + [500]
+    assert f0.read().equals(long_docs) and f1.read().column("i").to_pylist() == list(range(4500))
+    assert pq.read_table(tmp_path / "d" / "s" / ref.version / "part-00002.parquet").num_rows == 0
