@@ -142,8 +142,8 @@ def _leftover_temporaries(root: str) -> list[str]:
 
 @pytest.mark.parametrize("stateful", [False, True], ids=["task", "actor"])
 def test_ray_worker_sigkilled_mid_stage_is_retried_by_the_engine(stateful, zygote, ray_local, tmp_path, capsys):
-    """A real local Ray: the stage's worker process SIGKILLs itself on its first shard; Ray Data retries the shard
-    (task retry, or actor restart + task retry) and the stage commits every row exactly once."""
+    """A real local Ray: the stage's worker process SIGKILLs itself on its first shard; Ray retries the shard
+    (task retry, or Ray Data's actor restart + task retry) and the stage commits every row exactly once."""
     from ray_cluster import runtime
     from storage import datasets
     from tests.stages import adhoc

@@ -2,7 +2,7 @@
 its own raylet and object store): a stage's shards spread over the nodes, and a node killed mid-stage (the raylet
 and every worker on it, SIGKILL, not one worker process) costs no document.
 
-The head gets no CPUs, so every shard task runs on a worker node; Ray Data schedules map tasks with its default
+The head gets no CPUs, so every shard task runs on a worker node; the executor submits shard tasks with the
 SPREAD strategy, which is what spreads shards without anything in the profile. The stage is the real RPv2 signals
 kernel wrapped to record the node that ran each shard (and to take long enough that the kill lands mid-stage).
 """
