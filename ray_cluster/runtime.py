@@ -317,11 +317,16 @@ def _run_tasks(items: Sequence[dict], work: Callable[[dict], dict], resources: S
 
     import ray
 
-    task = ray.remote(_guarded).options(
+    def _shard(item: dict) -> dict:
+        # ``work`` (and any secret env it carries) travels inside the function, exported once through Ray's
+        # function table, not as a task argument pickled into every task spec
+        return _guarded(work, item)
+
+    task = ray.remote(_shard).options(
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or 0, max_retries=resources.max_retries,
         retry_exceptions=False, scheduling_strategy="SPREAD",
     )
-    pending = [task.remote(work, dict(it)) for it in items]
+    pending = [task.remote(dict(it)) for it in items]
     results = []
     with _progress(desc, len(items)) as advance:
         while pending:
