@@ -30,6 +30,19 @@ LIMIT = dict(max_doc_bytes=256 * 1024)  # -> max_record_bytes 1 MiB
 PEAK_BOUND = 16 * MB  # whatever the record's size: the record limit plus a few decompressed chunks
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _readers_imported():
+    """Read one small file per format first: the readers import their codecs lazily, and a first import inside the
+    traced region (~10 MB of module objects) would count as the read's memory when a test runs alone."""
+    for name in ("w.jsonl", "w.jsonl.gz", "w.jsonl.zst", "w.jsonl.xz"):
+        raw = b'{"text": "warm up"}\n'
+        data = {"gz": lambda b: gzip.compress(b), "zst": zstandard.ZstdCompressor().compress,
+                "xz": lzma.compress}.get(name.rsplit(".", 1)[-1], lambda b: b)(raw)
+        read(data, name, **LIMIT)
+    read(b"<html><body><p>warm</p></body></html>", "w.html", **LIMIT)
+    read(b"".join(_warc_docs(1)), "w.warc", **LIMIT)
+
+
 def _bomb_jsonl(codec: str) -> bytes:
     """GOOD[0], one line of BOMB bytes, GOOD[1]: compressed as one gzip member / zstd frame, or (xz, slow to make)
     as concatenated streams, one small stream of 4 MB of x repeated."""
