@@ -85,8 +85,11 @@ def _paragraphs() -> list[str]:
     return out
 
 
-def _shingles(text: str, n: int = 13) -> set[tuple[str, ...]]:
-    words = re.sub(r"[^\w\s]", "", text.lower()).split()  # close to RPv2's normalization, for the check only
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s]", "", text.lower()).split()  # close to RPv2's normalization, for the check only
+
+
+def _shingles(words: list[str], n: int = 13) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
 
 
@@ -140,7 +143,7 @@ def build_corpus(n: int, folder: Path, seed: int, exact_share: float, near_share
         text_bytes += len(text.encode("utf-8"))
         f.write(json.dumps({"id": f"doc{i}", "url": f"https://scale.example/{i}", "text": text}) + "\n")
     f.close()
-    jac = sorted(len(a & b) / len(a | b) for a, b in ((_shingles(x), _shingles(y)) for x, y in pairs))
+    jac = sorted(len(a & b) / len(a | b) for a, b in ((_shingles(_words(x)), _shingles(_words(y))) for x, y in pairs))
     info = {"spec": spec, "paragraphs": len(paras), "planted": planted, "text_bytes": text_bytes,
             "jsonl_bytes": sum(p.stat().st_size for p in folder.glob("*.jsonl")),
             "near_jaccard13": {"min": jac[0], "median": jac[len(jac) // 2], "pairs": len(jac)} if jac else None}
@@ -348,8 +351,8 @@ def fuzzy_audit(root: Path, dataset: str, sample: int = 3000, seed: int = 0) -> 
                    params=[sorted({c for _, c in picked})]).fetchall()
     clusters: dict = {}
     for doc, cid, text in rows:
-        w = rpv2_normalize(text or "").split()
-        clusters.setdefault(cid, {})[doc] = {tuple(w[i:i + 13]) for i in range(len(w) - 12)}
+        # the signatures' own shingles; a drop always has >= 13 words (shorter documents get no signature)
+        clusters.setdefault(cid, {})[doc] = _shingles(rpv2_normalize(text or "").split())
     best = []
     for doc, cid in picked:  # each sampled drop against every other member of its cluster
         s = clusters[cid][doc]

@@ -45,6 +45,7 @@ import xxhash
 from tasks.eval_tasks import ALL_TASKS, SPECS
 from tasks.minhash_dedup import rpv2_normalize
 from tasks.select import fold_verdict
+from tasks.tempfiles import cache_root
 
 INDEX_FORMAT = "1"  # bump when the normalization, hashing or item text changes: old cache files are ignored
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio, Knuth): a rolling polynomial hash
@@ -214,8 +215,7 @@ def build_index(eval_dir: str | Path, tasks: tuple[str, ...], n: int) -> EvalInd
 
 
 def _cache_dir(params: DecontaminateParams) -> Path:
-    base = params.cache_dir or os.environ.get("QUARRY_CACHE") or Path.home() / ".cache" / "quarry"
-    return Path(base) / "decontaminate"
+    return (Path(params.cache_dir) if params.cache_dir else cache_root()) / "decontaminate"
 
 
 @lru_cache(maxsize=4)

@@ -100,12 +100,18 @@ def exact_dedup_hashes(batch: pa.Table, params: ExactDedupParams = ExactDedupPar
     return out
 
 
+def _column_priority(params: ExactDedupParams) -> tuple[str, str]:
+    """(column, "asc"|"desc") of a "<column>:asc|desc" priority."""
+    column, order = params.priority.rsplit(":", 1)
+    return column, order
+
+
 def _order(t: pa.Table, key: str, params: ExactDedupParams) -> list[tuple[str, str]]:
     if params.priority == "longest":
         return [(key, "ascending"), ("_len", "descending"), ("doc_id", "ascending")]
     if params.priority == "lowest_doc_id":
         return [(key, "ascending"), ("doc_id", "ascending")]
-    column, order = params.priority.rsplit(":", 1)
+    column, order = _column_priority(params)
     return [(key, "ascending"), (column, "descending" if order == "desc" else "ascending"), ("doc_id", "ascending")]
 
 
@@ -141,7 +147,7 @@ def exact_dedup_keepers(hashes: pa.Table, params: ExactDedupParams = ExactDedupP
             cols["_len"] = pc.utf8_length(hashes.column(params.text_column))
         cols["_len"] = pc.fill_null(cols["_len"], -1)
     elif params.priority != "lowest_doc_id":
-        column = params.priority.rsplit(":", 1)[0]
+        column = _column_priority(params)[0]
         cols[column] = hashes.column(column)
     t = pa.table(cols)
     if params.only_kept and "keep" in hashes.column_names:
@@ -184,7 +190,7 @@ def exact_dedup_sql(docs: str, params: ExactDedupParams = ExactDedupParams(), *,
     elif params.priority == "lowest_doc_id":
         prio = "doc_id"
     else:
-        column, order = params.priority.rsplit(":", 1)
+        column, order = _column_priority(params)
         prio = f'"{column}" {order.upper()} NULLS LAST, doc_id'
     where = "WHERE coalesce(keep, false)" if params.only_kept and has_keep else ""
     rename = "" if params.doc_id_column == "doc_id" else f', "{params.doc_id_column}"::VARCHAR AS doc_id'
@@ -264,5 +270,5 @@ def keepers_reads(params: ExactDedupParams, available: list[str]) -> list[str]:
     if params.priority == "longest":
         cols.append(LENGTH_COLUMN if LENGTH_COLUMN in available else params.text_column)
     elif params.priority != "lowest_doc_id":
-        cols.append(params.priority.rsplit(":", 1)[0])
+        cols.append(_column_priority(params)[0])
     return cols

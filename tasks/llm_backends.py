@@ -42,6 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.tempfiles import cache_root
+
 SMOLLM2 = "smollm2"
 LOCAL_ENGINES = ("auto", "llama_cpp", "transformers")
 _CACHE_MARKER = "quarry_model.json"  # written last: its presence means the cached folder is complete
@@ -71,11 +73,6 @@ class Completion:
 
 # ---------------------------------------------------------------------------------------------------------------
 # local (transformers on CPU)
-
-
-def cache_root() -> Path:
-    """$QUARRY_CACHE or ~/.cache/quarry (the same root tasks.tokenize uses)."""
-    return Path(os.environ.get("QUARRY_CACHE") or Path.home() / ".cache" / "quarry")
 
 
 def smollm2_gguf_path() -> Path:

@@ -4,13 +4,17 @@ kernels match `re`, `regex` and `str` exactly) and kept on disk for fresh worker
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import re
-from pathlib import Path
+import sys
+import unicodedata
 
 import numpy as np
 import regex
 
 from tasks import _rpv2_kernels as K
+from tasks.tempfiles import cache_root, tmp_path
 
 
 @functools.cache
@@ -18,16 +22,11 @@ def char_table() -> np.ndarray:
     """Per-code-point class flags (see `compute_char_table`), kept on disk: computing them takes ~1 s, paid by
     every fresh Ray worker otherwise. The file is keyed by what decides the flags (Python's Unicode database, the
     `regex` module's version, the flag values), so a different interpreter never reads another's table."""
-    import hashlib
-    import os
-    import sys
-    import unicodedata
-
     flags = (K.F_WORD, K.F_SPACE, K.F_TOK_WORD, K.F_TOK_SPACE, K.F_ASCII_ALPHA, K.F_UPPER, K.F_LOWER_OR_TITLE,
              K.F_NUMERIC)
     key = hashlib.sha256(repr((sys.version, unicodedata.unidata_version, regex.__version__, flags,
                                _CHAR_TABLE_FORMAT)).encode()).hexdigest()[:16]
-    path = Path(os.environ.get("QUARRY_CACHE") or Path.home() / ".cache" / "quarry") / "rpv2" / f"chars-{key}.npy"
+    path = cache_root() / "rpv2" / f"chars-{key}.npy"
     try:
         t = np.load(path, allow_pickle=False)
         if t.shape == (0x110000,) and t.dtype == np.uint8:
@@ -37,7 +36,7 @@ def char_table() -> np.ndarray:
     t = compute_char_table()
     try:  # a temporary name, then an atomic rename: concurrent workers never read half a table
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = tmp_path(path)
         with open(tmp, "wb") as f:
             np.save(f, t, allow_pickle=False)
         os.replace(tmp, path)

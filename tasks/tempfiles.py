@@ -1,11 +1,18 @@
-"""Per-writer temporary files of stages that write plain files (packed token arrays, checkpoints, metrics):
-``.{name}.{pid}.tmp``, renamed into place when complete. A resumed run removes those whose writer is gone; a live
-writer's are left alone (two runs of one stage may overlap)."""
+"""Plain files stages write outside versions: the per-user cache root, and per-writer temporaries.
+
+Temporaries (packed token arrays, checkpoints, metrics, cached tables) are ``.{name}.{pid}.tmp``, renamed into place
+when complete. A resumed run removes those whose writer is gone; a live writer's are left alone (two runs of one
+stage may overlap)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """``$QUARRY_CACHE`` or ``~/.cache/quarry``: models, tokenizers, eval indexes, the RPv2 character table."""
+    return Path(os.environ.get("QUARRY_CACHE") or Path.home() / ".cache" / "quarry")
 
 
 def tmp_path(final: Path) -> Path:

