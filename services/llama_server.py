@@ -38,11 +38,16 @@ def main(argv: list[str] | None = None) -> None:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             ap.error(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    import llama_cpp.llama_cpp as lib
     import uvicorn
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    from tasks.llm_backends import smollm2_gguf_path
+    from tasks.llm_backends import amx_safe, smollm2_gguf_path
+
+    # the server builds its model params from llama_cpp's defaults: the same AMX guard as our own backend
+    defaults = lib.llama_model_default_params
+    lib.llama_model_default_params = lambda: amx_safe(defaults(), lib)
 
     gguf = str(smollm2_gguf_path()) if args.model == "smollm2" else args.model
     threads = args.threads or os.cpu_count() or 1

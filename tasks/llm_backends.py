@@ -261,6 +261,16 @@ class LocalBackend:
 # local (llama.cpp on CPU, the GGUF as is)
 
 
+def amx_safe(mp, llama_cpp):
+    """llama.cpp model params `mp`, made safe for the CPU. On a CPU with AMX (Sapphire Rapids and later) the build's AMX matmul buffers
+    are switched off: with llama-cpp-python 0.3.36 every quantized GGUF (Q4_0, Q4_1, Q8_0) dies in `ldtilecfg` with
+    a general-protection fault on the first decode (measured on this project's AMX host; F16/BF16 and the plain CPU
+    path run). The plain path still uses AVX-512; the repack buffers it also turns off have no Q4_1 kernels anyway."""
+    if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
+        mp.use_extra_bufts = False
+    return mp
+
+
 @dataclass(slots=True)
 class _Seq:
     """One sequence in flight in LlamaCppBackend: its KV stream (seq_id), prompt, sampler and output so far."""
@@ -309,7 +319,7 @@ class LlamaCppBackend:
         llama_cpp.llama_backend_init()
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = 0
-        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf).encode(), mp)
+        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf).encode(), amx_safe(mp, llama_cpp))
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load {self.gguf}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
