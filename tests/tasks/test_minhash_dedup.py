@@ -361,3 +361,37 @@ def test_edges_number_bands_per_document_around_null_signatures():
         mine = dict(zip(got.column("band").to_pylist(), got.column("key").to_pylist(), strict=True))
         theirs = dict(zip(changed.column("band").to_pylist(), changed.column("key").to_pylist(), strict=True))
         assert [b for b in range(bands) if mine[b] != theirs[b]] == [1]
+
+
+@pytest.mark.skipif(not C4.exists(), reason="shared C4 sample (../shared/data/web/c4_sample) is absent")
+def test_verify_keeps_exactly_the_candidates_whose_signatures_agree_on_the_threshold(tmp_path):
+    ids, texts = _planted_corpus(n_base=120, seed=2)
+    sig = _sig_table(ids, texts)
+    import pyarrow.parquet as pq
+
+    pq.write_table(minhash_edges(sig, MinhashDedupParams(num_partitions=2)), tmp_path / "edges.parquet")
+    pq.write_table(sig.select(["doc_id", "text", "mh_values"]), tmp_path / "docs.parquet")
+    pairs = {}
+    for verify in (False, True):
+        con = duckdb.connect()
+        run_fuzzy_dedup_sql(con, f"read_parquet('{tmp_path}/edges.parquet')", f"read_parquet('{tmp_path}/docs.parquet')",
+                            MinhashDedupParams(num_partitions=2, verify=verify))  # fmt: skip
+        pairs[verify] = set(con.execute("SELECT src, dst FROM mh_pairs").fetchall())
+    values = {d: np.array(v) for d, v in zip(sig.column("doc_id").to_pylist(), sig.column("mh_values").to_pylist(), strict=True)}
+    agree = {p: float(np.mean(values[p[0]] == values[p[1]])) for p in pairs[False]}
+    assert pairs[True] == {p for p, a in agree.items() if a >= 0.8}  # exactly the candidates at the threshold
+    assert pairs[False] - pairs[True], "the corpus should hold LSH candidates below the threshold"
+    sh = {d: _shingles(t) for d, t in zip(ids, texts, strict=True)}
+
+    def low(ps):  # share of pairs whose true 13-gram Jaccard is below the 0.8 threshold
+        jac = [len(sh[a] & sh[b]) / len(sh[a] | sh[b]) for a, b in ps]
+        return sum(j < 0.8 for j in jac) / len(jac)
+
+    assert low(pairs[True]) < low(pairs[False])
+
+
+def test_verify_without_mh_values_is_a_clear_error():
+    from tasks.minhash_dedup import minhash_clusters_duckdb
+
+    with pytest.raises(ValueError, match="mh_values"):
+        minhash_clusters_duckdb(None, {}, MinhashDedupParams(verify=True), {"docs": ["doc_id", "minhash_signature_0.8"]})
