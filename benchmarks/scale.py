@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -155,11 +156,13 @@ def build_corpus(n: int, folder: Path, seed: int, exact_share: float, near_share
 
 
 class RssSampler:
-    """Peak RSS of this process's descendants, sampled: per worker process and summed over workers at once."""
+    """Peak RSS, sampled: this process (the driver) and its worker descendants, per worker process, summed over
+    workers at once, and per process title (Ray titles a busy worker `ray::<task>`: which step peaked)."""
 
     def __init__(self, is_worker, every: float = 0.25):
         self.is_worker, self.every = is_worker, every
-        self.peak_one = self.peak_sum = 0
+        self.peak_one = self.peak_sum = self.peak_driver = 0
+        self.by_title: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -169,12 +172,16 @@ class RssSampler:
         me = psutil.Process()
         while not self._stop.is_set():
             total = 0
+            with contextlib.suppress(psutil.Error, OSError):
+                self.peak_driver = max(self.peak_driver, me.memory_info().rss)
             for p in me.children(recursive=True):
                 try:
                     if self.is_worker(p):
                         rss = p.memory_info().rss
                         total += rss
                         self.peak_one = max(self.peak_one, rss)
+                        title = p.cmdline()[0] if p.cmdline() else "?"
+                        self.by_title[title] = max(self.by_title.get(title, 0), rss)
                 except (psutil.Error, OSError):
                     continue
             self.peak_sum = max(self.peak_sum, total)
@@ -205,7 +212,7 @@ def _mb(n: float) -> float:
 # ------------------------------------------------------------------------------------------------ quarry
 
 
-def write_recipe(work: Path, corpus: Path, root: Path, dataset: str) -> Path:
+def write_recipe(work: Path, corpus: Path, root: Path, dataset: str, mh_verify: bool = False) -> Path:
     import yaml
 
     recipe = {
@@ -216,7 +223,7 @@ def write_recipe(work: Path, corpus: Path, root: Path, dataset: str) -> Path:
         "minhash_signatures": {},
         "quality_filter": {"rules": ["gopher", "c4"]},
         "exact_dedup": {"keys": ["url", "text"], "priority": "longest"},
-        "minhash_dedup": {"similarity": 0.8, "priority": "longest"},
+        "minhash_dedup": {"similarity": 0.8, "priority": "longest", **({"verify": True} if mh_verify else {})},
     }
     path = work / f"{dataset}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -254,7 +261,9 @@ def run_quarry(recipe: Path, root: Path, dataset: str) -> dict:
     funnel = catalog.query(catalog.connect(str(root)), f"SELECT coalesce(drop_reason, 'kept') AS reason, count(*) AS n "
                            f"FROM {dataset}__minhash_dedup GROUP BY 1 ORDER BY 2 DESC").to_pylist()
     return {"final": final, "startup_s": startup, "funnel": {r["reason"]: r["n"] for r in funnel}, "wall_s": wall, "stages": stages, "kept": kept,
-            "driver_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            # the driver's peak while the flow ran (sampled), not the process's lifetime peak (corpus building)
+            "driver_rss": rss.peak_driver, "driver_rss_lifetime": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "worker_rss_by_title": dict(sorted(rss.by_title.items(), key=lambda kv: -kv[1])[:8]),
             "worker_rss_one": rss.peak_one, "worker_rss_sum": rss.peak_sum,
             "bytes_total": _folder_bytes(root / dataset)}
 
@@ -473,7 +482,9 @@ def report(n: int, corpus: dict, q: dict, k: dict, dt: dict | None, nb: dict | N
     lines = [f"scale benchmark: N = {n:,} docs ({mb_in:,.0f} MB of text; planted {corpus['planted']}; near-dup "
              f"13-gram Jaccard {corpus['near_jaccard13']}), {CORES} cores, commit {git}, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-             f"Ray + Prefect start-up (not in wall): {q['startup_s']:.1f} s; quarry's funnel: {q['funnel']}", "",
+             f"Ray + Prefect start-up (not in wall): {q['startup_s']:.1f} s; quarry's funnel: {q['funnel']}",
+             "peak RSS per worker process title (MB): " + ", ".join(
+                 f"{t} {_mb(v):,.0f}" for t, v in q.get("worker_rss_by_title", {}).items()), "",
              "| | docs | wall s | docs/s | docs/s/core | MB/s/core | bytes written / input byte | peak RSS driver MB "
              "| peak RSS workers MB (one / all) | kept |",
              "|---|---|---|---|---|---|---|---|---|---|",
@@ -526,6 +537,8 @@ def main() -> None:
     ap.add_argument("--peer-docs", type=int, default=None, help="datatrove's documents (default min(N, 10000))")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-numba", action="store_true")
+    ap.add_argument("--mh-verify", action="store_true",
+                    help="minhash_dedup re-checks LSH candidates against the signatures (verify: true)")
     args = ap.parse_args()
     work = args.work.resolve()
     if REPO in work.parents or work == REPO:
@@ -536,7 +549,7 @@ def main() -> None:
     print(f"corpus: {corpus_dir} ({time.perf_counter() - t:.0f} s) {json.dumps(corpus)}", flush=True)
     dataset = f"scale{args.n}"
     root = work / f"store-{args.n}"
-    recipe = write_recipe(work, corpus_dir, root, dataset)
+    recipe = write_recipe(work, corpus_dir, root, dataset, args.mh_verify)
     q = run_quarry(recipe, root, dataset)
     print(f"quarry: {q['wall_s']:.1f} s, {q['kept']} kept", flush=True)
     k = kernel_rates(recipe, root, dataset, q["stages"], args.kernel_docs)
