@@ -465,9 +465,10 @@ def _sql(stage, kind, inputs, params, profile, fail_from_shard, target, rows_per
         return dst
     res = resources(stage, profile)
     t0 = time.perf_counter()
-    # each input projected to the columns the stage reads (a join of layers DuckDB never widens to text)
+    # each input projected to the columns the stage reads (a join of layers DuckDB never widens to text), unsorted:
+    # the global steps group and join; the `_in_order` variants carry the corpus order for those that need it
     columns = {r: projection(stage, params, layers.column_names(ref)) for r, ref in roles.items()}
-    exprs = {r: f"({layers.relation_sql(ref, columns[r])})" for r, ref in roles.items()}
+    exprs = {r: f"({layers.relation_sql(ref, columns[r], ordered=False)})" for r, ref in roles.items()}
     # the same rows with their corpus order (__shard, __row), for steps that keep a first occurrence
     exprs.update({f"{r}_in_order": f"({layers.relation_sql(ref, columns[r], keys=True)})"
                   for r, ref in roles.items()})

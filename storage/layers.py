@@ -279,10 +279,12 @@ def _rel(links: list[Link], i: int, columns: list[str], keys: bool) -> str:
 
 
 def relation_sql(ref: DatasetRef, columns: Sequence[str] | None = None, manifests: dict | None = None, *,
-                 keys: bool = False) -> str:
+                 keys: bool = False, ordered: bool = True) -> str:
     """A DuckDB SELECT giving the wide table of ``ref`` (rows in shard order), projected to ``columns``; with
     ``keys`` it also gives ``__shard`` and ``__row`` (the shard's name and the row's position in it: corpus order,
-    for SQL that keeps "the first occurrence") and leaves ordering to the caller."""
+    for SQL that keeps "the first occurrence") and leaves ordering to the caller. ``ordered=False`` leaves out the
+    sort back into shard order, for SQL whose result does not depend on row order (group-bys, joins): sorting the
+    wide rows, text included, was most of the fuzzy-dedup keeper query's time and memory."""
     links = chain(ref, manifests)
     names = column_names(ref, manifests)
     cols = names if columns is None else [c for c in columns if c in set(names)]
@@ -296,7 +298,8 @@ def relation_sql(ref: DatasetRef, columns: Sequence[str] | None = None, manifest
         return _rel(links, 0, cols, False)
     # joins do not keep an order: a layer's view is sorted back into shard order (what a full version shows)
     inner = _rel(links, 0, cols, True)
-    return f"SELECT {', '.join(_q(c) for c in cols) or 'NULL AS __empty'} FROM ({inner}) ORDER BY __shard, __row"
+    order = " ORDER BY __shard, __row" if ordered else ""
+    return f"SELECT {', '.join(_q(c) for c in cols) or 'NULL AS __empty'} FROM ({inner}){order}"
 
 
 def empty_table(ref: DatasetRef) -> pa.Table:
