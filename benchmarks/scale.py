@@ -180,7 +180,7 @@ class RssSampler:
                         rss = p.memory_info().rss
                         total += rss
                         self.peak_one = max(self.peak_one, rss)
-                        title = p.cmdline()[0] if p.cmdline() else "?"
+                        title = (p.cmdline() or ["?"])[0]
                         self.by_title[title] = max(self.by_title.get(title, 0), rss)
                 except (psutil.Error, OSError):
                     continue

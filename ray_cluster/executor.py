@@ -473,10 +473,7 @@ def _sql(stage, kind, inputs, params, profile, fail_from_shard, target, rows_per
     exprs.update({f"{r}_in_order": f"({layers.relation_sql(ref, columns[r], keys=True)})"
                   for r, ref in roles.items()})
     args = (stage, _asdict(dst), exprs, params, columns, res, rows_per_shard)
-    if stage.driver or profile.engine != "ray":
-        expected = _sql_work(*args)
-    else:
-        expected = runtime.run_remote(_sql_work, *args, resources=res, profile=profile)
+    expected = runtime.run_remote(_sql_work, *args, resources=res, profile=profile)  # in-process off Ray
     _commit(stage, dst, present, params, {"seconds": round(time.perf_counter() - t0, 3)}, expected=expected)
     return dst
 
@@ -578,9 +575,9 @@ def _global(stage, kind, inputs, params, profile, fail_from_shard, target) -> Da
     res = resources(stage, profile)
     t0 = time.perf_counter()
     args = (stage, _asdict(dst), {r: _asdict(v) for r, v in roles.items()}, params, res, profile)
-    if stage.driver or profile.engine != "ray":
+    if stage.driver:
         stats, expected = _global_work(*args)
-    else:
+    else:  # in-process off Ray
         stats, expected = runtime.run_remote(_global_work, *args, resources=res, profile=profile)
     stats = {**(stats or {}), "seconds": round(time.perf_counter() - t0, 3)}
     for side in [*stage.checkpoints, *stage.outputs]:  # siblings first: the main manifest commits the stage

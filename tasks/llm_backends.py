@@ -262,8 +262,8 @@ class LocalBackend:
 
 
 def amx_safe(mp, llama_cpp):
-    """llama.cpp model params `mp`, made safe for the CPU. On a CPU with AMX (Sapphire Rapids and later) the build's AMX matmul buffers
-    are switched off: with llama-cpp-python 0.3.36 every quantized GGUF (Q4_0, Q4_1, Q8_0) dies in `ldtilecfg` with
+    """llama.cpp model params `mp`, made safe for the CPU. On a CPU with AMX (Sapphire Rapids and later) the build's
+    AMX matmul buffers are switched off: with llama-cpp-python 0.3.36 every quantized GGUF (Q4_0, Q4_1, Q8_0) dies in `ldtilecfg` with
     a general-protection fault on the first decode (measured on this project's AMX host; F16/BF16 and the plain CPU
     path run). The plain path still uses AVX-512; the repack buffers it also turns off have no Q4_1 kernels anyway."""
     if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
