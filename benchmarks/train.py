@@ -3,7 +3,7 @@
 The peer is the textbook loop: LlamaForCausalLM(labels=...) + AdamW + grad clipping, batches sliced from the same
 packed array in a fixed order, no metrics, no checkpoints. The difference is our orchestration: data-order
 bookkeeping, padding masks, per-step metrics, checkpoints, the lr scheduler. Target: < 5 % overhead.
-On a GPU both run in bf16 autocast and MFU is printed (PaLM FLOPs formula, tasks.train.flops_per_token).
+On a GPU both run in bf16 autocast and MFU is printed (PaLM FLOPs formula, tasks.lm_model.flops_per_token).
 
     python benchmarks/train.py                       # CPU, "small" preset, seq 128
     python benchmarks/train.py --preset smollm2_135m --seq-len 1024 --micro-batch 16 --steps 50   # GPU
@@ -26,8 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tasks.lm_model import CausalLMWithMTP, flops_per_token  # noqa: E402
 from tasks.tokenize import PackParams, TokenizeParams, pack_sequences, save_packed, tokenize_docs  # noqa: E402
-from tasks.train import CausalLMWithMTP, TrainParams, flops_per_token, read_metrics, train  # noqa: E402
+from tasks.train import TrainParams, read_metrics, train  # noqa: E402
 
 SHAKESPEARE = (
     Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clean" / "tinyshakespeare" / "input.txt"

@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
-import torch.nn.functional as F
 
 from tasks.compare import CENTERED_METRIC, CENTERED_TASK, EXAMPLE_SCHEMA, centered_rows
 from tasks.eval_tasks import ALL_TASKS, SPECS, eval_file_hash, task_config_hash, write_task_configs
@@ -91,6 +89,8 @@ class EvaluateParams:
 
 
 def _device(params: EvaluateParams) -> str:
+    import torch
+
     if params.device != "auto":
         return params.device
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -101,6 +101,9 @@ def _device(params: EvaluateParams) -> str:
 
 def _doc_nll(model, ids: list[int], bos: int, window: int, device: str) -> float:
     """Summed NLL (nats) of `ids` given a leading BOS, in non-overlapping windows of `window` predicted tokens."""
+    import torch
+    import torch.nn.functional as F
+
     total = 0.0
     for start in range(0, len(ids), window):
         ctx_first = bos if start == 0 else ids[start - 1]  # each window is conditioned on the previous token only
@@ -129,6 +132,7 @@ def heldout_bpb(model_dir: str | Path, docs: pa.Table, params: EvaluateParams, *
     or empty text are not scored and are reported as metric "docs_skipped". With return_examples, also each
     document's bits/byte (weight: its bytes) per task, keyed by ``doc_id`` (else its row number).
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     for c in (params.text_column, params.domain_column):

@@ -18,6 +18,7 @@ saves each level through the executor's checkpoint, so a killed fit resumes at t
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +26,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
-
-from tasks.kmeans import KMeansShard, fit_level_distributed, identity, kmeans, local_call
 
 # Spec "Published recipe" (arXiv 2405.15613 §4/App.): 1 resampling run at level 1, 10 above it.
 _DEFAULT_STEPS = (1, 10, 10, 10)
@@ -163,11 +161,14 @@ def fit_level(
 
     `points` is an array, or (level 1, distributed) a list of shard handles driven through `call`/`gather`.
     """
+    from tasks.kmeans import KMeansShard, fit_level_distributed, identity, kmeans, local_call  # torch: lazily
+
     ks, steps, rs = params.resolve(n_docs)
     if not 1 <= level <= len(ks):
         raise ValueError(f"level must be in 1..{len(ks)}, got {level}")
     k, m, r = ks[level - 1], steps[level - 1], rs[level - 1]
-    if isinstance(points, np.ndarray) or isinstance(points, torch.Tensor):
+    torch = sys.modules.get("torch")  # a Tensor exists only once torch is imported (kept lazy: ~300 MB per worker)
+    if isinstance(points, np.ndarray) or (torch is not None and isinstance(points, torch.Tensor)):
         shards = [KMeansShard(points, device=params.device, chunk_bytes=params.chunk_bytes)]
         call = gather = None
     else:
@@ -218,6 +219,8 @@ def _gather_rows(shards, rows: np.ndarray, call, gather) -> np.ndarray:
 
 def _fit_split(shards, k, params, call, gather, fit) -> LevelResult:
     """Two-step level 1 (spec): k' clusters, then an independent k-means with ceil(k/k') clusters inside each."""
+    from tasks.kmeans import fit_level_distributed, kmeans
+
     coarse_k = min(params.level1_split, k)
     _, coarse, _, _ = fit_level_distributed(shards, coarse_k, seed=_level_rng(params.seed, 1), **fit)
     per = math.ceil(k / coarse_k)
@@ -370,6 +373,8 @@ def assign_clusters(
     dist = np.zeros(batch.num_rows, dtype=np.float32)
     if valid.any():
         x = embeddings_matrix(batch.filter(pa.array(valid)), column)
+        from tasks.kmeans import KMeansShard
+
         shard = KMeansShard(x, device=params.device, chunk_bytes=params.chunk_bytes)
         lab, d = shard.assign(result.levels[0].centroids)
         labels[0, valid], dist[valid] = lab, d

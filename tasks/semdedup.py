@@ -16,10 +16,13 @@ Output rows are in input order; nothing is removed, the engine joins `sd_keep` b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -69,6 +72,8 @@ def _matrix(table: pa.Table, column: str) -> np.ndarray:
 
 def _max_earlier_similarity(e: torch.Tensor, block_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For ranked unit vectors e [n, d]: max cosine to any earlier row, and its index (-inf / -1 for row 0)."""
+    import torch
+
     n = e.shape[0]
     best = torch.full((n,), float("-inf"), device=e.device)
     arg = torch.full((n,), -1, dtype=torch.int64, device=e.device)
@@ -99,6 +104,8 @@ def semdedup(table: pa.Table, params: SemDeDupParams = SemDeDupParams()) -> pa.T
     has_dist = params.distance_column in table.column_names and table.column(params.distance_column).null_count == 0
     dist = table.column(params.distance_column).to_numpy().astype(np.float64) if has_dist else None
     rng = np.random.default_rng(params.seed)
+    import torch  # here, not at the top: every Ray worker imports this module through the registry
+
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if params.device == "auto" else params.device
     )

@@ -10,8 +10,11 @@ and to the optional ``report`` callable. The final model is saved in Hugging Fac
 
     python -c "from tasks.train import train, TrainParams; print(train(TrainParams(max_steps=30), 'packed/', 'run/'))"
 
-Size: the model (Llama + multi-token prediction), the loop, its checkpoints (resume with the same data
-order) and the MFU accounting share shapes and state; apart they would have to re-derive each other's.
+The model and its FLOPs live in tasks/lm_model.py: this module imports torch only inside the functions that train,
+so the registry (imported by every Ray worker) does not pay for torch.
+
+Size: the loop, its checkpoints (resume with the same data order) and the MFU accounting share state; apart they
+would have to re-derive each other's.
 """
 
 from __future__ import annotations
@@ -25,16 +28,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from tasks.tempfiles import clean_abandoned, tmp_path
 from tasks.tokenize import load_packed, tokenizer_dir
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a model is built
+    import torch
+    from torch import nn
+
+    from tasks.lm_model import CausalLMWithMTP
 
 # Model sizes. "tiny" trains in seconds on a CPU; "smollm2_135m" is SmolLM2-135M's shape (HF config of
 # HuggingFaceTB/SmolLM2-135M: 30 layers, d=576, 9 heads / 3 kv heads, ffn 1536, rope theta 1e5, tied embeddings).
@@ -121,67 +128,6 @@ class TrainParams:
         return cls(**{**MODEL_PRESETS[name], **overrides})
 
 
-# ---------------------------------------------------------------- model
-
-
-class CausalLMWithMTP(nn.Module):
-    """LlamaForCausalLM plus optional multi-token heads; forward returns the summed token loss and its parts."""
-
-    def __init__(self, params: TrainParams, vocab_size: int, seq_len: int, eos_id: int):
-        super().__init__()
-        from transformers import LlamaConfig, LlamaForCausalLM
-        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
-
-        self.config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=params.hidden_size,
-            intermediate_size=params.intermediate_size,
-            num_hidden_layers=params.num_layers,
-            num_attention_heads=params.num_heads,
-            num_key_value_heads=params.num_kv_heads,
-            max_position_embeddings=seq_len,
-            rope_theta=params.rope_theta,
-            tie_word_embeddings=params.tie_embeddings,
-            initializer_range=params.init_std,
-            bos_token_id=eos_id,
-            eos_token_id=eos_id,
-            pad_token_id=eos_id,
-            attn_implementation="sdpa",  # the MTP heads rely on sdpa's implicit causal mask (attention_mask=None)
-        )
-        self.lm = LlamaForCausalLM(self.config)
-        self.heads = nn.ModuleList(LlamaDecoderLayer(self.config, layer_idx=i) for i in range(params.mtp_heads))
-        self.head_norms = nn.ModuleList(
-            LlamaRMSNorm(params.hidden_size, eps=self.config.rms_norm_eps) for _ in range(params.mtp_heads)
-        )
-        for m in (*self.heads, *self.head_norms):
-            m.apply(self.lm._init_weights)
-
-    def forward(self, rows: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """rows: (B, L+1) token ids; valid: (B,) real tokens per row. Returns (total, next-token, mtp) summed CE."""
-        inp = rows[:, :-1]
-        length = inp.shape[1]
-        pos = torch.arange(rows.shape[1], device=rows.device)
-        real = pos[None, :] < valid[:, None]  # (B, L+1) which tokens are real (not padding)
-        hidden = self.lm.model(input_ids=inp).last_hidden_state
-        main = self._ce(self.lm.lm_head(hidden), rows[:, 1:], real[:, 1:])
-        mtp = torch.zeros((), device=rows.device)
-        if len(self.heads):
-            position_ids = pos[None, :length]
-            rope = self.lm.model.rotary_emb(hidden, position_ids=position_ids)
-            for k, (head, norm) in enumerate(zip(self.heads, self.head_norms, strict=True), start=2):
-                if k > length:
-                    break
-                h = norm(head(hidden, position_ids=position_ids, position_embeddings=rope))
-                # head k at position i predicts token i+k: targets rows[:, k:], logits for positions < L+1-k
-                mtp = mtp + self._ce(self.lm.lm_head(h[:, : length + 1 - k]), rows[:, k:], real[:, k:])
-        return main + mtp, main.detach(), mtp.detach()
-
-    @staticmethod
-    def _ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        t = torch.where(mask, targets, torch.full_like(targets, -100))
-        return F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), ignore_index=-100, reduction="sum")
-
-
 def _lr_factor(step: int, p: TrainParams) -> float:
     """Multiplier of the peak lr at optimizer step `step` (0-based)."""
     if step < p.warmup_steps:
@@ -199,20 +145,13 @@ def _lr_factor(step: int, p: TrainParams) -> float:
 
 
 def _optimizer(model: nn.Module, p: TrainParams, fused: bool) -> torch.optim.AdamW:
+    import torch
+
     # No weight decay on norms/biases (1-D tensors), as nanoGPT / Llama.
     decay = [t for t in model.parameters() if t.requires_grad and t.dim() >= 2]
     no_decay = [t for t in model.parameters() if t.requires_grad and t.dim() < 2]
     groups = [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=p.lr, betas=(p.beta1, p.beta2), eps=p.eps, fused=fused)
-
-
-def flops_per_token(model: CausalLMWithMTP, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls + 12·layers·d·T for attention (PaLM, Chowdhery et al. 2022, B)."""
-    cfg = model.config
-    n = sum(t.numel() for t in model.parameters())  # tied embedding counted once: it is the lm_head matmul
-    n += len(model.heads) * cfg.vocab_size * cfg.hidden_size  # each MTP head reuses the unembedding matmul
-    layers = cfg.num_hidden_layers + len(model.heads)
-    return 6 * n + 12 * layers * cfg.hidden_size * seq_len
 
 
 # ---------------------------------------------------------------- data order
@@ -250,6 +189,8 @@ def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def _save_checkpoint(ckpt_dir: Path, state: dict, keep: int) -> Path:
+    import torch
+
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step-{state['step']:08d}.pt"
     tmp = tmp_path(path)
@@ -288,6 +229,8 @@ def read_metrics(out_dir: str | Path) -> pa.Table:
 
 
 def _rng_state() -> dict:
+    import torch
+
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -295,6 +238,8 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
+    import torch
+
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -306,6 +251,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _peak_flops(p: TrainParams, device: torch.device) -> float | None:
+    import torch
+
     if device.type != "cuda":
         return None
     if p.peak_flops:
@@ -328,6 +275,11 @@ def train(
     Under torch.distributed (e.g. inside Ray Train's TorchTrainer) rank and world size come from the process group
     and the model is wrapped in DDP; every rank must see the same data_dir and out_dir (shared storage).
     """
+    import torch
+    from torch import nn
+
+    from tasks.lm_model import CausalLMWithMTP, flops_per_token
+
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed:
         world_rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()

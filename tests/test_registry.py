@@ -70,3 +70,16 @@ def test_one_name_per_stage():
         if stage.params is not None and stage.section == stage.name:
             words = stage.name.replace("_", "").lower()
             assert stage.params.__name__.lower().removesuffix("params") == words, (stage.name, stage.params)
+
+
+def test_the_registry_and_the_recipe_schema_do_not_import_torch():
+    """Every Ray worker unpickles stages (and so imports the registry): torch there cost each one ~300 MB of RSS and
+    ~1.5 s. Only the stages that build a model import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tasks.registry, datasets_cfg, ray_cluster.executor; "
+            "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout

@@ -9,7 +9,8 @@ import torch
 
 from tasks.eval_tasks import ALL_TASKS, write_task_configs
 from tasks.evaluate import EvaluateParams, harness_eval, heldout_bpb
-from tasks.train import CausalLMWithMTP, TrainParams, export_hf
+from tasks.lm_model import CausalLMWithMTP
+from tasks.train import TrainParams, export_hf
 
 EVAL_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "eval"
 TWO_COPA = [

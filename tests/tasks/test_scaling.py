@@ -69,7 +69,8 @@ def test_too_few_points_is_a_clear_error():
 
 
 def test_non_embedding_params_count_the_model():
-    from tasks.train import CausalLMWithMTP, TrainParams
+    from tasks.lm_model import CausalLMWithMTP
+    from tasks.train import TrainParams
 
     model = CausalLMWithMTP(TrainParams.preset("tiny"), vocab_size=1000, seq_len=16, eos_id=0)
     total = sum(p.numel() for p in model.parameters())

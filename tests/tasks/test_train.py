@@ -6,8 +6,9 @@ import pyarrow as pa
 import pytest
 import torch
 
+from tasks.lm_model import CausalLMWithMTP
 from tasks.tokenize import PackParams, TokenizeParams, pack_sequences, save_packed, tokenize_docs
-from tasks.train import CausalLMWithMTP, TrainParams, _lr_factor, read_metrics, train
+from tasks.train import TrainParams, _lr_factor, read_metrics, train
 
 SHAKESPEARE = (
     Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "clean" / "tinyshakespeare" / "input.txt"
