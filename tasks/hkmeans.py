@@ -18,7 +18,6 @@ saves each level through the executor's checkpoint, so a killed fit resumes at t
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,14 +160,15 @@ def fit_level(
 
     `points` is an array, or (level 1, distributed) a list of shard handles driven through `call`/`gather`.
     """
-    from tasks.kmeans import KMeansShard, fit_level_distributed, identity, kmeans, local_call  # torch: lazily
+    import torch  # here, not at the top: every Ray worker imports this module through the registry
+
+    from tasks.kmeans import KMeansShard, fit_level_distributed, identity, kmeans, local_call
 
     ks, steps, rs = params.resolve(n_docs)
     if not 1 <= level <= len(ks):
         raise ValueError(f"level must be in 1..{len(ks)}, got {level}")
     k, m, r = ks[level - 1], steps[level - 1], rs[level - 1]
-    torch = sys.modules.get("torch")  # a Tensor exists only once torch is imported (kept lazy: ~300 MB per worker)
-    if isinstance(points, np.ndarray) or (torch is not None and isinstance(points, torch.Tensor)):
+    if isinstance(points, np.ndarray) or isinstance(points, torch.Tensor):
         shards = [KMeansShard(points, device=params.device, chunk_bytes=params.chunk_bytes)]
         call = gather = None
     else:
