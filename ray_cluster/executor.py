@@ -418,7 +418,7 @@ def _map(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datas
     stats = {"shards_computed": len(results), "shards_resumed": len(done), "seconds": round(elapsed, 3),
              "rows_in_computed": sum(r["rows_in"] for r in results)}
     if stage.summarize_output is not None:
-        stats.update(stage.summarize_output(functools.partial(_read_uncommitted, dst), elapsed, res))
+        stats.update(stage.summarize_output(functools.partial(_read_uncommitted, dst), elapsed, res, params))
     layer = {"kind": stage.layer, "of": str(src), "hide": list(hide)} if stage.layer else None
     _commit(stage, dst, present, params, stats, expected={r["name"]: r["rows_out"] for r in results}, layer=layer)
     return dst
@@ -678,7 +678,9 @@ def _llm(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datas
             raise StorageError(f"{stage.name}: the LLM processor returned too few rows for shards {short} "
                                f"(rows back/rows in); they were not written and nothing was committed")
     elapsed = time.perf_counter() - t0
-    stats = stage.summarize_output(functools.partial(_read_uncommitted, dst), elapsed, res) if stage.summarize_output else {}
+    stats = {}
+    if stage.summarize_output is not None:
+        stats = stage.summarize_output(functools.partial(_read_uncommitted, dst), elapsed, res, params)
     _commit(stage, dst, present, params, {**stats, "seconds": round(elapsed, 3)}, expected=expected)
     return dst
 

@@ -114,6 +114,9 @@ class AugmentParams:
     retries: int = 4  # extra attempts on 429/5xx/timeouts
     timeout_s: float = 120.0  # per request
     backoff_s: float = 0.5  # first retry delay, doubled per attempt (with jitter), capped at 30 s
+    # vllm backend: extra vLLM engine arguments over ours (e.g. tensor_parallel_size: 4 for a teacher too big for one
+    # GPU, pipeline_parallel_size, gpu_memory_utilization, dtype, max_num_seqs); a key here wins over our defaults.
+    engine_kwargs: Mapping[str, str | int | float | bool] | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -141,6 +144,21 @@ class AugmentParams:
             raise ValueError(f"num_threads must be >= 1 (or absent for torch's default), got {self.num_threads}")
         if not all(self.stop):
             raise ValueError("stop sequences must not be empty strings")
+        if self.engine_kwargs:
+            if self.backend != "vllm":
+                raise ValueError(f"engine_kwargs are vLLM engine arguments: they need backend vllm, not {self.backend!r}")
+            for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+                value = self.engine_kwargs.get(name, 1)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"engine_kwargs.{name} must be an integer >= 1, got {value!r}")
+            if "model" in self.engine_kwargs:
+                raise ValueError("engine_kwargs.model: name the teacher with augment.model")
+
+
+def devices_per_replica(params: AugmentParams) -> int:
+    """Accelerators one vLLM replica holds: tensor x pipeline parallel (Ray reserves that many GPU bundles)."""
+    kw = params.engine_kwargs or {}
+    return int(kw.get("tensor_parallel_size", 1)) * int(kw.get("pipeline_parallel_size", 1))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -604,14 +622,16 @@ def vllm_hooks(params: AugmentParams) -> dict:
         "model_source": params.model,
         "preprocess": functools.partial(vllm_preprocess, params=params),
         "postprocess": functools.partial(vllm_postprocess, params=params),
-        "engine_kwargs": {"max_model_len": params.max_input_tokens + 256 + params.max_new_tokens},
+        "engine_kwargs": {"max_model_len": params.max_input_tokens + 256 + params.max_new_tokens}
+        | dict(params.engine_kwargs or {}),
     }
 
 
-def augment_summary(read, elapsed: float, resources) -> dict:
+def augment_summary(read, elapsed: float, resources, params: AugmentParams) -> dict:
     """Cost of the run and failed rows (kept with aug_error), in the manifest's stats."""
     rows = read(None)
-    devices = (resources.num_gpus or 0.0) * max(1, resources.concurrency)
+    # a replica of a tensor/pipeline-parallel teacher holds several GPUs: each of them is busy for the whole run
+    devices = (resources.num_gpus or 0.0) * max(1, resources.concurrency) * devices_per_replica(params)
     failed = rows.filter(pc.is_valid(rows.column("aug_error"))).num_rows
     return {"cost": augment_cost(rows, elapsed_s=elapsed, num_gpus=devices), "failed": failed}
 

@@ -299,7 +299,7 @@ def _check_spans(text: str | None, per_signal: dict[str, Any]) -> str | None:
     return None
 
 
-def funnel_summary(read: Any, elapsed: float, resources: Any) -> dict:
+def funnel_summary(read: Any, elapsed: float, resources: Any, params: Any = None) -> dict:
     """The filter funnel of a stage's output (documents per drop_reason), kept in its manifest's stats."""
     table = read(["drop_reason"])
     if "drop_reason" not in table.column_names:

@@ -73,7 +73,7 @@ class Stage:
     list_inputs: Callable | None = None  # source: params -> [(spec, uri)]
     summarize: Callable | None = None  # source: per-file (docs, bad) -> result fields
     reduce: Callable | None = None  # source: (results, seconds) -> manifest stats
-    summarize_output: Callable | None = None  # map/actor/llm: (rows, seconds, resources) -> manifest stats
+    summarize_output: Callable | None = None  # map/actor/llm: (read, seconds, resources, params) -> stats
     artifacts: Callable[[dict], list[tuple[str, list[dict], str]]] | None = None  # manifest -> Prefect tables
     # Layers (storage/layers.py): "columns" = the stage keeps every row in order and its version stores only the
     # columns it adds plus those in ``rewrites``; "rows" = a selection stored as row positions; None = a full table.

@@ -56,6 +56,41 @@ def test_cpu_engine_config_reserves_cpus_not_gpus():
     assert gpu == {"engine_kwargs": {"max_model_len": 896, "tensor_parallel_size": 2}}  # Ray Data's GPU defaults
 
 
+def test_recipe_engine_kwargs_reach_the_engine_and_count_every_gpu_of_a_replica(tmp_path):
+    """A teacher too big for one GPU: `augment.engine_kwargs` in the recipe goes into vLLM's engine kwargs (over our
+    defaults), and the cost counts tensor x pipeline parallel GPUs per replica."""
+    import yaml
+
+    import datasets_cfg
+    from tasks.augment import augment_summary
+
+    recipe = tmp_path / "tp.yaml"
+    recipe.write_text(yaml.safe_dump({"dataset": "tp", "ingest": {"sources": [{"path": "a.jsonl"}]}, "augment": {
+        "backend": "vllm", "model": "Qwen/Qwen3-8B", "max_new_tokens": 128,
+        "engine_kwargs": {"tensor_parallel_size": 4, "gpu_memory_utilization": 0.85, "max_model_len": 4096}}}))
+    params = datasets_cfg.load(recipe).augment
+    kwargs = engine_config(engine_kwargs=vllm_hooks(params)["engine_kwargs"], num_gpus=1)["engine_kwargs"]
+    assert kwargs == {"max_model_len": 4096, "tensor_parallel_size": 4, "gpu_memory_utilization": 0.85}
+    # without the key, the context length is ours
+    assert vllm_hooks(AugmentParams(backend="vllm", max_new_tokens=128, max_input_tokens=512))["engine_kwargs"] == {
+        "max_model_len": 512 + 256 + 128}
+
+    rows = pa.table({"aug_error": pa.array([None], pa.string()), "aug_prompt_tokens": [100],
+                     "aug_completion_tokens": [50], "aug_document_tokens": [80], "aug_finish_reason": ["stop"]})
+    res = runtime.StageResources(num_gpus=1, concurrency=2)
+    cost = augment_summary(lambda cols: rows, 3600.0, res, params)["cost"]
+    assert cost["num_gpus"] == 8.0  # 2 replicas x 4 GPUs, each busy for the hour
+
+    for bad, match in [({"backend": "local", "engine_kwargs": {"dtype": "half"}}, "need backend vllm"),
+                       ({"backend": "vllm", "engine_kwargs": {"tensor_parallel_size": 0}}, "tensor_parallel_size"),
+                       ({"backend": "vllm", "engine_kwargs": {"pipeline_parallel_size": "2"}}, "pipeline_parallel_size"),
+                       ({"backend": "vllm", "engine_kwargs": {"model": "x"}}, "augment.model")]:
+        recipe.write_text(yaml.safe_dump({"dataset": "tp", "ingest": {"sources": [{"path": "a.jsonl"}]}, "augment": bad}))
+        with pytest.raises(datasets_cfg.RecipeError, match=match) as err:
+            datasets_cfg.load(recipe)
+        assert "tp.yaml" in str(err.value)
+
+
 def test_rows_come_back_in_input_order_with_repeated_documents():
     rows = pa.table({"doc_id": ["b", "a", "b", "c"], "gen": ["b1", "a1", "b2", "c1"]})
     assert in_input_order(rows, ["a", "b", "c", "b"]).column("gen").to_pylist() == ["a1", "b1", "c1", "b2"]
