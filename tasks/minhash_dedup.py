@@ -496,21 +496,28 @@ def _sql_priority(params: MinhashDedupParams) -> tuple[str, str] | None:
     return f'{"max" if order == "desc" else "min"}(d."{column}")', order.upper()
 
 
-def fuzzy_dedup_sql(edges: str, docs: str, params: MinhashDedupParams = MinhashDedupParams()) -> dict[str, str]:
+def fuzzy_dedup_sql(edges: str, docs: str, params: MinhashDedupParams = MinhashDedupParams()) -> dict[str, Any]:
     """The SQL of the spill-to-disk variant. `edges`/`docs` are table expressions, e.g. "read_parquet('e/*.parquet')".
 
-    Keys: `pairs`, `labels_init`, `labels_step`, `changed`, `swap` (run `labels_step`+`changed`+`swap` until
-    `changed` returns 0), `clusters`. Result tables: mh_pairs(src, dst), mh_labels(node, lbl),
+    Keys: `pairs` (a list of statements, run in order), `labels_init`, `labels_step`, `changed`, `swap` (run
+    `labels_step`+`changed`+`swap` until `changed` returns 0), `clusters`. Result tables: mh_pairs(src, dst), mh_labels(node, lbl),
     mh_clusters(doc_id, cluster_id, cluster_size, keep).
     """
+    parts = max(1, int(params.num_partitions))
+    # RPv2 run_lsh.py: group by (band, key); every member of a bucket with >1 docs points at the bucket's min id.
+    # One key partition at a time (a bucket never spans two): the group-by holds 1/num_partitions of the edges, so
+    # its memory stays far below the budget at millions of documents instead of growing with N until it spills.
+    per_part = [f"""
+INSERT INTO mh_cand
+WITH e AS (SELECT band, "key", doc_id FROM {edges} WHERE "key" % {parts} = {p}),
+buckets AS (SELECT band, "key", min(doc_id) AS root FROM e GROUP BY band, "key" HAVING count(*) > 1)
+SELECT e.doc_id AS src, b.root AS dst FROM e JOIN buckets b USING (band, "key") WHERE e.doc_id <> b.root"""
+                for p in range(parts)]
     return {
-        # RPv2 run_lsh.py: group by (band, key); every member of a bucket with >1 docs points at the bucket's min id
-        "pairs": f"""
+        "pairs": ["CREATE OR REPLACE TEMP TABLE mh_cand (src VARCHAR, dst VARCHAR)", *per_part,
+                  f"""
 CREATE OR REPLACE TABLE mh_pairs AS
-WITH e AS (SELECT band, "key", doc_id FROM {edges}),
-buckets AS (SELECT band, "key", min(doc_id) AS root FROM e GROUP BY band, "key" HAVING count(*) > 1),
-cand AS (SELECT DISTINCT e.doc_id AS src, b.root AS dst FROM e JOIN buckets b USING (band, "key")
-         WHERE e.doc_id <> b.root){_verified_pairs(docs, params)}""",
+WITH cand AS (SELECT DISTINCT src, dst FROM mh_cand){_verified_pairs(docs, params)}""", "DROP TABLE mh_cand"],
         "labels_init": """
 CREATE OR REPLACE TABLE mh_labels AS
 SELECT node, min(lbl) AS lbl FROM (SELECT src AS node, dst AS lbl FROM mh_pairs UNION ALL SELECT dst, dst FROM mh_pairs)
@@ -573,7 +580,8 @@ def run_fuzzy_dedup_sql(
     `minhash_filter(batch, params, clusters=...)`). Set DuckDB's `temp_directory`/`memory_limit` to spill.
     """
     sql = fuzzy_dedup_sql(edges, docs, params)
-    con.execute(sql["pairs"])
+    for stmt in sql["pairs"]:
+        con.execute(stmt)
     con.execute(sql["labels_init"])
     for rounds in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
         con.execute(sql["labels_step"])

@@ -196,3 +196,18 @@ def test_quality_filter_reads_signal_columns_not_text():
     assert "rps_doc_word_count" in cols
     for name in ("minhash_signatures", "exact_dedup", "minhash_dedup", "kept", "embed", "quality_signals"):
         assert registry.stage(name).layer is not None, name
+
+
+def test_minhash_clusters_reads_ids_priority_and_bands_only(tmp_path):
+    """The fuzzy-dedup global step reads the documents' ids and survivor priority, never the layers between them:
+    its SQL over the docs role is a plain scan of the ingest files, not a join of every layer."""
+    from tasks.minhash_dedup import MinhashDedupParams
+
+    stage = registry.stage("minhash_clusters")
+    docs = ["doc_id", "text", "url", "rps_doc_word_count", "mh_values", "keep", "drop_reason", "ed_text_length"]
+    edges = ["part", "band", "key", "doc_id"]
+    assert executor.projection(stage, MinhashDedupParams(), docs) == ["doc_id", "text"]
+    assert executor.projection(stage, MinhashDedupParams(), edges) == ["band", "key", "doc_id"]
+    assert executor.projection(stage, MinhashDedupParams(priority="lowest_doc_id"), docs) == ["doc_id"]
+    assert executor.projection(stage, MinhashDedupParams(priority="rps_doc_word_count:desc", verify=True), docs) == [
+        "doc_id", "rps_doc_word_count", "mh_values"]
