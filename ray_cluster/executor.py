@@ -472,18 +472,30 @@ def _sql(stage, kind, inputs, params, profile, fail_from_shard, target, rows_per
     # the same rows with their corpus order (__shard, __row), for steps that keep a first occurrence
     exprs.update({f"{r}_in_order": f"({layers.relation_sql(ref, columns[r], keys=True)})"
                   for r, ref in roles.items()})
-    args = (stage, _asdict(dst), exprs, params, columns, res, rows_per_shard)
+    # a role whose columns lie in several layers is flattened by the worker first (`layers.materialize`): DuckDB's
+    # join of layers holds every row of the corpus in a hash table, growing with N past any memory budget
+    flat = {r: _asdict(ref) for r, ref in roles.items() if layers.needs_join(ref, columns[r])}
+    args = (stage, _asdict(dst), exprs, params, columns, res, rows_per_shard, flat)
     expected = runtime.run_remote(_sql_work, *args, resources=res, profile=profile)  # in-process off Ray
     _commit(stage, dst, present, params, {"seconds": round(time.perf_counter() - t0, 3)}, expected=expected)
     return dst
 
 
-def _sql_work(stage, dst: dict, exprs: dict, params, columns: dict, res, rows_per_shard: int) -> dict[str, int]:
+def _sql_work(stage, dst: dict, exprs: dict, params, columns: dict, res, rows_per_shard: int,
+              flat: dict | None = None) -> dict[str, int]:
     """Worker: run the stage's SQL in a scratch DuckDB and write its result table as shards; rows per shard."""
     from storage import catalog
 
     dst = DatasetRef(**dst)
     with tempfile.TemporaryDirectory(prefix=f"quarry-{stage.name}-") as spill:
+        exprs = dict(exprs)
+        for role, ref in (flat or {}).items():
+            path = os.path.join(spill, f"input-{role}.parquet")
+            layers.materialize(DatasetRef(**ref), columns[role], path)
+            scan = "read_parquet('" + path.replace("'", "''") + "')"
+            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns[role])
+            exprs[role] = f"(SELECT {cols} FROM {scan})"
+            exprs[f"{role}_in_order"] = f"(SELECT {cols}, __shard, __row FROM {scan})"
         # the profile's memory_gb bounds DuckDB (it spills past it): fuzzy dedup of millions of docs in a fixed budget
         limit = f"{res.memory_gb}GB" if res.memory_gb else None
         con = catalog.scratch(dst.root, temp_directory=spill, memory_limit=limit)
