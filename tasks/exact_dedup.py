@@ -177,13 +177,20 @@ def exact_dedup_keepers(hashes: pa.Table, params: ExactDedupParams = ExactDedupP
     )
 
 
-def exact_dedup_sql(docs: str, params: ExactDedupParams = ExactDedupParams(), *, has_keep: bool = False,
-                    has_length: bool = False) -> str:
-    """One DuckDB SELECT over `docs` (a table expression with doc_id and ed_*_hash columns) returning the same rows as
-    `exact_dedup_keepers`: (doc_id, ed_keep, ed_duplicate_of, ed_reason) for the duplicates only.
+ROWS_PER_PASS = 250_000  # documents one pass of the DuckDB step groups: its memory stays flat as the corpus grows
 
-    has_keep: `docs` has quality_filter's `keep` column (then `only_kept` applies); has_length: it has
-    `ed_text_length` (then "longest" reads that, not the text)."""
+
+def exact_dedup_sql(docs: str, params: ExactDedupParams = ExactDedupParams(), *, has_keep: bool = False,
+                    has_length: bool = False, parts: int = 1) -> list[str]:
+    """DuckDB statements over `docs` (a table expression with doc_id, the ed_*_hash columns and the row identity
+    `__shard`, `__row`) that leave table `ed_keepers` holding the same rows as `exact_dedup_keepers`: (doc_id,
+    ed_keep, ed_duplicate_of, ed_reason) for the duplicates only.
+
+    Each key runs in `parts` passes, one hash partition each, and ranks only the rows whose hash occurs twice: one
+    window over every row sorted the whole corpus (~700 MB at 2M documents under a 1 GB budget). A later key sees
+    what the earlier ones left (the unique rows and each repeated hash's winner): the removed rows are kept by row
+    identity in `ed_gone`, so a doc_id listed twice stays two rows. has_keep: `docs` has quality_filter's `keep`
+    (then `only_kept` applies); has_length: it has `ed_text_length` (then "longest" reads that, not the text)."""
     if params.priority == "longest":
         length = LENGTH_COLUMN if has_length else f'length("{params.text_column}")'
         prio = f"{length} DESC NULLS LAST, doc_id"
@@ -192,25 +199,27 @@ def exact_dedup_sql(docs: str, params: ExactDedupParams = ExactDedupParams(), *,
     else:
         column, order = _column_priority(params)
         prio = f'"{column}" {order.upper()} NULLS LAST, doc_id'
-    where = "WHERE coalesce(keep, false)" if params.only_kept and has_keep else ""
-    rename = "" if params.doc_id_column == "doc_id" else f', "{params.doc_id_column}"::VARCHAR AS doc_id'
-    ctes = [f"d0 AS (SELECT *{rename} FROM {docs} {where})"]
-    selects, prev = [], "d0"
+    keep = "AND coalesce(x.keep, false)" if params.only_kept and has_keep else ""
+    rename = "" if params.doc_id_column == "doc_id" else f', x."{params.doc_id_column}"::VARCHAR AS doc_id'
+    parts = max(1, int(parts))
+    out = ["CREATE OR REPLACE TEMP TABLE ed_keepers (doc_id VARCHAR, ed_keep BOOLEAN, ed_duplicate_of VARCHAR, "
+           "ed_reason VARCHAR)", "CREATE OR REPLACE TEMP TABLE ed_gone (__shard VARCHAR, __row BIGINT)"]
     for i, key in enumerate(params.keys):
-        ranked = f"r{i}"
-        ctes.append(
-            f"{ranked} AS (SELECT *, first_value(doc_id) OVER w AS _winner, row_number() OVER w AS _rn FROM {prev} "
-            f"WINDOW w AS (PARTITION BY ed_{key}_hash ORDER BY {prio}))"
-        )
-        selects.append(
-            f"SELECT doc_id, false AS ed_keep, _winner AS ed_duplicate_of, 'ed_{key}_duplicate' AS ed_reason "
-            f"FROM {ranked} WHERE ed_{key}_hash IS NOT NULL AND _rn > 1 AND doc_id <> _winner"
-        )
-        ctes.append(
-            f"d{i + 1} AS (SELECT * EXCLUDE (_winner, _rn) FROM {ranked} WHERE ed_{key}_hash IS NULL OR _rn = 1)"
-        )
-        prev = f"d{i + 1}"
-    return "WITH " + ",\n".join(ctes) + "\n" + "\nUNION ALL\n".join(selects)
+        h = f"ed_{key}_hash"
+        for p in range(parts):
+            part = f"AND hash(x.{h}) % {parts} = {p}" if parts > 1 else ""
+            out.append(f"""
+CREATE OR REPLACE TEMP TABLE ed_ranked AS
+WITH d AS (SELECT x.*{rename} FROM {docs} x ANTI JOIN ed_gone g ON g.__shard = x.__shard AND g.__row = x.__row
+           WHERE x.{h} IS NOT NULL {keep} {part}),
+m AS (SELECT {h} FROM d GROUP BY 1 HAVING count(*) > 1)
+SELECT doc_id, __shard, __row, first_value(doc_id) OVER w AS _winner, row_number() OVER w AS _rn
+FROM d WHERE {h} IN (SELECT {h} FROM m) WINDOW w AS (PARTITION BY {h} ORDER BY {prio})""")
+            out.append(f"INSERT INTO ed_keepers SELECT doc_id, false, _winner, 'ed_{key}_duplicate' FROM ed_ranked "
+                       f"WHERE _rn > 1 AND doc_id <> _winner")
+            if i + 1 < len(params.keys):
+                out.append("INSERT INTO ed_gone SELECT __shard, __row FROM ed_ranked WHERE _rn > 1")
+    return [*out, "DROP TABLE IF EXISTS ed_ranked", "DROP TABLE ed_gone"]
 
 
 def exact_dedup_filter(
@@ -258,8 +267,11 @@ def exact_dedup_filter(
 def exact_dedup_keepers_duckdb(con: Any, exprs: dict[str, str], params: ExactDedupParams, columns: dict[str, list[str]]) -> str:
     """The ``exact_dedup_keepers`` stage (kind ``sql``): the duplicates per key, in DuckDB (spills to disk)."""
     has_keep, has_length = "keep" in columns["hashes"], LENGTH_COLUMN in columns["hashes"]
-    sql = exact_dedup_sql(exprs["hashes"], params, has_keep=has_keep, has_length=has_length)
-    con.execute(f"CREATE TABLE ed_keepers AS {sql}")
+    docs = exprs["hashes_in_order"]  # the row identity (__shard, __row) tells apart two rows of one doc_id
+    rows = con.execute(f"SELECT count(*) FROM {docs}").fetchone()[0]
+    parts = -(-rows // ROWS_PER_PASS)
+    for stmt in exact_dedup_sql(docs, params, has_keep=has_keep, has_length=has_length, parts=parts):
+        con.execute(stmt)
     return "ed_keepers"
 
 

@@ -279,8 +279,11 @@ def test_exact_dedup_keepers_arrow_and_duckdb_never_name_a_row_its_own_duplicate
     hashed = exact_dedup_hashes(batch, params)
     arrow = exact_dedup_keepers(hashed, params)
     con = duckdb.connect()
-    con.register("hashed", hashed)
-    sql = con.sql(exact_dedup_sql("hashed", params)).to_arrow_table()
+    con.register("hashed", hashed.append_column("__shard", pa.array(["s"] * 5)).append_column(
+        "__row", pa.array(range(5), pa.int64())))
+    for stmt in exact_dedup_sql("hashed", params, parts=2):
+        con.execute(stmt)
+    sql = con.sql("SELECT * FROM ed_keepers").to_arrow_table()
     for keepers in (arrow, sql):
         assert all(r["doc_id"] != r["ed_duplicate_of"] for r in keepers.to_pylist())
         out = exact_dedup_filter(hashed, params, keepers=keepers).to_pylist()

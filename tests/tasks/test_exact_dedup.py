@@ -102,10 +102,15 @@ def test_duckdb_sql_equals_arrow_keepers_on_c4_with_planted_copies(tmp_path, pri
     params = ExactDedupParams(priority=priority)
     hashed = exact_dedup_hashes(table, params)
     arrow = sorted(tuple(r.values()) for r in exact_dedup_keepers(hashed, params).to_pylist())
+    keyed = hashed.append_column("__shard", pa.array(["s"] * hashed.num_rows)).append_column(
+        "__row", pa.array(range(hashed.num_rows), pa.int64()))
     con = duckdb.connect()
-    con.register("hashed", hashed)
-    sql = sorted(con.execute(exact_dedup_sql("hashed", params)).fetchall())
-    assert sql == arrow
+    con.register("hashed", keyed)
+    for parts in (1, 3):  # one pass, or three hash partitions per key: the same rows
+        for stmt in exact_dedup_sql("hashed", params, parts=parts):
+            con.execute(stmt)
+        sql = sorted(con.execute("SELECT * FROM ed_keepers").fetchall())
+        assert sql == arrow, parts
     reasons = {r[3] for r in arrow}
     assert reasons == {"ed_text_duplicate", "ed_url_duplicate"}
     assert len(arrow) >= 100
