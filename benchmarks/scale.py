@@ -312,10 +312,9 @@ def kernel_rates(recipe: Path, root: Path, dataset: str, stages: dict, sample: i
             roles = dict(zip(st.roles, parents, strict=True))
             with tempfile.TemporaryDirectory(prefix="quarry-scale-") as spill:
                 scon = catalog.scratch(str(root), temp_directory=spill)
-                # as the executor reads: each input projected to the stage's declared columns
-                columns = {r: executor.projection(st, params, layers.column_names(ref)) for r, ref in roles.items()}
-                exprs = {r: f"({layers.relation_sql(ref, columns[r])})" for r, ref in roles.items()}
                 t0 = time.perf_counter()
+                # as the executor reads (projected, several layers flattened first): that is part of the step's cost
+                exprs, columns = executor.sql_inputs(st, params, roles, spill)
                 rel = st.fn(scon, exprs, params, columns)
                 rows = scon.sql(f"SELECT * FROM {rel}").to_arrow_table().num_rows
                 out[name] = {"global_s": time.perf_counter() - t0, "rows": rows}

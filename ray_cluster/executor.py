@@ -465,37 +465,41 @@ def _sql(stage, kind, inputs, params, profile, fail_from_shard, target, rows_per
         return dst
     res = resources(stage, profile)
     t0 = time.perf_counter()
-    # each input projected to the columns the stage reads (a join of layers DuckDB never widens to text), unsorted:
-    # the global steps group and join; the `_in_order` variants carry the corpus order for those that need it
-    columns = {r: projection(stage, params, layers.column_names(ref)) for r, ref in roles.items()}
-    exprs = {r: f"({layers.relation_sql(ref, columns[r], ordered=False)})" for r, ref in roles.items()}
-    # the same rows with their corpus order (__shard, __row), for steps that keep a first occurrence
-    exprs.update({f"{r}_in_order": f"({layers.relation_sql(ref, columns[r], keys=True)})"
-                  for r, ref in roles.items()})
-    # a role whose columns lie in several layers is flattened by the worker first (`layers.materialize`): DuckDB's
-    # join of layers holds every row of the corpus in a hash table, growing with N past any memory budget
-    flat = {r: _asdict(ref) for r, ref in roles.items() if layers.needs_join(ref, columns[r])}
-    args = (stage, _asdict(dst), exprs, params, columns, res, rows_per_shard, flat)
+    args = (stage, _asdict(dst), {r: _asdict(ref) for r, ref in roles.items()}, params, res, rows_per_shard)
     expected = runtime.run_remote(_sql_work, *args, resources=res, profile=profile)  # in-process off Ray
     _commit(stage, dst, present, params, {"seconds": round(time.perf_counter() - t0, 3)}, expected=expected)
     return dst
 
 
-def _sql_work(stage, dst: dict, exprs: dict, params, columns: dict, res, rows_per_shard: int,
-              flat: dict | None = None) -> dict[str, int]:
+def sql_inputs(stage: Any, params: Any, roles: dict[str, DatasetRef], spill: str) -> tuple[dict, dict]:
+    """(table expressions, columns) per role of a `sql` stage, as its function gets them: each input projected to
+    the columns the stage reads, unsorted (the global steps group and join), and as ``<role>_in_order`` with the
+    row identity (__shard, __row: corpus order, for steps that keep a first occurrence). A role whose columns lie
+    in several layers is first flattened into one local Parquet file under ``spill`` (`layers.materialize`, one
+    shard at a time): DuckDB's join of layers holds every row of the corpus in a hash table, past any budget."""
+    columns = {r: projection(stage, params, layers.column_names(ref)) for r, ref in roles.items()}
+    exprs = {}
+    for role, ref in roles.items():
+        if layers.needs_join(ref, columns[role]):
+            path = os.path.join(spill, f"input-{role}.parquet")
+            layers.materialize(ref, columns[role], path)
+            scan = "read_parquet('" + path.replace("'", "''") + "')"
+            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns[role])
+            exprs[role] = f"(SELECT {cols} FROM {scan})"
+            exprs[f"{role}_in_order"] = f"(SELECT {cols}, __shard, __row FROM {scan})"
+        else:
+            exprs[role] = f"({layers.relation_sql(ref, columns[role], ordered=False)})"
+            exprs[f"{role}_in_order"] = f"({layers.relation_sql(ref, columns[role], keys=True)})"
+    return exprs, columns
+
+
+def _sql_work(stage, dst: dict, roles: dict, params, res, rows_per_shard: int) -> dict[str, int]:
     """Worker: run the stage's SQL in a scratch DuckDB and write its result table as shards; rows per shard."""
     from storage import catalog
 
     dst = DatasetRef(**dst)
     with tempfile.TemporaryDirectory(prefix=f"quarry-{stage.name}-") as spill:
-        exprs = dict(exprs)
-        for role, ref in (flat or {}).items():
-            path = os.path.join(spill, f"input-{role}.parquet")
-            layers.materialize(DatasetRef(**ref), columns[role], path)
-            scan = "read_parquet('" + path.replace("'", "''") + "')"
-            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns[role])
-            exprs[role] = f"(SELECT {cols} FROM {scan})"
-            exprs[f"{role}_in_order"] = f"(SELECT {cols}, __shard, __row FROM {scan})"
+        exprs, columns = sql_inputs(stage, params, {r: DatasetRef(**v) for r, v in roles.items()}, spill)
         # the profile's memory_gb bounds DuckDB (it spills past it): fuzzy dedup of millions of docs in a fixed budget
         limit = f"{res.memory_gb}GB" if res.memory_gb else None
         con = catalog.scratch(dst.root, temp_directory=spill, memory_limit=limit)
