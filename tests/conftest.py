@@ -29,6 +29,25 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _log_handlers_on_an_open_stream():
+    """A log handler whose stream pytest has closed goes back to this test's stderr. Prefect's console handler keeps
+    the sys.stderr it was (re)created with; when that happens inside a test that captures output (capfd), every
+    later test that logs through Prefect failed with "I/O operation on closed file" (seen when tests/reliability
+    ran before tests/test_dask_path.py and tests/flows/test_curate.py)."""
+    import logging
+    import sys
+
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for handler in (h for lg in loggers for h in lg.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            handler.stream = sys.stderr  # not setStream(): it flushes the closed stream first
+            if hasattr(getattr(handler, "console", None), "file"):  # rich's Console (Prefect) holds it too
+                handler.console.file = sys.stderr
+    yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
