@@ -483,10 +483,8 @@ def sql_inputs(stage: Any, params: Any, roles: dict[str, DatasetRef], spill: str
         if layers.needs_join(ref, columns[role]):
             path = os.path.join(spill, f"input-{role}.parquet")
             layers.materialize(ref, columns[role], path)
-            scan = "read_parquet('" + path.replace("'", "''") + "')"
-            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns[role])
-            exprs[role] = f"(SELECT {cols} FROM {scan})"
-            exprs[f"{role}_in_order"] = f"(SELECT {cols}, __shard, __row FROM {scan})"
+            exprs[role] = f"({layers.file_relation(path, columns[role])})"
+            exprs[f"{role}_in_order"] = f"({layers.file_relation(path, columns[role], keys=True)})"
         else:
             exprs[role] = f"({layers.relation_sql(ref, columns[role], ordered=False)})"
             exprs[f"{role}_in_order"] = f"({layers.relation_sql(ref, columns[role], keys=True)})"

@@ -341,6 +341,12 @@ def materialize(ref: DatasetRef, columns: Sequence[str], path: str, batch_size: 
     return rows
 
 
+def file_relation(path: str, columns: Sequence[str], *, keys: bool = False) -> str:
+    """The SELECT of ``columns`` (+ ``__shard``, ``__row`` with ``keys``) over a file `materialize` wrote."""
+    scan = "read_parquet('" + path.replace("'", "''") + "')"
+    return f"SELECT {', '.join(_q(c) for c in [*columns, *(('__shard', '__row') if keys else ())])} FROM {scan}"
+
+
 def empty_table(ref: DatasetRef) -> pa.Table:
     """The wide table of ``ref`` with no rows (its Arrow types read from each layer's first file footer)."""
     fields: dict[str, pa.Field] = {}

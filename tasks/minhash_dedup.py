@@ -500,8 +500,8 @@ def fuzzy_dedup_sql(edges: str, docs: str, params: MinhashDedupParams = MinhashD
     """The SQL of the spill-to-disk variant. `edges`/`docs` are table expressions, e.g. "read_parquet('e/*.parquet')".
 
     Keys: `pairs` (a list of statements, run in order), `labels_init`, `labels_step`, `changed`, `swap` (run
-    `labels_step`+`changed`+`swap` until `changed` returns 0), `clusters`. Result tables: mh_pairs(src, dst), mh_labels(node, lbl),
-    mh_clusters(doc_id, cluster_id, cluster_size, keep).
+    `labels_step`+`changed`+`swap` until `changed` returns 0), `clusters`. Result tables: mh_pairs(src, dst),
+    mh_labels(node, lbl), mh_clusters(doc_id, cluster_id, cluster_size, keep).
     """
     parts = max(1, int(params.num_partitions))
     # RPv2 run_lsh.py: group by (band, key); every member of a bucket with >1 docs points at the bucket's min id.
@@ -594,6 +594,18 @@ def run_fuzzy_dedup_sql(
         raise RuntimeError(f"label propagation did not converge in {max_iter} rounds")
     con.execute(sql["clusters"])
     return rounds
+
+
+def clusters_reads(params: MinhashDedupParams, available: list[str]) -> list[str]:
+    """The columns `minhash_clusters_duckdb` reads, both roles: the edges' bucket columns; of the documents the ids,
+    the survivor priority's input (`_sql_priority`) and, with verify, the values. Undeclared, the docs role joined
+    every layer of the chain on 2M rows only to read the text."""
+    cols = ["band", "key", params.doc_id_column]
+    if params.priority == "longest":
+        cols.append(params.text_column)
+    elif params.priority != "lowest_doc_id":
+        cols.append(params.priority.rsplit(":", 1)[0])
+    return cols + (["mh_values"] if params.verify else [])
 
 
 def minhash_clusters_duckdb(con: Any, exprs: dict[str, str], params: MinhashDedupParams, columns: dict[str, list[str]]) -> str:

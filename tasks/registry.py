@@ -110,17 +110,6 @@ def _edges_reads(params: Any, available: list[str]) -> list[str]:
     return [bands, params.doc_id_column, "keep"]
 
 
-def _clusters_reads(params: Any, available: list[str]) -> list[str]:
-    """minhash_clusters, both roles: the edges' bucket columns; of the documents the ids, the survivor priority and
-    (verify) the values. Undeclared, the docs role joined every layer of the chain on 2M rows only to read text."""
-    cols = ["band", "key", params.doc_id_column]
-    if params.priority == "longest":
-        cols.append(params.text_column)
-    elif params.priority != "lowest_doc_id":
-        cols.append(params.priority.rsplit(":", 1)[0])
-    return cols + (["mh_values"] if params.verify else [])
-
-
 def _stages(*stages: Stage) -> dict[str, Stage]:
     return {s.name: s for s in stages}
 
@@ -189,7 +178,7 @@ STAGES: dict[str, Stage] = _stages(
     Stage("minhash_edges", "map", minhash_dedup.minhash_edges, minhash_dedup.MinhashDedupParams, "minhash_dedup",
           ("src",), reads=_edges_reads, doc="LSH band edges"),
     Stage("minhash_clusters", "sql", minhash_dedup.minhash_clusters_duckdb, minhash_dedup.MinhashDedupParams,
-          "minhash_dedup", ("minhash_edges", "src"), roles=("edges", "docs"), reads=_clusters_reads,
+          "minhash_dedup", ("minhash_edges", "src"), roles=("edges", "docs"), reads=minhash_dedup.clusters_reads,
           doc="connected components and one survivor per cluster (DuckDB, spills)"),
     Stage("minhash_dedup", "map", minhash_dedup.minhash_filter, minhash_dedup.MinhashDedupParams, "minhash_dedup",
           ("src", "minhash_clusters"), roles=("docs", "clusters"), summarize_output=quality_filter.funnel_summary,
