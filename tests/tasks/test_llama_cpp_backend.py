@@ -1,4 +1,5 @@
-"""The local backend's default engine: llama.cpp over the bundled SmolLM2 GGUF as is, batched sequences.
+"""The local backend's default engine: llama.cpp over the bundled SmolLM2 GGUF (as is, or re-encoded as bf16 where
+the CPU has bf16 dot products), batched sequences.
 
 One model load for the module (about a second); generations are a few tokens, greedy where the text is compared."""
 
@@ -33,17 +34,59 @@ def _prompts(augmenter, texts):
     return augmenter.backend.chat_prompts([build_messages(t, augmenter.params) for t in texts])
 
 
-def test_auto_picks_llama_cpp_and_loads_the_gguf_as_is(augmenter, tmp_path, monkeypatch):
-    from tasks.llm_backends import LlamaCppBackend
+def test_auto_picks_llama_cpp_and_loads_the_gguf_never_dequantized(augmenter, tmp_path, monkeypatch):
+    import llama_cpp
+
+    from tasks.llm_backends import LlamaCppBackend, llama_weights
 
     assert local_engine("auto") == "llama_cpp" and local_engine("auto", "/some/hf_model_dir") == "transformers"
     assert isinstance(augmenter.backend, LlamaCppBackend) and augmenter.backend.gguf == smollm2_gguf_path()
     assert augmenter.teacher.startswith("HuggingFaceTB/SmolLM2-135M-Instruct:SmolLM2-135M-Instruct.Q4_1.gguf@sha256:")
     assert augmenter.teacher.endswith(" via llama-cpp-python 0.3.36")
-    # no dequantized copy is written: a fresh cache root stays empty
+    # "auto" follows the CPU: bf16 only where llama.cpp has native bf16 dot products, and the teacher id says so
+    native_bf16 = b"AVX512_BF16 = 1" in llama_cpp.llama_print_system_info()
+    assert llama_weights("auto") == ("bf16" if native_bf16 else "as_is")
+    assert (" as bf16 via " in augmenter.teacher) == native_bf16
+    # as is: the file itself is loaded and nothing is written (a fresh cache root stays empty)
     monkeypatch.setenv("QUARRY_CACHE", str(tmp_path))
-    LlamaCppBackend(num_threads=1).close()
+    b = LlamaCppBackend(num_threads=1, weights="as_is")
+    assert b.loaded == smollm2_gguf_path() and " as bf16" not in b.teacher
+    b.close()
     assert not (tmp_path / "models").exists()
+    # bf16: one re-encoded GGUF of 2 bytes per parameter (never a float32 copy, never a left-over temporary),
+    # reused by the next load
+    b = LlamaCppBackend(num_threads=1, weights="bf16")
+    files = sorted((tmp_path / "models").iterdir())
+    assert [f.name for f in files] == [b.loaded.name] and b.loaded.name.startswith("SmolLM2-135M-Instruct.Q4_1.bf16-")
+    n_params = llama_cpp.llama_model_n_params(b._model)
+    assert 2 * n_params <= b.loaded.stat().st_size < 2.2 * n_params
+    mtime = b.loaded.stat().st_mtime_ns
+    b.close()
+    again = LlamaCppBackend(num_threads=1, weights="bf16")
+    assert again.loaded == b.loaded and again.loaded.stat().st_mtime_ns == mtime
+    again.close()
+
+
+def test_gguf_weights_are_validated_and_change_the_aug_key():
+    with pytest.raises(ValueError, match="gguf_weights must be one of"):
+        AugmentParams(gguf_weights="fp8")
+    docs = pa.table({"doc_id": ["a"]})
+    as_is, bf16 = AugmentParams(gguf_weights="as_is"), AugmentParams(gguf_weights="bf16")
+    assert aug_keys(docs, as_is) != aug_keys(docs, bf16)  # other numerics, other text: never reused across them
+
+
+def test_bf16_weights_keep_the_greedy_text_of_the_gguf_as_is(augmenter):
+    """bf16 keeps 8 significant bits of every Q4_1 weight: the greedy continuation of real text starts the same."""
+    from tasks.llm_backends import LlamaCppBackend
+
+    prompts = _prompts(augmenter, [t[:600] for t in _c4_docs(3).column("text").to_pylist()])
+    texts = {}
+    for w in ("as_is", "bf16"):
+        b = LlamaCppBackend(batch_size=3, num_threads=1, weights=w)
+        texts[w] = [c.text for c in b.generate_prompts(prompts, GREEDY, [0, 0, 0])]
+        b.close()
+    same = sum(x[:12] == y[:12] for x, y in zip(texts["as_is"], texts["bf16"], strict=True))
+    assert same >= 2, texts
 
 
 def test_llama_cpp_tokenizes_the_chat_prompt_like_the_hf_tokenizer(augmenter):
