@@ -18,7 +18,6 @@ RPv2 keys exact dedup on the ccnet `digest` (sha1 of the raw page content) with 
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.dedup_priority import Priority
 from tasks.minhash_dedup import ensure_keep_columns, later_repeats, rpv2_normalize
 
-_PRIORITY_RE = re.compile(r"^(longest|lowest_doc_id|[A-Za-z_][A-Za-z0-9_.]*:(asc|desc))$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -51,12 +50,13 @@ class ExactDedupParams:
     url_column: str = "url"
 
     def __post_init__(self) -> None:
-        if not _PRIORITY_RE.match(self.priority):
-            raise ValueError(
-                f"priority must be 'longest', 'lowest_doc_id' or '<column>:asc|desc', got {self.priority!r}"
-            )
+        Priority.parse(self.priority)  # a clear error at config time
         if not self.keys or set(self.keys) - {"text", "url"}:
             raise ValueError(f"keys must be a non-empty subset of ('text', 'url'), got {self.keys!r}")
+
+    @property
+    def survivor(self) -> Priority:
+        return Priority.parse(self.priority)
 
 
 def normalize_url(url: str) -> str:
@@ -100,19 +100,13 @@ def exact_dedup_hashes(batch: pa.Table, params: ExactDedupParams = ExactDedupPar
     return out
 
 
-def _column_priority(params: ExactDedupParams) -> tuple[str, str]:
-    """(column, "asc"|"desc") of a "<column>:asc|desc" priority."""
-    column, order = params.priority.rsplit(":", 1)
-    return column, order
-
-
 def _order(t: pa.Table, key: str, params: ExactDedupParams) -> list[tuple[str, str]]:
     if params.priority == "longest":
         return [(key, "ascending"), ("_len", "descending"), ("doc_id", "ascending")]
     if params.priority == "lowest_doc_id":
         return [(key, "ascending"), ("doc_id", "ascending")]
-    column, order = _column_priority(params)
-    return [(key, "ascending"), (column, "descending" if order == "desc" else "ascending"), ("doc_id", "ascending")]
+    p = params.survivor
+    return [(key, "ascending"), (p.column, "descending" if p.descending else "ascending"), ("doc_id", "ascending")]
 
 
 def _first_per_group(t: pa.Table, key: str, params: ExactDedupParams) -> tuple[pa.Array, pa.Array, np.ndarray]:
@@ -147,7 +141,7 @@ def exact_dedup_keepers(hashes: pa.Table, params: ExactDedupParams = ExactDedupP
             cols["_len"] = pc.utf8_length(hashes.column(params.text_column))
         cols["_len"] = pc.fill_null(cols["_len"], -1)
     elif params.priority != "lowest_doc_id":
-        column = _column_priority(params)[0]
+        column = params.survivor.column
         cols[column] = hashes.column(column)
     t = pa.table(cols)
     if params.only_kept and "keep" in hashes.column_names:
@@ -197,8 +191,8 @@ def exact_dedup_sql(docs: str, params: ExactDedupParams = ExactDedupParams(), *,
     elif params.priority == "lowest_doc_id":
         prio = "doc_id"
     else:
-        column, order = _column_priority(params)
-        prio = f'"{column}" {order.upper()} NULLS LAST, doc_id'
+        p = params.survivor
+        prio = f'"{p.column}" {p.order.upper()} NULLS LAST, doc_id'
     keep = "AND coalesce(x.keep, false)" if params.only_kept and has_keep else ""
     rename = "" if params.doc_id_column == "doc_id" else f', x."{params.doc_id_column}"::VARCHAR AS doc_id'
     parts = max(1, int(parts))
@@ -282,5 +276,5 @@ def keepers_reads(params: ExactDedupParams, available: list[str]) -> list[str]:
     if params.priority == "longest":
         cols.append(LENGTH_COLUMN if LENGTH_COLUMN in available else params.text_column)
     elif params.priority != "lowest_doc_id":
-        cols.append(_column_priority(params)[0])
+        cols.append(params.survivor.column)
     return cols

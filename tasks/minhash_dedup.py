@@ -27,7 +27,6 @@ and one band layout (in Arrow and in DuckDB SQL); keeping them together keeps th
 
 from __future__ import annotations
 
-import re
 import string
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -38,6 +37,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from tasks.dedup_priority import Priority
 
 # --------------------------------------------------------------------------------------------------------------------
 # RPv2 text normalisation (app/src/utilities/text/normalization.py, commit 6d2cee9)
@@ -225,7 +226,6 @@ def band_keys(mh_values: pa.Array | pa.ChunkedArray, similarity: float) -> pa.Ar
 # 2-6. Fuzzy dedup: LSH edges -> buckets -> connected components -> keep one per cluster
 # --------------------------------------------------------------------------------------------------------------------
 
-_PRIORITY_RE = re.compile(r"^(longest|lowest_doc_id|[A-Za-z_][A-Za-z0-9_.]*:(asc|desc))$")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -254,12 +254,13 @@ class MinhashDedupParams:
     text_column: str = "text"
 
     def __post_init__(self) -> None:
-        if not _PRIORITY_RE.match(self.priority):
-            raise ValueError(
-                f"priority must be 'longest', 'lowest_doc_id' or '<column>:asc|desc', got {self.priority!r}"
-            )
+        Priority.parse(self.priority)  # a clear error at config time
         if self.num_partitions < 1:
             raise ValueError("num_partitions must be >= 1")
+
+    @property
+    def survivor(self) -> Priority:
+        return Priority.parse(self.priority)
         _check_similarity(self.similarity, "similarity")
 
 
@@ -394,8 +395,8 @@ def _priority_sort_keys(params: MinhashDedupParams) -> list[tuple[str, str]]:
         return [("_len", "descending"), ("doc_id", "ascending")]
     if params.priority == "lowest_doc_id":
         return [("doc_id", "ascending")]
-    column, order = params.priority.rsplit(":", 1)
-    return [(column, "descending" if order == "desc" else "ascending"), ("doc_id", "ascending")]
+    p = params.survivor
+    return [(p.column, "descending" if p.descending else "ascending"), ("doc_id", "ascending")]
 
 
 def select_cluster_keepers(members: pa.Table, params: MinhashDedupParams = MinhashDedupParams()) -> pa.Table:
@@ -413,7 +414,7 @@ def select_cluster_keepers(members: pa.Table, params: MinhashDedupParams = Minha
             raise ValueError("priority 'longest' needs a `text` or `text_length` column in members")
         cols["_len"] = pc.fill_null(cols["_len"], -1)
     elif params.priority != "lowest_doc_id":
-        column = params.priority.rsplit(":", 1)[0]
+        column = params.survivor.column
         if column not in members.column_names:
             raise ValueError(f"priority column {column!r} missing from members")
         cols[column] = members.column(column)
@@ -492,8 +493,8 @@ def _sql_priority(params: MinhashDedupParams) -> tuple[str, str] | None:
         return f'max(length(d."{params.text_column}"))', "DESC"
     if params.priority == "lowest_doc_id":
         return None
-    column, order = params.priority.rsplit(":", 1)
-    return f'{"max" if order == "desc" else "min"}(d."{column}")', order.upper()
+    p = params.survivor
+    return f'{"max" if p.descending else "min"}(d."{p.column}")', p.order.upper()
 
 
 def fuzzy_dedup_sql(edges: str, docs: str, params: MinhashDedupParams = MinhashDedupParams()) -> dict[str, Any]:
@@ -604,7 +605,7 @@ def clusters_reads(params: MinhashDedupParams, available: list[str]) -> list[str
     if params.priority == "longest":
         cols.append(params.text_column)
     elif params.priority != "lowest_doc_id":
-        cols.append(params.priority.rsplit(":", 1)[0])
+        cols.append(params.survivor.column)
     return cols + (["mh_values"] if params.verify else [])
 
 
