@@ -35,6 +35,7 @@ import tasks.ingest as ingest
 import tasks.language_id as language_id
 import tasks.line_dedup as line_dedup
 import tasks.minhash_dedup as minhash_dedup
+import tasks.minhash_sql as minhash_sql
 import tasks.pii as pii
 import tasks.quality_classifier as quality_classifier
 import tasks.quality_filter as quality_filter
@@ -177,8 +178,8 @@ STAGES: dict[str, Stage] = _stages(
           doc="ed_keep, ed_duplicate_of; duplicates folded into keep"),
     Stage("minhash_edges", "map", minhash_dedup.minhash_edges, minhash_dedup.MinhashDedupParams, "minhash_dedup",
           ("src",), reads=_edges_reads, doc="LSH band edges"),
-    Stage("minhash_clusters", "sql", minhash_dedup.minhash_clusters_duckdb, minhash_dedup.MinhashDedupParams,
-          "minhash_dedup", ("minhash_edges", "src"), roles=("edges", "docs"), reads=minhash_dedup.clusters_reads,
+    Stage("minhash_clusters", "sql", minhash_sql.minhash_clusters_duckdb, minhash_dedup.MinhashDedupParams,
+          "minhash_dedup", ("minhash_edges", "src"), roles=("edges", "docs"), reads=minhash_sql.clusters_reads,
           doc="connected components and one survivor per cluster (DuckDB, spills)"),
     Stage("minhash_dedup", "map", minhash_dedup.minhash_filter, minhash_dedup.MinhashDedupParams, "minhash_dedup",
           ("src", "minhash_clusters"), roles=("docs", "clusters"), summarize_output=quality_filter.funnel_summary,

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pytest
 
 import tasks.minhash_dedup as minhash_mod
+import tasks.minhash_sql as minhash_sql
 import tasks.select as select_mod
 from ray_cluster import runtime
 from storage import datasets
@@ -307,7 +308,7 @@ def test_minhash_keepers_count_a_repeated_doc_id_once_in_arrow_and_duckdb():
     con = duckdb.connect()
     con.register("docs", members.select(["doc_id", "text"]))
     con.execute("CREATE TABLE mh_labels AS SELECT * FROM (VALUES ('x', 'x'), ('y', 'x')) t(node, lbl)")
-    con.execute(minhash_mod.fuzzy_dedup_sql("e", "docs", minhash_mod.MinhashDedupParams())["clusters"])
+    con.execute(minhash_sql.fuzzy_dedup_sql("e", "docs", minhash_mod.MinhashDedupParams())["clusters"])
     rows = con.execute("SELECT doc_id, cluster_size, keep FROM mh_clusters ORDER BY doc_id").fetchall()
     assert rows == [("x", 2, False), ("y", 2, True)]  # x once: never both kept and dropped
     batch = pa.table({"doc_id": ["x", "y", "x"], "keep": [True, True, True], "drop_reason": [None, None, None]})

@@ -4,7 +4,8 @@ import pytest
 
 from tasks.dedup_priority import Priority
 from tasks.exact_dedup import ExactDedupParams, keepers_reads
-from tasks.minhash_dedup import MinhashDedupParams, clusters_reads
+from tasks.minhash_dedup import MinhashDedupParams
+from tasks.minhash_sql import clusters_reads
 
 
 def test_parse_kinds_columns_and_orders():

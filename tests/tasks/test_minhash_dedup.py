@@ -21,9 +21,9 @@ from tasks.minhash_dedup import (
     minhash_values,
     rpv2_normalize,
     rpv2_permutations,
-    run_fuzzy_dedup_sql,
     select_cluster_keepers,
 )
+from tasks.minhash_sql import run_fuzzy_dedup_sql
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 GOLD = DATA / "gold"
@@ -391,7 +391,7 @@ def test_verify_keeps_exactly_the_candidates_whose_signatures_agree_on_the_thres
 
 
 def test_verify_without_mh_values_is_a_clear_error():
-    from tasks.minhash_dedup import minhash_clusters_duckdb
+    from tasks.minhash_sql import minhash_clusters_duckdb
 
     with pytest.raises(ValueError, match="mh_values"):
         minhash_clusters_duckdb(None, {}, MinhashDedupParams(verify=True), {"docs": ["doc_id", "minhash_signature_0.8"]})
