@@ -6,11 +6,14 @@ import torch: only building a model does (~300 MB and ~1.5 s per process).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.train import TrainParams
+if TYPE_CHECKING:  # an annotation only: tasks.train imports this module when it builds a model, not the reverse
+    from tasks.train import TrainParams
 
 
 class CausalLMWithMTP(nn.Module):
