@@ -146,19 +146,29 @@ def _hstack(parts: Sequence[pa.Table], columns: Sequence[str]) -> pa.Table:
     return pa.table(cols, names=names) if cols else pa.table({})
 
 
+def _first_read(links: list[Link], i: int, columns: list[str]) -> tuple[int, list[str], list[str]]:
+    """Where a read of ``columns`` from links[i] starts: a columns layer holding none of them is skipped (neither
+    reader opens its files). Returns (index, own, rest): that link's own wanted columns and those the links below it
+    must give. The Arrow reader, the SQL relation and ``needs_join`` all walk the chain through here."""
+    while True:
+        top = links[i]
+        own = [c for c in columns if c in top.own]
+        rest = [c for c in columns if c not in top.own]
+        if top.kind == "columns" and rest and not own:
+            i += 1
+            continue
+        return i, own, rest
+
+
 def _iter(links: list[Link], i: int, name: str, columns: list[str], batch_size: int) -> Iterator[pa.Table]:
+    i, own, rest = _first_read(links, i, columns)
     top = links[i]
-    own = [c for c in columns if c in top.own]
-    rest = [c for c in columns if c not in top.own]
     where = f"{top.ref}/{name}"
     if top.kind == "full":
         yield from _file_batches(top.ref, name, own, batch_size)
     elif top.kind == "columns":
         if not rest:
             yield from _file_batches(top.ref, name, own or [POS], batch_size)
-            return
-        if not own:
-            yield from _iter(links, i + 1, name, rest, batch_size)
             return
         for mine, below in _zip(_file_batches(top.ref, name, own, batch_size),
                                 _iter(links, i + 1, name, rest, batch_size), where):
@@ -256,17 +266,14 @@ def _rel(links: list[Link], i: int, columns: list[str], keys: bool) -> str:
 
     Layers join on (shard, row) rather than by position: a keyed join stays right whatever order DuckDB's parallel
     scans produce (engine-side SQL turns ``preserve_insertion_order`` off to spill)."""
+    i, own, rest = _first_read(links, i, columns)
     top = links[i]
-    own = [c for c in columns if c in top.own]
-    rest = [c for c in columns if c not in top.own]
     if top.kind == "full" or (top.kind == "columns" and not rest):
         cols = ", ".join(_q(c) for c in own) or "NULL AS __empty"
         if not keys:
             return f"SELECT {cols} FROM read_parquet({_files_list(top)}, union_by_name = true)"
         return (f"SELECT {cols}, parse_filename(filename) AS __shard, file_row_number AS __row "
                 f"FROM read_parquet({_files_list(top)}, union_by_name = true, filename = true, file_row_number = true)")
-    if top.kind == "columns" and not own:
-        return _rel(links, i + 1, rest, keys)
     scan = f"read_parquet({_files_list(top)}, union_by_name = true, filename = true, file_row_number = true)"
     below = _rel(links, i + 1, rest, True) if rest else None
     cols = ", ".join(f"{'l' if c in top.own else 'p'}.{_q(c)}" for c in columns) or "NULL AS __empty"
@@ -303,20 +310,13 @@ def relation_sql(ref: DatasetRef, columns: Sequence[str] | None = None, manifest
 
 
 def needs_join(ref: DatasetRef, columns: Sequence[str]) -> bool:
-    """Whether ``columns`` of ``ref`` come from more than one version of its chain (so its relation joins them)."""
+    """Whether ``columns`` of ``ref`` come from more than one version of its chain (so its relation joins them): the
+    first link read (``_first_read``) is a layer and the links below it must give some of them."""
     links = chain(ref)
     if not links[0].files:
         return False
-    cols, i = [c for c in columns if c in set(column_names(ref))], 0
-    while True:
-        top = links[i]
-        rest = [c for c in cols if c not in top.own]
-        if top.kind == "full" or (top.kind == "columns" and not rest):
-            return False
-        if top.kind == "columns" and len(rest) == len(cols):  # nothing of its own wanted: the reader skips it
-            cols, i = rest, i + 1
-            continue
-        return True
+    i, _, rest = _first_read(links, 0, [c for c in columns if c in set(column_names(ref))])
+    return links[i].kind != "full" and bool(rest)
 
 
 def materialize(ref: DatasetRef, columns: Sequence[str], path: str, batch_size: int = 65_536) -> int:

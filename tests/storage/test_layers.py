@@ -211,3 +211,24 @@ def test_minhash_clusters_reads_ids_priority_and_bands_only(tmp_path):
     assert executor.projection(stage, MinhashDedupParams(priority="lowest_doc_id"), docs) == ["doc_id"]
     assert executor.projection(stage, MinhashDedupParams(priority="rps_doc_word_count:desc", verify=True), docs) == [
         "doc_id", "rps_doc_word_count", "mh_values"]
+
+
+def test_needs_join_follows_the_readers_walk_of_the_chain(tmp_path):
+    """needs_join says whether the relation_sql of those columns joins layers (what the executor flattens first)."""
+    base = _full(tmp_path)
+    sig = _layer(base, "signals", "columns", lambda t: pa.table({"n_chars": pc.utf8_length(t.column("text"))}))
+    sel = _layer(sig, "kept", "rows", lambda t: pa.table({
+        layers.POS: pa.array(range(0, t.num_rows, 2), pa.int64()),
+        "copy": pa.array([1] * len(range(0, t.num_rows, 2)), pa.int64())}))
+    cases = {
+        (base, ("doc_id", "text")): False,  # a full version
+        (sig, ("n_chars",)): False,  # the layer's own column only
+        (sig, ("doc_id",)): False,  # the layer holds none of them: the reader skips it
+        (sig, ("doc_id", "n_chars")): True,
+        (sel, ("copy",)): False,  # the selection's own column: its files alone
+        (sel, ("doc_id",)): True,  # the parent's rows, restricted by the selection
+        (sel, ("n_chars", "copy")): True,
+    }
+    for (ref, cols), joins in cases.items():
+        assert layers.needs_join(ref, cols) == joins, (ref.stage, cols)
+        assert (" JOIN " in layers.relation_sql(ref, cols, keys=True)) == joins, (ref.stage, cols)
