@@ -348,14 +348,21 @@ def file_relation(path: str, columns: Sequence[str], *, keys: bool = False) -> s
 
 
 def empty_table(ref: DatasetRef) -> pa.Table:
-    """The wide table of ``ref`` with no rows (its Arrow types read from each layer's first file footer)."""
+    """The wide table of ``ref`` with no rows. Its Arrow types come from each layer's first file footer, read on past
+    it only while a column is still typed null there: a shard whose values are all null may store the null type
+    while a later shard has the real one, and a null-typed schema would refuse that shard's values."""
     fields: dict[str, pa.Field] = {}
     for lk in reversed(chain(ref)):
-        if lk.files:
-            fs, path = datasets.filesystem(datasets.shard_uri(lk.ref, lk.files[0]))
+        mine: dict[str, pa.Field] = {}
+        for name in lk.files:
+            fs, path = datasets.filesystem(datasets.shard_uri(lk.ref, name))
             with fs.open(path, "rb") as f:
                 for fld in pq.read_schema(f):
-                    fields[fld.name] = fld
+                    if fld.name not in mine or pa.types.is_null(mine[fld.name].type):
+                        mine[fld.name] = fld
+            if not any(pa.types.is_null(fld.type) for fld in mine.values()):
+                break
+        fields.update(mine)
     names = column_names(ref)
     return pa.schema([fields[n] for n in names if n in fields]).empty_table()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from ray_cluster import executor
@@ -232,3 +233,28 @@ def test_needs_join_follows_the_readers_walk_of_the_chain(tmp_path):
     for (ref, cols), joins in cases.items():
         assert layers.needs_join(ref, cols) == joins, (ref.stage, cols)
         assert (" JOIN " in layers.relation_sql(ref, cols, keys=True)) == joins, (ref.stage, cols)
+
+
+def test_a_column_null_typed_in_its_first_shard_takes_the_type_of_a_later_one(tmp_path):
+    """A shard whose values are all null may store the null type; flattening (materialize) and the empty wide table
+    take the type a later shard has, instead of failing to cast that shard's strings to null."""
+    base = _full(tmp_path)
+
+    def note(t):  # shard 0: no notes at all (null-typed column); shard 2: strings
+        values = [f"note {d}" for d in t.column("doc_id").to_pylist()]
+        return pa.table({"note": pa.array([None] * t.num_rows) if "d000" in values[0] else pa.array(values)}) \
+            if values else pa.table({"note": pa.array([], pa.null())})
+
+    lay = _layer(base, "notes", "columns", note)
+    assert pa.types.is_null(pq_schema(lay, 0).field("note").type)  # the case under test really is on disk
+    assert layers.empty_table(lay).schema.field("note").type == pa.string()
+    n = layers.materialize(lay, ["doc_id", "note"], str(tmp_path / "flat.parquet"))
+    flat = pq.read_table(tmp_path / "flat.parquet")
+    assert n == 12 and flat.schema.field("note").type == pa.string()
+    assert flat.column("note").to_pylist() == [None] * 5 + [f"note d{j:03d}" for j in range(5, 12)]
+
+
+def pq_schema(ref, i):
+    fs, path = datasets.filesystem(datasets.shard_uri(ref, datasets.shard_name(i)))
+    with fs.open(path, "rb") as f:
+        return pq.read_schema(f)
