@@ -162,10 +162,14 @@ def _batch_values(texts: list[str | None], params: MinhashSignaturesParams) -> t
     return batch_minhash(buf, offsets, params.ngram_size, a, b)
 
 
-def minhash_signatures(batch: pa.Table, params: MinhashSignaturesParams = MinhashSignaturesParams()) -> pa.Table:
-    """Add `mh_values` (list<uint32>[num_perm]) and `minhash_signature_<s>` (list<binary> band keys) per similarity.
+LENGTH_COLUMN = "mh_text_length"  # the "longest" survivor's key, so the DuckDB clusters step never reads the text
 
-    Both are null for documents with fewer than `ngram_size` normalized words or a null text (RPv2 behaviour).
+
+def minhash_signatures(batch: pa.Table, params: MinhashSignaturesParams = MinhashSignaturesParams()) -> pa.Table:
+    """Add `mh_values` (list<uint32>[num_perm]) and `minhash_signature_<s>` (list<binary> band keys) per similarity,
+    and `mh_text_length` (code points; null for a null text), the "longest" survivor priority's input.
+
+    The signatures are null for documents with fewer than `ngram_size` normalized words or a null text (RPv2).
     """
     if params.text_column not in batch.column_names:
         raise ValueError(f"minhash_signatures needs a {params.text_column!r} column; got {batch.column_names}")
@@ -183,10 +187,13 @@ def minhash_signatures(batch: pa.Table, params: MinhashSignaturesParams = Minhas
     mh_values = pa.ListArray.from_arrays(offsets(params.num_perm), pa.array(good.reshape(-1), pa.uint32()), mask=mask)
     keys = {s: _band_keys(good, s, params.num_perm, offsets, mask) for s in params.similarities} if params.band_keys else {}
     out = batch
-    for name in ["mh_values", *(signature_column(s) for s in params.similarities)]:
+    for name in ["mh_values", *(signature_column(s) for s in params.similarities), LENGTH_COLUMN]:
         if name in out.column_names:
             out = out.drop_columns([name])
     out = out.append_column(pa.field("mh_values", pa.list_(pa.uint32())), mh_values)
+    # the fuzzy-dedup keeper step reads this, not the text: with a selection (a held-out split) in the chain it
+    # otherwise flattened every document's text to disk for its length (~3 GB at 2M documents)
+    out = out.append_column(LENGTH_COLUMN, pc.utf8_length(batch.column(params.text_column)).cast(pa.int64()))
     for s, k in keys.items():
         out = out.append_column(signature_column(s), k)
     return out

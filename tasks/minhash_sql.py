@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.minhash_dedup import MinhashDedupParams
+from tasks.minhash_dedup import LENGTH_COLUMN, MinhashDedupParams
 
 
-def _sql_priority(params: MinhashDedupParams) -> tuple[str, str] | None:
+def _sql_priority(params: MinhashDedupParams, has_length: bool = False) -> tuple[str, str] | None:
     """(aggregate over a doc_id's rows, order) of the survivor priority; None for lowest_doc_id (no input needed).
-    Aggregated so that a doc_id listed twice in the docs is still one member (never its own duplicate)."""
+    Aggregated so that a doc_id listed twice in the docs is still one member (never its own duplicate). has_length:
+    the docs carry `mh_text_length` (minhash_signatures writes it): "longest" reads that, not the text."""
     if params.priority == "longest":
+        if has_length:
+            return f'max(d."{LENGTH_COLUMN}")', "DESC"
         return f'max(length(d."{params.text_column}"))', "DESC"
     if params.priority == "lowest_doc_id":
         return None
@@ -22,7 +25,8 @@ def _sql_priority(params: MinhashDedupParams) -> tuple[str, str] | None:
     return f'{"max" if p.descending else "min"}(d."{p.column}")', p.order.upper()
 
 
-def fuzzy_dedup_sql(edges: str, docs: str, params: MinhashDedupParams = MinhashDedupParams()) -> dict[str, Any]:
+def fuzzy_dedup_sql(edges: str, docs: str, params: MinhashDedupParams = MinhashDedupParams(), *,
+                    has_length: bool = False) -> dict[str, Any]:  # fmt: skip
     """The SQL of the spill-to-disk variant. `edges`/`docs` are table expressions, e.g. "read_parquet('e/*.parquet')".
 
     Keys: `pairs` (a list of statements, run in order), `labels_init`, `labels_step`, `changed`, `swap` (run
@@ -60,7 +64,7 @@ WITH prop AS (
 SELECT p.node, least(p.lbl, coalesce(j.lbl, p.lbl)) AS lbl FROM prop p LEFT JOIN prop j ON j.node = p.lbl""",
         "changed": "SELECT count(*) FROM mh_labels_next n JOIN mh_labels o USING (node) WHERE n.lbl <> o.lbl",
         "swap": "DROP TABLE mh_labels; ALTER TABLE mh_labels_next RENAME TO mh_labels",
-        "clusters": _clusters_sql(docs, params),
+        "clusters": _clusters_sql(docs, params, has_length),
     }
 
 
@@ -77,8 +81,8 @@ SELECT c.src, c.dst FROM cand c JOIN sig a ON a.doc_id = c.src JOIN sig b ON b.d
 WHERE len(list_filter(list_zip(a.v, b.v), lambda x: x[1] = x[2])) >= {params.similarity!r} * len(a.v)"""
 
 
-def _clusters_sql(docs: str, params: MinhashDedupParams) -> str:
-    priority = _sql_priority(params)
+def _clusters_sql(docs: str, params: MinhashDedupParams, has_length: bool = False) -> str:
+    priority = _sql_priority(params, has_length)
     if priority is None:
         prio_cte, join, order = "", "", "m.doc_id"
     else:
@@ -98,14 +102,20 @@ FROM m{join}"""
 
 
 def run_fuzzy_dedup_sql(
-    con: Any, edges: str, docs: str, params: MinhashDedupParams = MinhashDedupParams(), max_iter: int = 100
+    con: Any,
+    edges: str,
+    docs: str,
+    params: MinhashDedupParams = MinhashDedupParams(),
+    max_iter: int = 100,
+    *,
+    has_length: bool = False,
 ) -> int:
     """Run `fuzzy_dedup_sql` on a DB-API-like connection (DuckDB: `con.execute(sql).fetchone()`); returns rounds.
 
     Leaves `mh_clusters` in the connection; the engine COPYs it to Parquet and joins it back (or calls
     `minhash_filter(batch, params, clusters=...)`). Set DuckDB's `temp_directory`/`memory_limit` to spill.
     """
-    sql = fuzzy_dedup_sql(edges, docs, params)
+    sql = fuzzy_dedup_sql(edges, docs, params, has_length=has_length)
     for stmt in sql["pairs"]:
         con.execute(stmt)
     con.execute(sql["labels_init"])
@@ -128,7 +138,7 @@ def clusters_reads(params: MinhashDedupParams, available: list[str]) -> list[str
     every layer of the chain on 2M rows only to read the text."""
     cols = ["band", "key", params.doc_id_column]
     if params.priority == "longest":
-        cols.append(params.text_column)
+        cols.append(LENGTH_COLUMN if LENGTH_COLUMN in available else params.text_column)
     elif params.priority != "lowest_doc_id":
         cols.append(params.survivor.column)
     return cols + (["mh_values"] if params.verify else [])
@@ -139,5 +149,6 @@ def minhash_clusters_duckdb(con: Any, exprs: dict[str, str], params: MinhashDedu
     if params.verify and "mh_values" not in columns.get("docs", ["mh_values"]):
         raise ValueError("minhash_dedup verify: true needs the documents' `mh_values` (minhash_signatures writes them; "
                          "stored RPv2 band keys alone cannot be re-checked)")
-    run_fuzzy_dedup_sql(con, exprs["edges"], exprs["docs"], params)
+    has_length = LENGTH_COLUMN in columns.get("docs", [])
+    run_fuzzy_dedup_sql(con, exprs["edges"], exprs["docs"], params, has_length=has_length)
     return "mh_clusters"

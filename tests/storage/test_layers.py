@@ -208,6 +208,8 @@ def test_minhash_clusters_reads_ids_priority_and_bands_only(tmp_path):
     docs = ["doc_id", "text", "url", "rps_doc_word_count", "mh_values", "keep", "drop_reason", "ed_text_length"]
     edges = ["part", "band", "key", "doc_id"]
     assert executor.projection(stage, MinhashDedupParams(), docs) == ["doc_id", "text"]
+    # with the length minhash_signatures writes, "longest" never reads the text
+    assert executor.projection(stage, MinhashDedupParams(), [*docs, "mh_text_length"]) == ["doc_id", "mh_text_length"]
     assert executor.projection(stage, MinhashDedupParams(), edges) == ["band", "key", "doc_id"]
     assert executor.projection(stage, MinhashDedupParams(priority="lowest_doc_id"), docs) == ["doc_id"]
     assert executor.projection(stage, MinhashDedupParams(priority="rps_doc_word_count:desc", verify=True), docs) == [

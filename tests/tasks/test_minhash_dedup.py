@@ -314,6 +314,12 @@ def test_duckdb_sql_variant_gives_same_clusters_and_keepers_as_arrow(tmp_path):
     arrow_rows = sorted(tuple(r.values()) for r in arrow_keep.to_pylist())
     assert sql_rows == arrow_rows
     assert any(not r[3] for r in sql_rows)  # the corpus has duplicates to drop
+    # the same keepers from the length minhash_signatures wrote, with the text never read
+    assert sig.column("mh_text_length").to_pylist() == [None if t is None else len(t) for t in texts]
+    pq.write_table(sig.select(["doc_id", "mh_text_length"]), tmp_path / "lengths.parquet")
+    run_fuzzy_dedup_sql(con, f"read_parquet('{tmp_path}/edges.parquet')", f"read_parquet('{tmp_path}/lengths.parquet')",
+                        params, has_length=True)  # fmt: skip
+    assert con.execute("SELECT doc_id, cluster_id, cluster_size, keep FROM mh_clusters ORDER BY doc_id").fetchall() == sql_rows
 
 
 def test_kernel_sha1_matches_hashlib_across_block_boundaries():
