@@ -447,7 +447,7 @@ def export_hf(model: CausalLMWithMTP, meta: dict, hf_dir: Path) -> None:
 
 
 def train_loop(config: dict) -> dict:
-    """What every training worker runs (torch.distributed is set up around it by Ray Train)."""
+    """What every training worker runs (with several workers, Ray Train sets up torch.distributed around it)."""
     return train(config["params"], config["data_dir"], config["out_dir"])
 
 
