@@ -96,29 +96,31 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _server(cmd: list[str], ready: str, env: dict | None = None):
-    """A server subprocess; yields once `ready` (a URL to poll, or a stdout line prefix) answers."""
+    """A server subprocess; yields once `ready` (a URL to poll, or the prefix of a line it prints) answers.
+
+    Its output goes to a file, never to a pipe nobody drains: vLLM's server logs every request, and with 32 requests
+    in flight a full 64 KiB pipe blocked its event loop in a log write (the benchmark hung with the engine idle)."""
     import httpx
 
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ | (env or {}), stdout=subprocess.PIPE, stderr=err,
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ | (env or {}), stdout=log, stderr=subprocess.STDOUT,
                                 text=True)  # fmt: skip
         try:
-            if ready.startswith("http"):
-                deadline = time.time() + 900
-                while time.time() < deadline:
-                    if proc.poll() is not None:
-                        break
+            url, deadline = "", time.time() + 900
+            while not url and time.time() < deadline and proc.poll() is None:
+                if ready.startswith("http"):
                     with contextlib.suppress(httpx.HTTPError):
                         if httpx.get(ready, timeout=5).status_code == 200:
-                            break
-                    time.sleep(2)
-                url = ready.rsplit("/v1", 1)[0]
-            else:
-                url = (proc.stdout.readline() or "").split()[-1:] or [""]
-                url = url[0]
+                            url = ready.rsplit("/v1", 1)[0]
+                else:
+                    log.seek(0)
+                    lines = [ln for ln in log.read().splitlines() if ln.startswith(ready)]
+                    url = lines[0].split()[-1] if lines else ""
+                if not url:
+                    time.sleep(1)
             if proc.poll() is not None or not url:
-                err.seek(0)
-                raise RuntimeError(f"{cmd[:4]} did not start (exit {proc.poll()}): {err.read()[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"{cmd[:4]} did not start (exit {proc.poll()}): {log.read()[-2000:]}")
             yield url
         finally:
             proc.terminate()
