@@ -223,7 +223,7 @@ STAGES: dict[str, Stage] = _stages(
     Stage("pack", "global", tokenize.pack_stage, tokenize.PackParams, "pack", ("tokenize",),
           columns={"tokenize": ()}, doc="fixed-length rows, mixture weights, upsampling phase; counts per group"),
     Stage("train", "global", train.train_stage, train.TrainParams, "train", ("pack",), columns={"pack": None},
-          driver=True, artifacts=train.train_artifact, doc="per-step metrics of a Llama trained with Ray Train"),
+          driver=True, artifacts=train.train_artifact, doc="per-step metrics of a Llama trained on Ray (Ray Train for several workers)"),
     Stage("evaluate", "global", evaluate.evaluate_stage, evaluate.EvaluateParams, "evaluate", ("train", "heldout"),
           optional=("heldout",), columns={"train": None, "heldout": ()}, outputs=("evaluate_examples",),
           code=(compare, eval_tasks),  # the prompts and the per-example scoring are part of the version
