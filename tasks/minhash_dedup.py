@@ -232,7 +232,6 @@ def band_keys(mh_values: pa.Array | pa.ChunkedArray, similarity: float) -> pa.Ar
 # --------------------------------------------------------------------------------------------------------------------
 
 
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MinhashDedupParams:
     """LSH fuzzy dedup settings.
@@ -262,11 +261,11 @@ class MinhashDedupParams:
         Priority.parse(self.priority)  # a clear error at config time
         if self.num_partitions < 1:
             raise ValueError("num_partitions must be >= 1")
+        _check_similarity(self.similarity, "similarity")
 
     @property
     def survivor(self) -> Priority:
         return Priority.parse(self.priority)
-        _check_similarity(self.similarity, "similarity")
 
 
 

@@ -26,6 +26,16 @@ def test_both_dedups_refuse_the_same_specs_with_the_same_message(spec):
     assert errors[0] == errors[1]
 
 
+def test_minhash_params_still_check_their_other_fields():
+    """The parser moved out of __post_init__; the checks beside it stay (a similarity of 1.5 once slipped through)."""
+    with pytest.raises(ValueError, match="similarity"):
+        MinhashDedupParams(similarity=1.5)
+    with pytest.raises(ValueError, match="num_partitions"):
+        MinhashDedupParams(num_partitions=0)
+    with pytest.raises(ValueError, match="keys"):
+        ExactDedupParams(keys=("title",))
+
+
 def test_both_dedups_read_the_priority_column():
     ed = keepers_reads(ExactDedupParams(priority="quality:desc"), [])
     mh = clusters_reads(MinhashDedupParams(priority="quality:desc"), [])
