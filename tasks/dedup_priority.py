@@ -33,3 +33,10 @@ class Priority:
     @property
     def descending(self) -> bool:
         return self.order == "desc"
+
+    def input_columns(self, text_column: str, length_column: str, available: list[str]) -> list[str]:
+        """The document column a dedup's global step reads for this priority: for "longest" the length column a
+        stage before it wrote (so the step never reads the text), else the text; none for "lowest_doc_id"."""
+        if self.kind == "longest":
+            return [length_column if length_column in available else text_column]
+        return [self.column] if self.kind == "column" else []

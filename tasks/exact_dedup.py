@@ -273,8 +273,4 @@ def keepers_reads(params: ExactDedupParams, available: list[str]) -> list[str]:
     """The columns the global step reads: ids, hashes, the priority and `keep` (never the text, when the hashes
     stage wrote `ed_text_length`: reading 300 MB of text for its length tripled the step at 200k documents)."""
     cols = [params.doc_id_column, "keep", *(f"ed_{k}_hash" for k in params.keys)]
-    if params.priority == "longest":
-        cols.append(LENGTH_COLUMN if LENGTH_COLUMN in available else params.text_column)
-    elif params.priority != "lowest_doc_id":
-        cols.append(params.survivor.column)
-    return cols
+    return cols + params.survivor.input_columns(params.text_column, LENGTH_COLUMN, available)

@@ -137,10 +137,7 @@ def clusters_reads(params: MinhashDedupParams, available: list[str]) -> list[str
     the survivor priority's input (`_sql_priority`) and, with verify, the values. Undeclared, the docs role joined
     every layer of the chain on 2M rows only to read the text."""
     cols = ["band", "key", params.doc_id_column]
-    if params.priority == "longest":
-        cols.append(LENGTH_COLUMN if LENGTH_COLUMN in available else params.text_column)
-    elif params.priority != "lowest_doc_id":
-        cols.append(params.survivor.column)
+    cols += params.survivor.input_columns(params.text_column, LENGTH_COLUMN, available)
     return cols + (["mh_values"] if params.verify else [])
 
 

@@ -242,10 +242,11 @@ def test_a_column_null_typed_in_its_first_shard_takes_the_type_of_a_later_one(tm
     take the type a later shard has, instead of failing to cast that shard's strings to null."""
     base = _full(tmp_path)
 
-    def note(t):  # shard 0: no notes at all (null-typed column); shard 2: strings
-        values = [f"note {d}" for d in t.column("doc_id").to_pylist()]
-        return pa.table({"note": pa.array([None] * t.num_rows) if "d000" in values[0] else pa.array(values)}) \
-            if values else pa.table({"note": pa.array([], pa.null())})
+    def note(t):  # shard 0: no notes at all (a null-typed column); shard 1 is empty; shard 2: strings
+        ids = t.column("doc_id").to_pylist()
+        if not ids or ids[0] == "d000":
+            return pa.table({"note": pa.nulls(t.num_rows)})
+        return pa.table({"note": pa.array([f"note {d}" for d in ids])})
 
     lay = _layer(base, "notes", "columns", note)
     assert pa.types.is_null(pq_schema(lay, 0).field("note").type)  # the case under test really is on disk

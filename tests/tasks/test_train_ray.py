@@ -18,14 +18,19 @@ def _loop(config: dict) -> None:
     ray.train.report({"final_loss": summary["final_loss"], "steps": summary["steps"]})
 
 
+def _packed(tmp_path):
+    docs = pa.table({"doc_id": [str(i) for i in range(len(TEXT))], "text": TEXT})
+    save_packed(pack_sequences(tokenize_docs(docs, TokenizeParams()), PackParams(seq_len=32)),
+                tmp_path / "data")  # fmt: skip
+    return tmp_path / "data"
+
+
 @pytest.mark.slow
 def test_train_runs_inside_ray_torch_trainer(ray_local, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    params = PackParams(seq_len=32)
-    docs = pa.table({"doc_id": [str(i) for i in range(len(TEXT))], "text": TEXT})
-    save_packed(pack_sequences(tokenize_docs(docs, TokenizeParams()), params), tmp_path / "data")
+    _packed(tmp_path)
     tp = TrainParams(max_steps=6, micro_batch_size=4, warmup_steps=2, checkpoint_every=3)
     trainer = TorchTrainer(
         _loop,
@@ -42,13 +47,6 @@ def test_train_runs_inside_ray_torch_trainer(ray_local, tmp_path):
         read_metrics(tmp_path / "plain")["loss"].to_pylist(), abs=1e-6
     )
     assert (tmp_path / "run" / "hf" / "config.json").is_file()
-
-
-def _packed(tmp_path):
-    docs = pa.table({"doc_id": [str(i) for i in range(len(TEXT))], "text": TEXT})
-    save_packed(pack_sequences(tokenize_docs(docs, TokenizeParams()), PackParams(seq_len=32)),
-                tmp_path / "data")  # fmt: skip
-    return tmp_path / "data"
 
 
 @pytest.mark.slow
