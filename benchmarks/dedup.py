@@ -2,7 +2,7 @@
 
 Each contender runs in its own fresh subprocess pinned to one CPU (so peak RSS is its own), on the same documents:
 
-- quarry:     tasks.minhash_dedup.minhash_signatures (RPv2-exact: normalize, 13-gram sha1 shingles, 128 perms, band
+- quarry:     tasks.dedup.minhash.minhash_signatures (RPv2-exact: normalize, 13-gram sha1 shingles, 128 perms, band
               keys for 1.0/0.9/0.8/0.7) + minhash_edges/minhash_buckets/minhash_clusters at 0.8 (9 bands x 13 rows).
 - datasketch: MinHash(num_perm=128).update_batch over the same RPv2 13-gram shingles + MinHashLSH(threshold=0.8)
               insert and query for every doc.
@@ -42,7 +42,7 @@ def _load(path: Path) -> tuple[list[str], list[str]]:
 def _run_quarry(ids: list[str], texts: list[str]) -> dict:
     import pyarrow as pa
 
-    from tasks.minhash_dedup import (
+    from tasks.dedup.minhash import (
         MinhashDedupParams,
         MinhashSignaturesParams,
         minhash_buckets,
@@ -67,7 +67,7 @@ def _run_quarry(ids: list[str], texts: list[str]) -> dict:
 def _run_datasketch(ids: list[str], texts: list[str]) -> dict:
     from datasketch import MinHash, MinHashLSH
 
-    from tasks.minhash_dedup import rpv2_normalize
+    from tasks.common.textnorm import rpv2_normalize
 
     t0 = time.perf_counter()
     sigs = []

@@ -46,7 +46,7 @@ def _peak_mb() -> float:
 
 
 def quarry_warc(extractor: str) -> dict:
-    from tasks.ingest import IngestSource, read_source
+    from tasks.ingest.stage import IngestSource, read_source
 
     docs = 0
     nbytes = sum(os.path.getsize(p) for p in WARCS)
@@ -76,7 +76,7 @@ def datatrove_warc() -> dict:
 def quarry_jsonl() -> dict:
     import pyarrow.parquet as pq
 
-    from tasks.ingest import IngestSource, read_source, rows_to_tables
+    from tasks.ingest.stage import IngestSource, read_source, rows_to_tables
 
     docs = 0
     nbytes = sum(os.path.getsize(p) for p, _ in JSONLS)

@@ -65,7 +65,7 @@ def _data(path: str):
 
 
 def _inertia(x, c) -> float:
-    from tasks.kmeans import KMeansShard
+    from tasks.balance.kmeans import KMeansShard
 
     _, d = KMeansShard(x, device="cpu").assign(c)
     return float(d.astype("float64").sum())
@@ -74,7 +74,7 @@ def _inertia(x, c) -> float:
 def _kmeans_quarry(path, k, iters, seed, kmeanspp) -> dict:
     import torch  # noqa: F401  (import cost counted in the baseline, as faiss's)
 
-    from tasks.kmeans import KMeansShard, kmeans, update_centroids
+    from tasks.balance.kmeans import KMeansShard, kmeans, update_centroids
 
     x, init = _data(path)
     base = _rss_mb()
@@ -126,7 +126,7 @@ def _texts(n: int) -> list[str]:
 def _embed_quarry(n_docs: int) -> dict:
     import pyarrow as pa
 
-    from tasks.embed import Embedder, EmbedParams
+    from tasks.balance.embed import Embedder, EmbedParams
 
     texts = _texts(n_docs)
     e = Embedder(EmbedParams(device="cpu"))
@@ -140,7 +140,7 @@ def _embed_quarry(n_docs: int) -> dict:
 def _embed_st(n_docs: int) -> dict:
     from sentence_transformers import SentenceTransformer
 
-    from tasks.embed import bundled_model_path
+    from tasks.balance.embed import bundled_model_path
 
     texts = _texts(n_docs)
     m = SentenceTransformer(bundled_model_path(), device="cpu", local_files_only=True)

@@ -33,7 +33,7 @@ def main() -> None:
     from datatrove.pipeline.filters import LanguageFilter
     from fasttext.FastText import _FastText
 
-    from tasks.language_id import LanguageIdParams, bundled_model_path, language_id, load_model
+    from tasks.signals.language_id import LanguageIdParams, bundled_model_path, language_id, load_model
 
     load_model(None)  # model load is not throughput
     batch = pa.table({"text": texts})

@@ -23,7 +23,7 @@ def main() -> None:
     pin_one_core()
     from datatrove.pipeline.formatters import PIIFormatter
 
-    from tasks.pii import PiiParams, pii
+    from tasks.filter.pii import PiiParams, pii
     from tests.tasks.test_pii import _planted, _recall
 
     planted_texts, planted = _planted(n_docs=300)

@@ -292,7 +292,7 @@ def kernel_rates(recipe: Path, root: Path, dataset: str, stages: dict, sample: i
     from ray_cluster import executor
     from storage import catalog, datasets, layers
     from tasks import registry
-    from tasks.select import KeptParams
+    from tasks.select.selection import KeptParams
 
     cfg, profile = load(str(recipe))
     out = {}
@@ -347,7 +347,7 @@ def fuzzy_audit(root: Path, dataset: str, sample: int = 3000, seed: int = 0) -> 
     near copies are >= 0.82 to their original; a drop below the 0.8 threshold is an LSH band collision (candidates
     are not re-checked against the signatures, as in RPv2 and datatrove) or a chain of connected components."""
     from storage import catalog
-    from tasks.minhash_dedup import rpv2_normalize
+    from tasks.common.textnorm import rpv2_normalize
 
     con = catalog.connect(str(root))
     rel = f"{dataset}__minhash_dedup"
@@ -444,8 +444,8 @@ FIRST_BATCH = """
 import json, time, sys
 t0 = time.perf_counter()
 import pyarrow as pa
-from tasks.quality_signals import QualitySignalsParams, quality_signals
-from tasks.minhash_dedup import MinhashSignaturesParams, minhash_signatures
+from tasks.signals.quality_signals import QualitySignalsParams, quality_signals
+from tasks.dedup.minhash import MinhashSignaturesParams, minhash_signatures
 texts = [json.loads(l)["text"] for _, l in zip(range(200), open(sys.argv[1]))]
 b = pa.table({"doc_id": [str(i) for i in range(len(texts))], "text": texts, "lang": ["en"] * len(texts)})
 t1 = time.perf_counter()

@@ -52,8 +52,8 @@ def _run_quarry(mode: str, ids: list[str], texts: list[str]) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks import line_dedup as ld
-    from tasks import sentence_dedup as sd
+    from tasks.dedup import line as ld
+    from tasks.dedup import sentence as sd
 
     if mode == "line":
         params, hashes_fn, rewrite, col = ld.LineDedupParams(), ld.line_dedup_hashes, ld.line_dedup, "ld_lines_removed"

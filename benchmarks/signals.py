@@ -3,7 +3,7 @@
     python benchmarks/signals.py [--docs N] [--repeat R] [--skip-datatrove]
 
 Rows (all pinned to one CPU core, same documents, same run):
-  * quarry `quality_signals` (every rule-based RPv2 signal; MinHash is tasks/minhash_dedup.py's and excluded);
+  * quarry `quality_signals` (every rule-based RPv2 signal; MinHash is tasks/dedup/minhash.py's and excluded);
   * the RPv2 reference implementation (togethercomputer/RedPajama-Data app/src, rule-based signals only, the way
     core/worker.py builds its Document) if a throwaway venv exists at /tmp/rpv2ref (venv/ + app/src/, see
     REF_HELP); otherwise the spec's measured reference figure, labelled as such;
@@ -89,7 +89,7 @@ def bench_quarry(texts, repeat):
     import pyarrow as pa
 
     sys.path.insert(0, str(REPO))
-    from tasks.quality_signals import QualitySignalsParams, quality_signals
+    from tasks.signals.quality_signals import QualitySignalsParams, quality_signals
 
     batch = pa.table({"text": texts})
     params = QualitySignalsParams()

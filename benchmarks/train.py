@@ -1,9 +1,9 @@
-"""Benchmark: tasks.train's loop vs a plain single-process torch loop on the same model, data and batch.
+"""Benchmark: tasks.train.trainer's loop vs a plain single-process torch loop on the same model, data and batch.
 
 The peer is the textbook loop: LlamaForCausalLM(labels=...) + AdamW + grad clipping, batches sliced from the same
 packed array in a fixed order, no metrics, no checkpoints. The difference is our orchestration: data-order
 bookkeeping, padding masks, per-step metrics, checkpoints, the lr scheduler. Target: < 5 % overhead.
-On a GPU both run in bf16 autocast and MFU is printed (PaLM FLOPs formula, tasks.lm_model.flops_per_token).
+On a GPU both run in bf16 autocast and MFU is printed (PaLM FLOPs formula, tasks.train.lm_model.flops_per_token).
 
     python benchmarks/train.py                       # CPU, "small" preset, seq 128
     python benchmarks/train.py --preset smollm2_135m --seq-len 1024 --micro-batch 16 --steps 50   # GPU
@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.lm_model import CausalLMWithMTP, flops_per_token  # noqa: E402
-from tasks.tokenize import PackParams, TokenizeParams, pack_sequences, save_packed, tokenize_docs  # noqa: E402
-from tasks.train import TrainParams, read_metrics, train  # noqa: E402
+from tasks.train.lm_model import CausalLMWithMTP, flops_per_token  # noqa: E402
+from tasks.train.tokenize import PackParams, TokenizeParams, pack_sequences, save_packed, tokenize_docs  # noqa: E402
+from tasks.train.trainer import TrainParams, read_metrics, train  # noqa: E402
 
 SHAKESPEARE = (
     Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clean" / "tinyshakespeare" / "input.txt"
@@ -49,7 +49,7 @@ class _PlainLoop:
     """The peer: one textbook training step per call, timed."""
 
     def __init__(self, params: TrainParams, data_dir: Path):
-        from tasks.tokenize import load_packed
+        from tasks.train.tokenize import load_packed
 
         self.data = load_packed(data_dir, mmap=False)
         meta = self.data.meta
@@ -123,7 +123,7 @@ def main() -> None:
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
         print(f"device: {device}   preset: {args.preset}   params: {summary['num_params'] / 1e6:.1f} M")
         print(f"batch: {args.micro_batch} x {args.seq_len} tokens   steps: {args.steps}")
-        print(f"{'':28}{'plain torch':>14}{'tasks.train':>14}")
+        print(f"{'':28}{'plain torch':>14}{'tasks.train.trainer':>14}")
         print(f"{'tokens/s (median step)':28}{p_tps:14.0f}{o_tps:14.0f}")
         print(
             f"{'step time ms (median)':28}{1e3 * tokens_per_step / p_tps:14.1f}{1e3 * tokens_per_step / o_tps:14.1f}"

@@ -11,7 +11,7 @@ A recipe is untrusted data. Loading one never runs code, never expands without b
 * the YAML loader is a SafeLoader that rejects duplicate keys (a second ``ingest:`` would silently replace the
   first) and stops alias expansion past ``MAX_YAML_NODES`` nodes (a "billion laughs" bomb is a few hundred bytes);
 * ``$VAR`` / ``${VAR}`` in a path, root or URL is expanded; an unset variable is an error naming it;
-* every quality_filter rule is exactly one SQL expression (tasks.quality_filter's checker, then DuckDB's parser);
+* every quality_filter rule is exactly one SQL expression (tasks.filter.quality_filter's checker, then DuckDB's parser);
 * error messages quote at most ``MAX_ECHO`` characters of a value, and never the value of a secret-bearing field
   (``*_env``, keys, tokens, passwords) or the password of a ``user:password@`` URL.
 """
@@ -28,8 +28,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from tasks import registry
-from tasks.quality_filter import check_predicate, resolve_rules
-from tasks.train import MODEL_PRESETS
+from tasks.filter.quality_filter import check_predicate, resolve_rules
+from tasks.train.config import MODEL_PRESETS
 
 RECIPES_DIR = Path(__file__).resolve().parent
 # A recipe is a page of YAML (tiny.yaml: 6 kB, ~400 values). The bounds leave 20-50x room and keep the worst
@@ -77,10 +77,10 @@ class ExperimentConfig(BaseModel):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     variants: dict[str, ExperimentVariant] = Field(min_length=1)
-    model_sizes: list[str] = Field(default_factory=lambda: ["tiny"], min_length=1)  # tasks.train.MODEL_PRESETS
+    model_sizes: list[str] = Field(default_factory=lambda: ["tiny"], min_length=1)  # tasks.train.trainer.MODEL_PRESETS
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     target_tokens: int = Field(gt=0)  # every cell trains on exactly this many tokens (resampled per variant)
-    # Comparisons (tasks/compare.py): every variant against `baseline` (default: the first variant).
+    # Comparisons (tasks/evaluate/compare.py): every variant against `baseline` (default: the first variant).
     baseline: str | None = None
     bootstrap_iters: int = Field(default=1000, ge=100)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)  # of the bootstrap intervals

@@ -22,8 +22,8 @@ from ray_cluster import runtime
 from storage import datasets
 from storage.datasets import DatasetRef
 from tasks import registry
-from tasks.ingest import IngestParams
-from tasks.select import KeptParams, SelectedParams
+from tasks.ingest.stage import IngestParams
+from tasks.select.selection import KeptParams, SelectedParams
 
 
 def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> tuple[DatasetRef, DatasetRef | None]:

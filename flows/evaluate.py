@@ -22,7 +22,7 @@ from flows.train import train
 from ray_cluster import runtime
 from storage import datasets
 from storage.datasets import DatasetRef
-from tasks.decontaminate import DecontaminateParams
+from tasks.filter.decontaminate import DecontaminateParams
 
 
 @flow(name="evaluate", log_prints=True, flow_run_name=runinfo.run_name)

@@ -1,6 +1,6 @@
 """Compare data recipes: a matrix of data variants x model sizes x seeds, each curated, tokenized to the same token
 budget, trained and evaluated, plus an optional scaling sweep (sizes x tokens per parameter) for the Gadre et al.
-2024 fits; the comparison table is ``{experiment}__experiment`` (tasks/experiment.py).
+2024 fits; the comparison table is ``{experiment}__experiment`` (tasks/evaluate/experiment.py).
 
     quarry run experiment datasets_cfg/tiny_experiment.yaml
     quarry sql "select variant, task, metric, mean, ci_low, ci_high, delta, p_value, verdict from tiny_matrix__experiment"
@@ -22,8 +22,8 @@ from flows.run import load, profile_for, stage
 from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 from storage import datasets
-from tasks import experiment as experiment_mod
-from tasks.train import MODEL_PRESETS
+from tasks.evaluate import experiment as experiment_mod
+from tasks.train.config import MODEL_PRESETS
 
 
 def _plan(cfg) -> list[experiment_mod.Cell]:

@@ -25,8 +25,8 @@ from flows.run import load, publish_table, stage
 from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 from storage import datasets
-from tasks import watch as watch_mod
-from tasks.ingest import IngestSource, list_input_files
+from tasks.ingest import watch as watch_mod
+from tasks.ingest.stage import IngestSource, list_input_files
 
 
 @flow(name="watch", log_prints=True, flow_run_name=runinfo.run_name)

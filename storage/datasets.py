@@ -29,7 +29,7 @@ import posixpath
 import re
 import subprocess
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -365,12 +365,12 @@ def commit(
     code: str | None = None,
     extra: dict | None = None,
     inputs: Sequence[str] = (),
-    layer: dict | None = None,
+    finish: Callable[[dict], None] | None = None,
 ) -> dict:
     """Write ``_manifest.json`` last; the first committer wins and a racing second one reuses its manifest.
 
-    ``layer`` ({"kind": "columns"|"rows", "of": "dataset/stage/version", "hide": [...]}) marks a version that
-    stores only what its stage added over ``of`` (storage/layers.py); its ``view_schema`` is the wide one."""
+    ``finish`` completes the manifest before it is written (storage/layers.py's ``commit_layer`` adds a layer's
+    ``layer`` and wide ``view_schema`` fields that way, so this module never imports layers)."""
     if is_committed(ref):
         return read_manifest(ref)
     fs, base = filesystem(ref.uri)
@@ -401,13 +401,8 @@ def commit(
         "git_commit": _git_commit(),
         **(extra or {}),
     }
-    if layer:
-        from storage import layers  # layers reads through this module
-
-        manifest["layer"] = {"kind": layer["kind"], "of": layer["of"], "hide": list(layer.get("hide", ()))}
-        manifest["view_schema"] = layers.view_schema(
-            ref_from_string(ref.root, layer["of"]), layer["kind"], manifest["schema"], layer.get("hide", ())
-        )
+    if finish is not None:
+        finish(manifest)
     run = run_context()
     if run:
         manifest["run"] = run

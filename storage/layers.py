@@ -96,6 +96,18 @@ def view_schema(parent: DatasetRef, kind: str, own: Sequence[dict], hide: Sequen
     return out + [f for f in own if f["name"] not in seen]
 
 
+def commit_layer(ref: DatasetRef, layer: dict, **commit_kwargs) -> dict:
+    """Commit a version that stores only what its stage added over ``layer["of"]`` ({"kind": "columns"|"rows",
+    "of": "dataset/stage/version", "hide": [...]}); its manifest carries the wide ``view_schema``."""
+
+    def finish(manifest: dict) -> None:
+        manifest["layer"] = {"kind": layer["kind"], "of": layer["of"], "hide": list(layer.get("hide", ()))}
+        manifest["view_schema"] = view_schema(datasets.ref_from_string(ref.root, layer["of"]), layer["kind"],
+                                              manifest["schema"], layer.get("hide", ()))
+
+    return datasets.commit(ref, finish=finish, **commit_kwargs)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Arrow readers (workers: one shard at a time, bounded batches)
 

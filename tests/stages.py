@@ -6,7 +6,7 @@ from typing import Any
 
 from ray_cluster import executor
 from tasks import registry
-from tasks.ingest import IngestParams
+from tasks.ingest.stage import IngestParams
 
 
 def run(name: str, inputs: list, params: Any, profile, **kw):

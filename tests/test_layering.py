@@ -96,3 +96,80 @@ def test_modules_stay_small_or_say_why():
 def test_flows_are_short():
     total = sum(p.read_text().count("\n") for p in (REPO / "flows").rglob("*.py"))
     assert total < 1000, f"flows/ has {total} lines; it should only compose registry stages"
+
+
+# tasks/ is one package per stage family, in pipeline order, over common/ (the verdict, text normalization, bundled
+# assets, eval-set specs); registry.py (and warm.py) sit on top and may import any family.
+FAMILIES = ("common", "ingest", "signals", "filter", "dedup", "select", "balance", "augment", "train", "evaluate")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _internal_edges(path: Path) -> set[str]:
+    """Project modules this file imports (lazy imports included), resolved to modules that exist."""
+    def exists(mod: str) -> bool:
+        p = REPO.joinpath(*mod.split("."))
+        return p.with_suffix(".py").exists() or (p / "__init__.py").exists()
+
+    here = _module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            mods = [f"{base}.{a.name}" if exists(f"{base}.{a.name}") else base for a in node.names]
+        else:
+            continue
+        out.update(m for m in mods if m.split(".")[0] in INTERNAL and exists(m))
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for layer in INTERNAL - {"quarry_cli"}:
+        for path in sorted((REPO / layer).rglob("*.py")):
+            graph[_module_name(path)] = _internal_edges(path) - {_module_name(path)}
+    return graph
+
+
+def test_task_families_import_only_down_the_pipeline():
+    """A family imports common/ and the families before it, never a later one (and common imports no family)."""
+    rank = {f: i for i, f in enumerate(FAMILIES)}
+    assert {p.name for p in (REPO / "tasks").iterdir() if (p / "__init__.py").exists()} == set(FAMILIES)
+    offenders = []
+    for mod, deps in _graph().items():
+        parts = mod.split(".")
+        if parts[0] != "tasks" or len(parts) < 3:  # registry.py and warm.py are the tables on top
+            continue
+        for dep in deps:
+            dp = dep.split(".")
+            if dp[0] == "tasks" and len(dp) >= 2 and dp[1] in rank and rank[dp[1]] > rank[parts[1]]:
+                offenders.append(f"{mod} ({parts[1]}) imports {dep} ({dp[1]}): later in the pipeline")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_import_circle():
+    """No module reaches itself through imports, lazy ones included (a circle means a concept sits in the wrong room)."""
+    graph = _graph()
+    circles, state = [], {}
+
+    def visit(mod: str, stack: list[str]) -> None:
+        state[mod] = "open"
+        for dep in sorted(graph.get(mod, ())):
+            if state.get(dep) == "open":
+                circles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep, stack + [dep])
+        state[mod] = "done"
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [mod])
+    assert not circles, "\n".join(circles)

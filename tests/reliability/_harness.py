@@ -94,7 +94,7 @@ def make_inputs(inputs: Path) -> list[Path]:
 
 
 def sources(inputs: Path):
-    from tasks.ingest import IngestSource
+    from tasks.ingest.stage import IngestSource
 
     return [IngestSource(path=str(p), domain="web", lang="en") for p in make_inputs(inputs)]
 
@@ -113,7 +113,7 @@ def base_refs(root: str):
 
 def prepare_base(base: str, inputs: Path) -> None:
     """The committed input every non-ingest kind starts from: ingest, its MinHash signatures and its token ids."""
-    import tasks.minhash_dedup as mh
+    import tasks.dedup.minhash as mh
     from tests import stages
 
     ing = stages.ingest(sources(inputs), root=base, dataset=DATASET, docs_per_shard=4, profile=serial())
@@ -125,33 +125,33 @@ def prepare_base(base: str, inputs: Path) -> None:
 
 
 def embed_params():
-    from tasks.embed import EmbedParams
+    from tasks.balance.embed import EmbedParams
 
     return EmbedParams(max_seq_length=16, device="cpu")  # 16 tokens: the real model, a fraction of the cost
 
 
 def augment_params(llm_url: str):
-    from tasks.augment import AugmentParams
+    from tasks.augment.tpt import AugmentParams
 
     return AugmentParams(backend="openai", base_url=llm_url, model="smollm2", api_key_env=API_KEY_ENV,
                          max_new_tokens=8, max_input_tokens=64, concurrency=2, retries=1, backoff_s=0.01)
 
 
 def train_params():
-    from tasks.train import TrainParams
+    from tasks.train.trainer import TrainParams
 
     return TrainParams(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=32,
                        micro_batch_size=4, max_steps=12, warmup_steps=2, checkpoint_every=2, keep_checkpoints=2)
 
 
 def tokenize_params():
-    from tasks.tokenize import TokenizeParams
+    from tasks.train.tokenize import TokenizeParams
 
     return TokenizeParams()
 
 
 def pack_params():
-    from tasks.tokenize import PackParams
+    from tasks.train.tokenize import PackParams
 
     return PackParams(seq_len=16)
 
@@ -168,21 +168,21 @@ def run_kind(kind: str, root: str, inputs: Path, llm_url: str | None = None):
     if ing is None or sig is None:
         raise RuntimeError(f"{root} holds no base input; copy prepare_base's root first")
     if kind == "signals":
-        import tasks.quality_signals as qs
+        import tasks.signals.quality_signals as qs
 
         return stages.run("quality_signals", [ing], qs.QualitySignalsParams(language="en"), prof)
     if kind == "dedup":
-        import tasks.exact_dedup as ed
-        import tasks.minhash_dedup as mh
+        import tasks.dedup.exact as ed
+        import tasks.dedup.minhash as mh
 
         ref = stages.section("exact_dedup", sig, ed.ExactDedupParams(), prof)
         return stages.section("minhash_dedup", ref, mh.MinhashDedupParams(num_partitions=2), prof)
     if kind == "langid_pii_decontam":  # the per-document columns stages, chained as in CURATION
         import tempfile
 
-        import tasks.decontaminate as dc
-        import tasks.language_id as lid
-        import tasks.pii as pii
+        import tasks.filter.decontaminate as dc
+        import tasks.signals.language_id as lid
+        import tasks.filter.pii as pii
 
         ided = stages.run("language_id", [ing], lid.LanguageIdParams(), prof)
         red = stages.run("pii", [ided], pii.PiiParams(mode="flag"), prof)
@@ -192,13 +192,13 @@ def run_kind(kind: str, root: str, inputs: Path, llm_url: str | None = None):
                                         cache_dir=cache)
         return stages.run("decontaminate", [red], params, prof)
     if kind == "subdoc_dedup":  # map -> DuckDB (sql) -> map with a side table, twice
-        from tasks.line_dedup import LineDedupParams
-        from tasks.sentence_dedup import SentenceDedupParams
+        from tasks.dedup.line import LineDedupParams
+        from tasks.dedup.sentence import SentenceDedupParams
 
         ref = stages.section("line_dedup", ing, LineDedupParams(), prof)
         return stages.section("sentence_dedup", ref, SentenceDedupParams(min_doc_words=20), prof)
     if kind == "quality_score":  # a global training stage, then an actor loading its model
-        from tasks.quality_classifier import QualityClassifierParams, QualityScoreParams
+        from tasks.signals.quality_classifier import QualityClassifierParams, QualityScoreParams
 
         # the base input's first two files as the two classes: the numbers are meaningless, the commits are not
         srcs = sources(inputs)
@@ -210,7 +210,7 @@ def run_kind(kind: str, root: str, inputs: Path, llm_url: str | None = None):
         model = stages.run("quality_classifier", [pos, neg], params, prof, dataset=DATASET)
         return stages.run("quality_score", [ing, model], QualityScoreParams(), prof)
     if kind == "embed_kmeans":
-        import tasks.hkmeans as km
+        import tasks.balance.hkmeans as km
 
         emb = stages.run("embed", [ing], embed_params(), prof)
         params = km.HKMeansParams(levels=(6, 2), iterations=10, resampling_steps=(1, 1), seed=0, device="cpu")

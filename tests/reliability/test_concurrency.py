@@ -30,11 +30,11 @@ import json, os, sys, time
 from pathlib import Path
 from tests.reliability import _harness as h
 h._env()
-import tasks.minhash_dedup as mh
-import tasks.quality_signals as qs
+import tasks.dedup.minhash as mh
+import tasks.signals.quality_signals as qs
 from tests.stages import ingest, run
 from storage import datasets
-from tasks.ingest import IngestSource
+from tasks.ingest.stage import IngestSource
 root, dataset, inputs, ready, go = sys.argv[1:6]
 srcs = [IngestSource(path=str(p), domain="web", lang="en") for p in sorted(Path(inputs).glob("*.jsonl"))]
 Path(ready).touch()

@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 
-import tasks.exact_dedup as ed
-import tasks.minhash_dedup as mh
+import tasks.dedup.exact as ed
+import tasks.dedup.minhash as mh
 from storage import datasets
-from tasks.select import KeptParams
+from tasks.select.selection import KeptParams
 from tests import stages
 from tests.reliability import _harness as h
 

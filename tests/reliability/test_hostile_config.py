@@ -228,7 +228,7 @@ def test_run_time_refuses_a_rule_that_never_passed_the_loader():
     """Params built in code skip the recipe loader: quality_filter_sql (tasks/) and sql_over_batch (the engine)
     refuse the second statement themselves, so its result can never replace the stage's output."""
     from ray_cluster.executor import sql_over_batch
-    from tasks.quality_filter import QualityFilterParams, quality_filter_sql
+    from tasks.filter.quality_filter import QualityFilterParams, quality_filter_sql
 
     batch = pa.table({"doc_id": ["a", "b"], "x": [1, 2]})
     evil = QualityFilterParams(rules=(("evil", "x > 0; SELECT 'pwned' AS doc_id"),))
@@ -283,8 +283,8 @@ def test_a_planted_key_is_not_echoed_by_a_yaml_syntax_error_or_the_cli(tmp_path)
 
 
 def test_stage_params_built_in_code_reject_a_pasted_key_without_echoing_it():
-    from tasks.augment import AugmentParams
-    from tasks.embed import EmbedParams
+    from tasks.augment.tpt import AugmentParams
+    from tasks.balance.embed import EmbedParams
 
     for build in (lambda: AugmentParams(api_key_env=PLANTED), lambda: EmbedParams(api_key_env=PLANTED),
                   lambda: EmbedParams(base_url=f"http://u:{PLANTED}@h/v1", model="m"),

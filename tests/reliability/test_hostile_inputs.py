@@ -14,21 +14,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-import tasks.minhash_dedup as minhash_mod
-import tasks.minhash_sql as minhash_sql
-import tasks.select as select_mod
+import tasks.dedup.minhash as minhash_mod
+import tasks.dedup.minhash_sql as minhash_sql
+import tasks.select.selection as select_mod
 from ray_cluster import runtime
 from storage import datasets
 from tasks import registry
-from tasks.exact_dedup import (
+from tasks.dedup.exact import (
     ExactDedupParams,
     exact_dedup_filter,
     exact_dedup_hashes,
     exact_dedup_keepers,
     exact_dedup_sql,
 )
-from tasks.ingest import IngestParams, IngestSource, doc_id, list_input_files, plan_inputs, read_file
-from tasks.quality_filter import QualityFilterParams
+from tasks.ingest.stage import IngestParams, IngestSource, doc_id, list_input_files, plan_inputs, read_file
+from tasks.filter.quality_filter import QualityFilterParams
 from tests import stages
 from tests.reliability._inputs import corrupt_row_group, html_page, jsonl, parquet, read, warc_gz, warc_record
 

@@ -21,8 +21,8 @@ import pytest
 
 from ray_cluster import runtime
 from storage import datasets
-from tasks.ingest import IngestSource
-from tasks.quality_signals import QualitySignalsParams, quality_signals
+from tasks.ingest.stage import IngestSource
+from tasks.signals.quality_signals import QualitySignalsParams, quality_signals
 from tests import stages
 from tests.conftest import shared_path
 

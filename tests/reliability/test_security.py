@@ -81,7 +81,7 @@ def test_a_recipe_with_a_python_yaml_tag_is_rejected_and_runs_nothing(tmp_path):
 )
 def test_sql_filters_cannot_read_files_write_files_or_see_the_environment(predicate, tmp_path, monkeypatch):
     from ray_cluster.executor import sql_over_batch
-    from tasks.quality_filter import QualityFilterParams, quality_filter_sql
+    from tasks.filter.quality_filter import QualityFilterParams, quality_filter_sql
 
     secret_file = tmp_path / "secret.txt"
     secret_file.write_text(PLANTED)

@@ -18,7 +18,7 @@ from ray_cluster.runtime import load_profile
 from storage import catalog, datasets, layers
 from storage.datasets import DatasetRef
 from tasks import registry
-from tasks.ingest import IngestSource
+from tasks.ingest.stage import IngestSource
 from tests import stages
 
 
@@ -39,7 +39,7 @@ def _layer(base, stage, kind, fn, hide=()):
     ref = DatasetRef(base.root, base.dataset, stage, datasets.make_version(stage))
     for name in layers.shard_names(base):
         datasets.write_shard(ref, name, fn(layers.read_shard(base, name)))
-    datasets.commit(ref, parents=[base], layer={"kind": kind, "of": str(base), "hide": list(hide)})
+    layers.commit_layer(ref, {"kind": kind, "of": str(base), "hide": list(hide)}, parents=[base])
     return ref
 
 
@@ -188,7 +188,7 @@ def test_an_undeclared_change_or_a_lost_row_fails_the_stage(tmp_path, serial):
 
 
 def test_quality_filter_reads_signal_columns_not_text():
-    from tasks.quality_filter import QualityFilterParams
+    from tasks.filter.quality_filter import QualityFilterParams
 
     stage = registry.stage("quality_filter")
     avail = ["doc_id", "text", "url", "rps_doc_word_count", "rps_doc_mean_word_length", "mh_values"]
@@ -202,7 +202,7 @@ def test_quality_filter_reads_signal_columns_not_text():
 def test_minhash_clusters_reads_ids_priority_and_bands_only(tmp_path):
     """The fuzzy-dedup global step reads the documents' ids and survivor priority, never the layers between them:
     its SQL over the docs role is a plain scan of the ingest files, not a join of every layer."""
-    from tasks.minhash_dedup import MinhashDedupParams
+    from tasks.dedup.minhash import MinhashDedupParams
 
     stage = registry.stage("minhash_clusters")
     docs = ["doc_id", "text", "url", "rps_doc_word_count", "mh_values", "keep", "drop_reason", "ed_text_length"]

@@ -1,0 +1,1 @@
+"""Thinking-augmented pre-training (TPT): prompts, the teacher engines, generation with reuse."""

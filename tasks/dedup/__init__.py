@@ -1,0 +1,1 @@
+"""Exact, MinHash-LSH, line and sentence deduplication (hash -> global DuckDB step -> verdict)."""

@@ -1,0 +1,1 @@
+"""Keep/drop decisions from signals: SQL quality rules, PII, decontamination against eval sets."""

@@ -1,0 +1,1 @@
+"""Tokenize and pack, the Llama model, training on Ray."""
