@@ -57,7 +57,11 @@ def _import_refs(tree: ast.AST) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
             arg = node.args[0]
-            if name in ("import_module", "__import__") and isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            if (
+                name in ("import_module", "__import__")
+                and isinstance(arg, ast.Constant)
+                and isinstance(arg.value, str)
+            ):
                 text = arg.value
                 level = len(text) - len(text.lstrip("."))  # import_module(".x", __package__) is relative
                 refs.append((level, text[level:], ()))
@@ -182,7 +186,9 @@ class CodeIdentity:
         old_pkgs: dict[str, str] = recorded.get("packages") or {}
         lines = [f"module {m} removed" for m in sorted(old_mods.keys() - self.modules.keys())]
         lines += [f"module {m} added" for m in sorted(self.modules.keys() - old_mods.keys())]
-        lines += [f"module {m} changed" for m in sorted(self.modules) if m in old_mods and old_mods[m] != self.modules[m]]
+        lines += [
+            f"module {m} changed" for m in sorted(self.modules) if m in old_mods and old_mods[m] != self.modules[m]
+        ]
         for pkg in sorted(old_pkgs.keys() | self.packages.keys()):
             before, after = old_pkgs.get(pkg), self.packages.get(pkg)
             if before is None:

@@ -38,6 +38,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.code_identity import CodeIdentity, code_identity
+
 from storage.temporaries import TMP_LEASE_S, TMP_PREFIX, clean_folder, is_abandoned, tmp_name  # noqa: F401
 
 MANIFEST = "_manifest.json"
@@ -111,18 +113,25 @@ class DatasetRef:
 
 
 def code_hash(obj: Any) -> str:
-    """sha1 of the source of the module that defines ``obj`` (covers its private helpers, like Prefect's TASK_SOURCE).
-
-    A tuple or list hashes every member's module (engine glue plus the pure stage logic it calls).
-    """
-    if isinstance(obj, (tuple, list)):
-        return hashlib.sha1("".join(code_hash(o) for o in obj).encode()).hexdigest()
-    module = inspect.getmodule(obj) if not inspect.ismodule(obj) else obj
-    try:
-        src = inspect.getsource(module) if module is not None else repr(obj)
-    except (OSError, TypeError):
-        src = repr(obj)
-    return hashlib.sha1(src.encode()).hexdigest()
+    """The code part of a version: a CodeIdentity's digest (the executor passes the stage's), a digest string as
+    given, or the identity of ``obj``'s import closure inside the project (storage/code_identity.py). An object
+    defined outside the project (a library function) hashes its module's source, as versions did before."""
+    if isinstance(obj, CodeIdentity):
+        return obj.digest
+    if isinstance(obj, str):
+        return obj
+    identity = code_identity(obj)
+    if identity.modules:
+        return identity.digest
+    parts = obj if isinstance(obj, (tuple, list)) else [obj]
+    sources = []
+    for o in parts:
+        module = o if inspect.ismodule(o) else inspect.getmodule(o)
+        try:
+            sources.append(inspect.getsource(module) if module is not None else repr(o))
+        except (OSError, TypeError):
+            sources.append(repr(o))
+    return hashlib.sha1("".join(sources).encode()).hexdigest()
 
 
 def params_repr(params: Any) -> str:
@@ -362,7 +371,7 @@ def commit(
     *,
     parents: Sequence[DatasetRef] = (),
     params: Any = None,
-    code: str | None = None,
+    code: str | CodeIdentity | None = None,
     extra: dict | None = None,
     inputs: Sequence[str] = (),
     finish: Callable[[dict], None] | None = None,
@@ -392,7 +401,9 @@ def commit(
         "uri": ref.uri,
         "parents": [str(p) for p in parents],
         "params": params_json(params),
-        "code_hash": code,
+        "code_hash": code.digest if isinstance(code, CodeIdentity) else code,
+        # per module and package, so `quarry datasets --stale` can say what changed since (None: a digest only)
+        "code": code.to_json() if isinstance(code, CodeIdentity) else None,
         "num_rows": num_rows,
         "files": files,
         "schema": [{"name": f.name, "type": str(f.type)} for f in schema] if schema is not None else [],
@@ -464,13 +475,16 @@ def files(ref: DatasetRef) -> list[str]:
     return [_join(ref.uri, f["name"]) for f in manifest["files"]]
 
 
+# storage/layers.py reads a layer's wide table; it registers itself here when the storage package is imported
+# (storage/__init__.py), so this module, which layers builds on, never imports it back.
+_WIDE_READER: list[Callable[[DatasetRef, Sequence[str] | None], pa.Table]] = []
+
+
 def read_table(ref: DatasetRef, columns: Sequence[str] | None = None) -> pa.Table:
     """Read a committed version into memory (for small tables: reports, cluster centroids, eval results); a layer
     reads as its wide table (its columns joined with those of the versions it lies on)."""
     if read_manifest(ref).get("layer"):
-        from storage import layers
-
-        return layers.read_table(ref, columns)
+        return _WIDE_READER[0](ref, columns)
     tables = []
     for uri in files(ref):
         fs, path = filesystem(uri)

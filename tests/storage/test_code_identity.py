@@ -122,7 +122,7 @@ def test_code_edit_in_kernel_changes_digest_and_diff_names_it(pkg: Path) -> None
     [
         '"""Kernels."""\n\n\ndef f(x):\n    # add ONE (reworded comment)\n    return x + 1\n',
         '"""Kernels, now with a much longer module docstring."""\n\n\ndef f(x):\n    """New."""\n    return x + 1\n',
-        'def f(x):\n\n\n    return x+1   # no docstring, odd spacing\n\n\n',
+        "def f(x):\n\n\n    return x+1   # no docstring, odd spacing\n\n\n",
     ],
     ids=["comment", "docstring", "whitespace"],
 )
@@ -133,7 +133,11 @@ def test_comment_docstring_and_whitespace_edits_keep_the_digest(pkg: Path, new_t
 
 
 def test_normalized_source_drops_docstrings_everywhere(tmp_path: Path) -> None:
-    path = write(tmp_path, "m.py", '"""Mod."""\nclass C:\n    """Only a docstring."""\n\nasync def f():\n    "Doc."\n    return 1\n')
+    path = write(
+        tmp_path,
+        "m.py",
+        '"""Mod."""\nclass C:\n    """Only a docstring."""\n\nasync def f():\n    "Doc."\n    return 1\n',
+    )
     assert ci.normalized_source(path) == "class C:\n    pass\n\nasync def f():\n    return 1"
 
 
@@ -143,7 +147,11 @@ def test_new_and_dropped_imports_show_as_added_and_removed(pkg: Path) -> None:
     write(pkg, "pkg/helpers.py", "from . import extra\n\n\ndef h(x):\n    return x * extra.E\n")  # drops util
     after = ident(pkg)
     assert after.digest != before.digest
-    assert after.diff(before.to_json()) == ["module pkg.util removed", "module pkg.extra added", "module pkg.helpers changed"]
+    assert after.diff(before.to_json()) == [
+        "module pkg.util removed",
+        "module pkg.extra added",
+        "module pkg.helpers changed",
+    ]
 
 
 def test_declared_packages_enter_the_digest(pkg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
