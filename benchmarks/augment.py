@@ -32,7 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pyarrow as pa  # noqa: E402
 
-from tasks.augment.tpt import Augmenter, AugmentParams, augment_cost  # noqa: E402
+from tasks.augment.augmenter import Augmenter  # noqa: E402
+from tasks.augment.cost import augment_cost  # noqa: E402
+from tasks.augment.params import AugmentParams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 C4 = REPO / ".." / "shared" / "data" / "web" / "c4_sample" / "c4_sample.jsonl"
@@ -133,7 +135,8 @@ def _vllm_cpu_env(args) -> dict:
 
 
 def _teacher_dir() -> str:
-    from tasks.augment.backends import load_local_model, model_cache_dir, smollm2_gguf_path
+    from tasks.augment.backends import load_local_model, model_cache_dir
+    from tasks.common.assets import smollm2_gguf_path
 
     load_local_model()  # fills the dequantized cache vLLM loads (a plain HF folder)
     return str(model_cache_dir(smollm2_gguf_path()))
@@ -161,7 +164,7 @@ def _vllm_child(args) -> None:
     import vllm
 
     from ray_cluster.llm import CPU_ENGINE_KWARGS
-    from tasks.augment.tpt import vllm_postprocess, vllm_preprocess
+    from tasks.augment.vllm_hooks import vllm_postprocess, vllm_preprocess
 
     model = _teacher_dir()
     docs = _docs(args.docs)

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    from tasks.augment.backends import amx_safe, gguf_for_llama, smollm2_gguf_path
+    from tasks.augment.backends.llama_cpp_backend import amx_safe, gguf_for_llama
+    from tasks.common.assets import smollm2_gguf_path
 
     # the server builds its model params from llama_cpp's defaults: the same AMX guard as our own backend
     defaults = lib.llama_model_default_params

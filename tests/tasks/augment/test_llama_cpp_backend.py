@@ -8,8 +8,11 @@ import json
 import pyarrow as pa
 import pytest
 
-from tasks.augment.tpt import AUG_SCHEMA, Augmenter, AugmentParams, aug_keys, build_messages, generation_params
-from tasks.augment.backends import Sampling, local_engine, smollm2_gguf_path
+from tasks.augment.augmenter import Augmenter
+from tasks.augment.backends import Sampling, local_engine
+from tasks.augment.params import AugmentParams
+from tasks.augment.rows import AUG_SCHEMA, aug_keys, build_messages, generation_params
+from tasks.common.assets import smollm2_gguf_path
 from tests.conftest import SHARED_DATA
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make setup builds it)")
@@ -168,7 +171,7 @@ def test_transformers_is_the_fallback_when_llama_cpp_is_missing(monkeypatch, cap
     import tasks.augment.backends as lb
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(lb.importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
     assert lb.local_engine("auto") == "transformers"
     params = AugmentParams(max_new_tokens=2, max_input_tokens=32, num_threads=1)
     with caplog.at_level("WARNING", logger="quarry.augment"):

@@ -10,7 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 
-from tasks.augment.tpt import AUG_SCHEMA, Augmenter, AugmentParams, aug_keys, build_messages, load_truncation_tokenizer
+from tasks.augment.augmenter import Augmenter
+from tasks.augment.params import AugmentParams
+from tasks.augment.prompts import load_truncation_tokenizer
+from tasks.augment.rows import AUG_SCHEMA, aug_keys, build_messages
 from tests.conftest import SHARED_DATA, openai_server
 
 C4 = SHARED_DATA / "web" / "c4_sample" / "c4_sample.jsonl"

@@ -1,0 +1,125 @@
+"""`OpenAIBackend`: any OpenAI-compatible `/v1/chat/completions` endpoint (vLLM's or llama.cpp's server, hosted APIs),
+with a thread-pool concurrency limit, retries with exponential backoff on 429/5xx/timeouts and a per-request timeout.
+The API key is read from the environment variable *named* by the caller and is redacted from every error string.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import random
+import time
+from collections.abc import Sequence
+
+from tasks.augment.backends.base import Completion, Sampling
+
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}  # OpenAI's own client retries 408/409/429/5xx
+
+
+class OpenAIBackend:
+    """Chat completions against an OpenAI-compatible endpoint, `concurrency` requests in flight at most."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = None,
+        concurrency: int = 8,
+        retries: int = 4,
+        timeout_s: float = 120.0,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ):
+        import httpx
+
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.teacher = model
+        self.concurrency = max(1, concurrency)
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        # Read once, kept private; never part of params, rows or error strings.
+        self._key = os.environ.get(api_key_env, "") if api_key_env else ""
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        self._client = httpx.Client(
+            timeout=timeout_s, headers=headers, limits=httpx.Limits(max_connections=self.concurrency)
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def generate(
+        self, messages_list: Sequence[list[dict]], sampling: Sampling, seeds: Sequence[int]
+    ) -> list[Completion]:
+        """One completion per message list, in input order; failures come back as finish_reason "error"."""
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda a: self._one(a[0], sampling, a[1]), zip(messages_list, seeds, strict=True)))
+
+    def _redact(self, s: str) -> str:
+        return s.replace(self._key, "***") if self._key else s
+
+    def _one(self, messages: list[dict], sampling: Sampling, seed: int) -> Completion:
+        import httpx
+
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
+            "seed": seed,
+            "n": 1,
+        }
+        if sampling.stop:
+            payload["stop"] = list(sampling.stop)
+        t0 = time.perf_counter()
+        error = "no attempt"
+        for attempt in range(self.retries + 1):
+            retry_after = None
+            try:
+                r = self._client.post(self.url, json=payload)
+            except httpx.TimeoutException as e:
+                error = f"timeout: {type(e).__name__}"
+            except httpx.TransportError as e:
+                error = f"transport: {type(e).__name__}: {e}"
+            else:
+                if r.status_code == 200:
+                    return self._parse(r, time.perf_counter() - t0)
+                error = f"http {r.status_code}: {r.text[:300]}"
+                if r.status_code not in _RETRY_STATUS:
+                    break
+                with contextlib.suppress(TypeError, ValueError):
+                    retry_after = float(r.headers.get("retry-after"))
+            if attempt < self.retries:
+                # Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
+                delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+                time.sleep(min(self.max_backoff_s, retry_after) if retry_after is not None else delay)
+        attempts = attempt + 1
+        return Completion(
+            None, "error", None, None, time.perf_counter() - t0, self._redact(f"{error} ({attempts} attempts)")
+        )
+
+    def _parse(self, r, latency: float) -> Completion:
+        try:
+            body = r.json()
+            choice = body["choices"][0]
+            text = (choice.get("message") or {}).get("content")
+            if text is None:
+                text = choice.get("text")
+            usage = body.get("usage") or {}
+            reason = choice.get("finish_reason")
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            return Completion(None, "error", None, None, latency, self._redact(f"bad response: {e}: {r.text[:200]}"))
+        if reason not in ("stop", "length"):  # content_filter, tool_calls, ...: not a thinking trace
+            return Completion(
+                text,
+                "error",
+                usage.get("prompt_tokens"),
+                usage.get("completion_tokens"),
+                latency,
+                f"finish_reason {reason!r}",
+            )
+        return Completion(text, reason, usage.get("prompt_tokens"), usage.get("completion_tokens"), latency)
