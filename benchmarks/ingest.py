@@ -4,12 +4,14 @@
 
 Two workloads:
 * WARC -> text: the WARC samples (Dolma, resiliparse, warcio, Common Crawl) with HTML main-text extraction.
-  quarry: warcio + resiliparse (default) and warcio + trafilatura; datatrove: WarcReader + Trafilatura.
+  quarry: FastWARC records + resiliparse (default) and + trafilatura; datatrove: WarcReader + Trafilatura.
 * JSONL -> Parquet: the C4, Wikipedia, code, arXiv and StackExchange JSONL samples into a documents Parquet file.
   quarry: read_jsonl + Arrow + zstd Parquet; datatrove: JsonlReader + ParquetWriter.
 
-Prints docs/s, MB/s (input bytes, one core) and peak memory (ru_maxrss of this process, so the later row includes
-the earlier ones' high-water mark; each side is run in a fresh subprocess to keep the numbers separate).
+Prints docs/s, MB/s (input bytes, one core), the CPU seconds the case used (process time: the number to compare on
+a machine shared with other work, where wall time also counts waiting for the core) and peak memory (ru_maxrss of
+this process, so the later row includes the earlier ones' high-water mark; each side is run in a fresh subprocess to
+keep the numbers separate).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def _peak_mb() -> float:
 
 
 def quarry_warc(extractor: str) -> dict:
-    from tasks.ingest.stage import IngestSource, read_source
+    from tasks.ingest.sources import IngestSource
+    from tasks.ingest.stage import read_source
 
     docs = 0
     nbytes = sum(os.path.getsize(p) for p in WARCS)
@@ -76,7 +79,8 @@ def datatrove_warc() -> dict:
 def quarry_jsonl() -> dict:
     import pyarrow.parquet as pq
 
-    from tasks.ingest.stage import IngestSource, read_source, rows_to_tables
+    from tasks.ingest.sources import IngestSource
+    from tasks.ingest.stage import read_source, rows_to_tables
 
     docs = 0
     nbytes = sum(os.path.getsize(p) for p, _ in JSONLS)
@@ -117,7 +121,9 @@ CASES = {
 
 def _child(name: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cpu = time.process_time()
     r = CASES[name]()
+    r["cpu_seconds"] = time.process_time() - cpu
     r["peak_mb"] = _peak_mb()
     print(json.dumps(r))
 
@@ -136,9 +142,10 @@ def main() -> None:
             print(f"{name}: failed\n{out.stderr[-2000:]}")
             continue
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"\n{'case':30s} {'docs':>6s} {'docs/s':>9s} {'MB/s/core':>10s} {'peak MB':>8s}")
+    print(f"\n{'case':30s} {'docs':>6s} {'docs/s':>9s} {'MB/s/core':>10s} {'cpu s':>7s} {'peak MB':>8s}")
     for name, r in results.items():
-        print(f"{name:30s} {r['docs']:6d} {r['docs'] / r['seconds']:9.1f} {r['bytes'] / 1e6 / r['seconds']:10.2f} {r['peak_mb']:8.0f}")
+        print(f"{name:30s} {r['docs']:6d} {r['docs'] / r['seconds']:9.1f} {r['bytes'] / 1e6 / r['seconds']:10.2f} "
+              f"{r['cpu_seconds']:7.2f} {r['peak_mb']:8.0f}")
     for ours, theirs in (("warc/quarry-resiliparse", "warc/datatrove-trafilatura"), ("warc/quarry-trafilatura", "warc/datatrove-trafilatura"), ("jsonl/quarry", "jsonl/datatrove")):
         if ours in results and theirs in results:
             a, b = results[ours], results[theirs]

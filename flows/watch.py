@@ -26,7 +26,7 @@ from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 from storage import datasets
 from tasks.ingest import watch as watch_mod
-from tasks.ingest.stage import IngestSource, list_input_files
+from tasks.ingest.sources import IngestSource, plan_sources
 
 
 @flow(name="watch", log_prints=True, flow_run_name=runinfo.run_name)
@@ -44,7 +44,8 @@ def watch(
     sources = list(cfg.ingest.sources) if prefix is None else [IngestSource(path=prefix, domain=domain)]
     previous = datasets.latest(cfg.root, cfg.dataset, "watch_state")
     state = datasets.read_table(previous) if previous else watch_mod.STATE_SCHEMA.empty_table()
-    fresh, changed = watch_mod.new_files(list_input_files(sources), state.cast(watch_mod.STATE_SCHEMA))
+    plan = plan_sources(sources)  # the sources with their name and root: a file's doc_ids as in a full ingest
+    fresh, changed = watch_mod.new_files(plan.files, state.cast(watch_mod.STATE_SCHEMA))
     for uri in changed:
         log.warning(f"watch: {uri} changed after it was ingested; not re-ingested (files are matched by path)")
     summary = {"dataset": cfg.dataset, "new_files": len(fresh), "already_taken": state.num_rows, "changed": changed}
@@ -54,7 +55,7 @@ def watch(
         return summary
     # one explicit source per new file, keeping the reader settings (domain, fields, limit) of its source
     batch_params = dataclasses.replace(
-        cfg.ingest, sources=tuple(dataclasses.replace(sources[s], path=uri, exclude=()) for s, uri in fresh))
+        cfg.ingest, sources=tuple(dataclasses.replace(plan.sources[s], path=uri, exclude=()) for s, uri in fresh))
     taken = watch_mod.WatchParams(files=tuple((sources[s].path, u) for s, u in fresh))
     with runtime.connected(profile):
         batch = stage("ingest", [], batch_params, profile, root=cfg.root, dataset=cfg.dataset)

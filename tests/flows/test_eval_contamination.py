@@ -11,7 +11,7 @@ import datasets_cfg
 from flows.evaluate import contamination_params, training_docs
 from ray_cluster import runtime
 from storage import datasets
-from tasks.ingest.stage import IngestSource
+from tasks.ingest.sources import IngestSource
 from tests import stages
 from tests.conftest import shared_path
 

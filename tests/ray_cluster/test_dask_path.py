@@ -13,7 +13,7 @@ import yaml
 
 from ray_cluster import runtime
 from storage import catalog, datasets
-from tasks.ingest.stage import IngestSource
+from tasks.ingest.sources import IngestSource
 from tests import stages
 from tests.conftest import shared_path
 

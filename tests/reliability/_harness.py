@@ -94,7 +94,7 @@ def make_inputs(inputs: Path) -> list[Path]:
 
 
 def sources(inputs: Path):
-    from tasks.ingest.stage import IngestSource
+    from tasks.ingest.sources import IngestSource
 
     return [IngestSource(path=str(p), domain="web", lang="en") for p in make_inputs(inputs)]
 

@@ -14,7 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.ingest.stage import IngestSource, read_source, rows_to_tables
+from tasks.ingest.sources import IngestSource
+from tasks.ingest.stage import read_source, rows_to_tables
 
 
 def read(data: bytes, name: str, **spec) -> tuple[pa.Table, pa.Table]:

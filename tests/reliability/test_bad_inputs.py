@@ -14,7 +14,7 @@ import yaml
 import datasets_cfg
 from ray_cluster import runtime
 from storage import catalog, datasets
-from tasks.ingest.stage import IngestSource
+from tasks.ingest.sources import IngestSource
 from tests.stages import ingest
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "bad"

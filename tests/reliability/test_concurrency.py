@@ -34,7 +34,7 @@ import tasks.dedup.minhash as mh
 import tasks.signals.quality_signals as qs
 from tests.stages import ingest, run
 from storage import datasets
-from tasks.ingest.stage import IngestSource
+from tasks.ingest.sources import IngestSource
 root, dataset, inputs, ready, go = sys.argv[1:6]
 srcs = [IngestSource(path=str(p), domain="web", lang="en") for p in sorted(Path(inputs).glob("*.jsonl"))]
 Path(ready).touch()

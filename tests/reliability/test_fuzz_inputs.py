@@ -26,7 +26,9 @@ import zstandard
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tasks.ingest.stage import IngestSource, extract_html, read_source, rows_to_tables
+from tasks.ingest.formats.html import extract_html
+from tasks.ingest.sources import IngestSource
+from tasks.ingest.stage import read_source, rows_to_tables
 from tests.reliability._inputs import corrupt_row_group, parquet, traced_peak, warc_gz, warc_record
 
 EXAMPLES = int(os.environ.get("QUARRY_FUZZ_EXAMPLES", "20"))

@@ -9,7 +9,7 @@ from ray_cluster import executor, runtime
 from storage import datasets
 from storage.datasets import StorageError
 from tasks import registry
-from tasks.ingest.stage import IngestSource
+from tasks.ingest.sources import IngestSource
 from tests import stages
 from tests.conftest import shared_path
 

@@ -18,7 +18,7 @@ from ray_cluster.runtime import load_profile
 from storage import catalog, datasets, layers
 from storage.datasets import DatasetRef
 from tasks import registry
-from tasks.ingest.stage import IngestSource
+from tasks.ingest.sources import IngestSource
 from tests import stages
 
 

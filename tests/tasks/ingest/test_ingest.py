@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from tasks.ingest.stage import DOCUMENT_SCHEMA, IngestSource, detect_format, doc_id, read_source, rows_to_tables
+from tasks.ingest.records import DOCUMENT_SCHEMA, doc_id
+from tasks.ingest.sources import IngestSource, detect_format
+from tasks.ingest.stage import read_source, rows_to_tables
 from tests.conftest import shared_path
 
 
@@ -28,7 +30,9 @@ def test_c4_jsonl_gives_every_document_with_url_and_stable_ids():
     assert docs["text"][0].as_py().startswith("Beginners BBQ Class")
     assert docs["url"][0].as_py().startswith("https://klyq.com/")
     assert len(set(docs["doc_id"].to_pylist())) == 1000
-    assert docs["doc_id"][0].as_py() == doc_id(str(path), "line:1")
+    # a single-file source: the file is its own source, named by its file name (where it is mounted is no part of it)
+    assert docs["doc_id"][0].as_py() == doc_id("c4_sample.jsonl", "line:1")
+    assert docs["source"][0].as_py() == str(path) and docs["source_path"][0].as_py() == "c4_sample.jsonl"
     assert json.loads(docs["meta"][0].as_py())["timestamp"] == "2019-04-25 12:57:54"  # nothing lost
 
 

@@ -10,7 +10,7 @@ import pytest
 from ray_cluster import runtime
 from storage import datasets
 from tasks.signals import language_id as lid
-from tasks.ingest.stage import IngestSource
+from tasks.ingest.sources import IngestSource
 from tasks.filter.quality_filter import QualityFilterParams
 from tasks.signals.quality_signals import QualitySignalsParams
 from tests import stages

@@ -10,7 +10,7 @@ import pytest
 
 from ray_cluster import runtime
 from storage import datasets
-from tasks.ingest.stage import IngestSource
+from tasks.ingest.sources import IngestSource
 from tasks.signals.quality_classifier import QualityClassifierParams, QualityScoreParams, QualityScorer, roc_auc
 from tests import stages
 from tests.conftest import shared_path

@@ -1,0 +1,1 @@
+"""One reader per input format; each turns an opened binary stream into document and quarantine rows."""
