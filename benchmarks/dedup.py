@@ -3,7 +3,8 @@
 Each contender runs in its own fresh subprocess pinned to one CPU (so peak RSS is its own), on the same documents:
 
 - quarry:     tasks.dedup.minhash.minhash_signatures (RPv2-exact: normalize, 13-gram sha1 shingles, 128 perms, band
-              keys for 1.0/0.9/0.8/0.7) + minhash_edges/minhash_buckets/minhash_clusters at 0.8 (9 bands x 13 rows).
+              keys for 1.0/0.9/0.8/0.7) + minhash_edges/oracle_minhash_buckets/oracle_minhash_clusters (the Arrow
+              buckets and components) at 0.8 (9 bands x 13 rows).
 - datasketch: MinHash(num_perm=128).update_batch over the same RPv2 13-gram shingles + MinHashLSH(threshold=0.8)
               insert and query for every doc.
 - datatrove:  MinhashDedupSignature.run (its own tokenizer/normalization, configured as RPv2: 13-grams, 9 x 13,
@@ -45,10 +46,10 @@ def _run_quarry(ids: list[str], texts: list[str]) -> dict:
     from tasks.dedup.minhash import (
         MinhashDedupParams,
         MinhashSignaturesParams,
-        minhash_buckets,
-        minhash_clusters,
         minhash_edges,
         minhash_signatures,
+        oracle_minhash_buckets,
+        oracle_minhash_clusters,
     )
 
     batch = pa.table({"doc_id": ids, "text": texts})
@@ -58,8 +59,8 @@ def _run_quarry(ids: list[str], texts: list[str]) -> dict:
     t1 = time.perf_counter()
     params = MinhashDedupParams(similarity=0.8, num_partitions=4)
     edges = minhash_edges(sig, params)
-    parts = [minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(4)]
-    clusters = minhash_clusters(parts)
+    parts = [oracle_minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(4)]
+    clusters = oracle_minhash_clusters(parts)
     t2 = time.perf_counter()
     return {"sig_s": t1 - t0, "lsh_s": t2 - t1, "dup_docs": clusters.num_rows}
 

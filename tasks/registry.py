@@ -2,8 +2,10 @@
 
 The flows compose stages by name, the executor (ray_cluster/executor.py) runs any of them, the recipe schema
 (datasets_cfg) types each section with the stage's params, and cluster profiles key resources by stage (or recipe
-section) name, checked against this table. One name per stage everywhere: module function, recipe section,
-profile key, Prefect task-run name, folder ``{dataset}/{stage}/{version}`` and view ``{dataset}__{stage}``.
+section) name, checked against this table. One name per stage everywhere: recipe section, profile key, Prefect
+task-run name, folder ``{dataset}/{stage}/{version}`` and view ``{dataset}__{stage}``; the function carries it too,
+marked where it is defined (``@implements("heldout", "train_split")``, tasks/common/stage.py; a Stage whose ``fn``
+does not name it is refused).
 
 Kinds (what the executor does with ``fn``): ``source`` (files -> shards), ``map`` (``fn(batch, params, **side)``),
 ``actor`` (``fn(params, **side)`` builds a model per actor, then maps batches), ``sql_map`` (``fn(params)`` is SQL
@@ -21,32 +23,34 @@ from dataclasses import dataclass
 from typing import Any
 
 import tasks.augment.tpt as augment
-import tasks.balance.sample as balance
-import tasks.evaluate.compare as compare
-import tasks.signals.datatrove_signals as datatrove_signals
-import tasks.filter.decontaminate as decontaminate
 import tasks.balance.embed as embed
-import tasks.common.eval_sets as eval_tasks
-import tasks.evaluate.harness as evaluate
-import tasks.dedup.exact as exact_dedup
-import tasks.evaluate.experiment as experiment
 import tasks.balance.hkmeans as hkmeans
-import tasks.ingest.stage as ingest
-import tasks.signals.language_id as language_id
+import tasks.balance.sample as balance
+import tasks.balance.semdedup as semdedup
+import tasks.common.eval_sets as eval_tasks
+import tasks.dedup.exact as exact_dedup
 import tasks.dedup.line as line_dedup
 import tasks.dedup.minhash as minhash_dedup
 import tasks.dedup.minhash_sql as minhash_sql
-import tasks.filter.pii as pii
-import tasks.signals.quality_classifier as quality_classifier
-import tasks.filter.quality_filter as quality_filter
-import tasks.signals.quality_signals as quality_signals
-import tasks.evaluate.scaling as scaling
-import tasks.select.selection as select
-import tasks.balance.semdedup as semdedup
 import tasks.dedup.sentence as sentence_dedup
+import tasks.evaluate.compare as compare
+import tasks.evaluate.experiment as experiment
+import tasks.evaluate.harness as evaluate
+import tasks.evaluate.scaling as scaling
+import tasks.filter.decontaminate as decontaminate
+import tasks.filter.pii as pii
+import tasks.filter.quality_filter as quality_filter
+import tasks.ingest.stage as ingest
+import tasks.ingest.watch as watch
+import tasks.select.selection as select
+import tasks.signals.datatrove_signals as datatrove_signals
+import tasks.signals.language_id as language_id
+import tasks.signals.quality_classifier as quality_classifier
+import tasks.signals.quality_signals as quality_signals
 import tasks.train.tokenize as tokenize
 import tasks.train.trainer as train
-import tasks.ingest.watch as watch
+from tasks.common.stage import stages_of
+from tasks.common.verdict import VERDICT
 
 KINDS = ("source", "map", "actor", "sql_map", "sql", "global", "llm")
 
@@ -95,6 +99,10 @@ class Stage:
             raise ValueError(f"stage {self.name}: unknown layer {self.layer!r}")
         if self.layer and self.kind not in ("map", "actor", "sql_map"):
             raise ValueError(f"stage {self.name}: only per-shard kinds can write layers, not {self.kind!r}")
+        if self.name not in (marked := stages_of(self.fn)):  # the function names its stage where it is defined
+            fn = f"{getattr(self.fn, '__module__', '?')}.{getattr(self.fn, '__qualname__', self.fn)!s}"
+            what = f"implements {marked}" if marked else "implements no stage"
+            raise ValueError(f"stage {self.name}: {fn} {what}; mark it @implements({self.name!r}) (tasks.common.stage)")
 
 
 def _reads(*fields: str, also: tuple[str, ...] = ()) -> Callable[[Any, list[str]], list[str]]:
@@ -106,7 +114,9 @@ def _reads(*fields: str, also: tuple[str, ...] = ()) -> Callable[[Any, list[str]
     return reads
 
 
-_VERDICT = ("keep", "drop_reason")  # what every filter and dedup folds its decision into (first failing rule wins)
+# what every filter and dedup folds its decision into (first failing rule wins; drop_stage names who dropped it):
+# read and rewritten by each, so a columns layer stores the whole verdict
+_VERDICT = VERDICT
 
 
 def _edges_reads(params: Any, available: list[str]) -> list[str]:

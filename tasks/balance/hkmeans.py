@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.common.stage import implements
+
 # Spec "Published recipe" (arXiv 2405.15613 §4/App.): 1 resampling run at level 1, 10 above it.
 _DEFAULT_STEPS = (1, 10, 10, 10)
 # Spec: "for N documents a sensible default is 4 levels with k ≈ N/20, N/200, N/1000, N/5000".
@@ -386,6 +388,7 @@ def assign_clusters(
     return out.append_column("km_l1_dist", pa.array(dist, pa.float32(), mask=~valid))
 
 
+@implements("hkmeans")
 def hkmeans_stage(tables: dict, params: HKMeansParams, ctx: Any) -> tuple[dict[str, pa.Table], dict]:
     """The ``hkmeans`` stage: fit every level on the embedded documents, saving each level as it finishes (the
     executor's checkpoint: assignments, then centroids, so both present = the level is complete)."""

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.balance.report import level_columns
+from tasks.common.stage import implements
 
 # ---------------------------------------------------------------------------------------------------------------
 # Balanced hierarchical sampling
@@ -139,6 +140,7 @@ def balanced_sample(table: pa.Table, params: BalanceParams) -> pa.Table:
 REPORTS = ("level_stats", "cluster_sizes", "size_histogram", "domain_mix")
 
 
+@implements("balance")
 def balance_stage(tables: dict, params: BalanceParams, ctx) -> tuple[dict[str, pa.Table], dict]:
     """The ``balance`` stage: the pool (clustered kept documents, minus semantic duplicates) -> the balanced sample,
     plus the balance report as side tables ``balance_{report}``."""

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from tasks.common.stage import implements
+
 if TYPE_CHECKING:
     import torch
 
@@ -148,6 +150,7 @@ def semdedup(table: pa.Table, params: SemDeDupParams = SemDeDupParams()) -> pa.T
     )
 
 
+@implements("semdedup")
 def semdedup_stage(tables: dict, params: SemDeDupParams, ctx) -> tuple[pa.Table, dict]:
     """The ``semdedup`` stage: semantic near-duplicates inside each level-1 cluster, before balancing."""
     from tasks.select.selection import attach, embedded

@@ -3,11 +3,11 @@
 Two steps, so nothing global lives in a per-batch function:
 
 1. `exact_dedup_hashes(batch, ExactDedupParams)` (kind a): adds `ed_text_hash`, `ed_url_hash`.
-2. `exact_dedup_keepers(hashes, params)` (kind c, Arrow sort + group-first) or `exact_dedup_sql(docs, params)` (the
-   same as one DuckDB SELECT with window functions, which spills to disk): text duplicates go first, then URL
-   duplicates among the text survivors, so content is never lost to a URL tie.
+2. `exact_dedup_keepers_duckdb` (the ``exact_dedup_keepers`` stage, kind sql): `exact_dedup_sql(docs, params)`, DuckDB
+   window functions that spill to disk: for each key in `params.keys` order (URL, then text, by default), the
+   duplicates among the survivors of the keys before (tests/oracles/dedup.py restates it in Arrow, the test oracle).
 3. `exact_dedup_filter(batch, params, keepers=...)` (kind a + artifact): adds `ed_keep`, `ed_duplicate_of` and folds
-   duplicates into `keep`/`drop_reason` when a quality filter ran before. No row is removed.
+   duplicates into `keep`/`drop_reason`/`drop_stage` (tasks.common.verdict). No row is removed.
 
 RPv2 keys exact dedup on the ccnet `digest` (sha1 of the raw page content) with a Bloom filter; we hash the RPv2
 *normalized* text (spec §2.7) so whitespace/case/ASCII-punctuation variants of one page also collapse.
@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.dedup.priority import Priority
+from tasks.common.stage import implements
 from tasks.common.textnorm import rpv2_normalize
-from tasks.common.verdict import ensure_keep_columns
+from tasks.common.verdict import fold_verdict
 from tasks.dedup.minhash import later_repeats
+from tasks.dedup.priority import Priority
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -78,6 +78,7 @@ def _digest(s: str) -> str:
 LENGTH_COLUMN = "ed_text_length"  # the "longest" priority's key, so the global step never reads the text
 
 
+@implements("exact_dedup_hashes")
 def exact_dedup_hashes(batch: pa.Table, params: ExactDedupParams = ExactDedupParams()) -> pa.Table:
     """Add `ed_text_hash` (of RPv2-normalized text) and `ed_url_hash`; null when the text/URL is null or empty.
     With priority "longest" also `ed_text_length` (code points; null for a null text)."""
@@ -102,75 +103,9 @@ def exact_dedup_hashes(batch: pa.Table, params: ExactDedupParams = ExactDedupPar
     return out
 
 
-def _order(t: pa.Table, key: str, params: ExactDedupParams) -> list[tuple[str, str]]:
-    if params.priority == "longest":
-        return [(key, "ascending"), ("_len", "descending"), ("doc_id", "ascending")]
-    if params.priority == "lowest_doc_id":
-        return [(key, "ascending"), ("doc_id", "ascending")]
-    p = params.survivor
-    return [(key, "ascending"), (p.column, "descending" if p.descending else "ascending"), ("doc_id", "ascending")]
-
-
-def _first_per_group(t: pa.Table, key: str, params: ExactDedupParams) -> tuple[pa.Array, pa.Array, np.ndarray]:
-    """For rows with a non-null key: (doc_id, winner doc_id of its group, is_winner)."""
-    t = t.filter(pc.is_valid(t.column(key)))
-    if t.num_rows == 0:
-        return pa.array([], pa.string()), pa.array([], pa.string()), np.zeros(0, bool)
-    s = t.sort_by(_order(t, key, params))
-    k = s.column(key).to_numpy(zero_copy_only=False)
-    first = np.ones(len(k), dtype=bool)
-    first[1:] = k[1:] != k[:-1]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(len(k)), 0))
-    ids = s.column("doc_id").combine_chunks()
-    return ids, ids.take(pa.array(group_start)), first
-
-
 KEEPERS_SCHEMA = pa.schema(
     [("doc_id", pa.string()), ("ed_keep", pa.bool_()), ("ed_duplicate_of", pa.string()), ("ed_reason", pa.string())]
 )
-
-
-def exact_dedup_keepers(hashes: pa.Table, params: ExactDedupParams = ExactDedupParams()) -> pa.Table:
-    """Global keep-first step over (doc_id, ed_*_hash, priority input[, keep]); returns duplicates only:
-    (doc_id, ed_keep=False, ed_duplicate_of, ed_reason) — absent docs are kept."""
-    cols = {"doc_id": hashes.column(params.doc_id_column).cast(pa.string())}
-    for key in params.keys:
-        cols[key] = hashes.column(f"ed_{key}_hash")
-    if params.priority == "longest":
-        if LENGTH_COLUMN in hashes.column_names:
-            cols["_len"] = hashes.column(LENGTH_COLUMN)
-        else:
-            cols["_len"] = pc.utf8_length(hashes.column(params.text_column))
-        cols["_len"] = pc.fill_null(cols["_len"], -1)
-    elif params.priority != "lowest_doc_id":
-        column = params.survivor.column
-        cols[column] = hashes.column(column)
-    t = pa.table(cols)
-    if params.only_kept and "keep" in hashes.column_names:
-        t = t.filter(pc.fill_null(hashes.column("keep"), False))
-    dup_ids, dup_of, reasons = [], [], []
-    for key in params.keys:  # sequential: each key only among the survivors of the previous one
-        ids, winner, first = _first_per_group(t, key, params)
-        # a row with the winner's own doc_id is the winner again (an input read twice), never its duplicate
-        losers = ~first & pc.not_equal(ids, winner).to_numpy(zero_copy_only=False)
-        if losers.any():
-            mask = pa.array(losers)
-            dup_ids.append(ids.filter(mask))
-            dup_of.append(winner.filter(mask))
-            reasons.append(pa.array([f"ed_{key}_duplicate"] * int(losers.sum()), pa.string()))
-            t = t.filter(pc.invert(pc.is_in(t.column("doc_id"), value_set=ids.filter(mask))))
-    if not dup_ids:
-        return KEEPERS_SCHEMA.empty_table()
-    n = sum(len(a) for a in dup_ids)
-    return pa.table(
-        [
-            pa.concat_arrays(dup_ids),
-            pa.array(np.zeros(n, bool)),
-            pa.concat_arrays(dup_of),
-            pa.concat_arrays(reasons),
-        ],
-        schema=KEEPERS_SCHEMA,
-    )
 
 
 ROWS_PER_PASS = 250_000  # documents one pass of the DuckDB step groups: its memory stays flat as the corpus grows
@@ -179,8 +114,8 @@ ROWS_PER_PASS = 250_000  # documents one pass of the DuckDB step groups: its mem
 def exact_dedup_sql(docs: str, params: ExactDedupParams = ExactDedupParams(), *, has_keep: bool = False,
                     has_length: bool = False, parts: int = 1) -> list[str]:
     """DuckDB statements over `docs` (a table expression with doc_id, the ed_*_hash columns and the row identity
-    `__shard`, `__row`) that leave table `ed_keepers` holding the same rows as `exact_dedup_keepers`: (doc_id,
-    ed_keep, ed_duplicate_of, ed_reason) for the duplicates only.
+    `__shard`, `__row`) that leave table `ed_keepers` holding the same rows as the test oracle `exact_dedup_keepers`
+    (tests/oracles/dedup.py): (doc_id, ed_keep, ed_duplicate_of, ed_reason) for the duplicates only.
 
     Each key runs in `parts` passes, one hash partition each, and ranks only the rows whose hash occurs twice: one
     window over every row sorted the whole corpus (~700 MB at 2M documents under a 1 GB budget). A later key sees
@@ -218,10 +153,12 @@ FROM d WHERE {h} IN (SELECT {h} FROM m) WINDOW w AS (PARTITION BY {h} ORDER BY {
     return [*out, "DROP TABLE IF EXISTS ed_ranked", "DROP TABLE ed_gone"]
 
 
+@implements("exact_dedup")
 def exact_dedup_filter(
     batch: pa.Table, params: ExactDedupParams = ExactDedupParams(), *, keepers: pa.Table
 ) -> pa.Table:
-    """Add `ed_keep`, `ed_duplicate_of`; a duplicate gets keep=False and drop_reason=ed_reason unless already dropped.
+    """Add `ed_keep`, `ed_duplicate_of`; a duplicate gets keep=False, drop_reason=ed_reason and
+    drop_stage="exact_dedup" unless already dropped.
 
     A doc_id that occurs again in the batch is the same document again: its first row is judged as above, the others
     get ed_keep=False, reason `ed_repeated_doc_id` and no `ed_duplicate_of` (a document is never its own duplicate).
@@ -248,18 +185,11 @@ def exact_dedup_filter(
     ed_keep = pc.invert(found)
     out = batch.drop_columns([c for c in ("ed_keep", "ed_duplicate_of") if c in batch.column_names])
     out = out.append_column("ed_keep", ed_keep).append_column("ed_duplicate_of", dup_of.cast(pa.string()))
-    out = ensure_keep_columns(out)  # no filter before: duplicates still leave `kept`
-    prev = pc.fill_null(out.column("keep"), False)
-    newly = pc.and_(prev, found)
-    out = out.set_column(out.schema.get_field_index("keep"), "keep", pc.and_(prev, ed_keep))
-    out = out.set_column(
-        out.schema.get_field_index("drop_reason"),
-        "drop_reason",
-        pc.if_else(newly, reason, out.column("drop_reason")).cast(pa.string()),
-    )
-    return out
+    # no filter before: fold_verdict creates the verdict, so duplicates still leave `kept`
+    return fold_verdict(out, pc.if_else(found, reason.cast(pa.string()), None), stage="exact_dedup")
 
 
+@implements("exact_dedup_keepers")
 def exact_dedup_keepers_duckdb(con: Any, exprs: dict[str, str], params: ExactDedupParams, columns: dict[str, list[str]]) -> str:
     """The ``exact_dedup_keepers`` stage (kind ``sql``): the duplicates per key, in DuckDB (spills to disk)."""
     has_keep, has_length = "keep" in columns["hashes"], LENGTH_COLUMN in columns["hashes"]

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
+from tasks.common.stage import implements
 from tasks.common.verdict import fold_verdict
 
 HASHES_SCHEMA = pa.schema([("doc_id", pa.string()), ("unit_pos", pa.int32()), ("unit_hash", pa.int64())])
@@ -126,6 +127,7 @@ def hashes_stage(batch: pa.Table, params: Any, stage: str, per_text: Callable[[s
     return unit_hashes(units, ids)
 
 
+@implements("line_dedup_hashes")
 def line_dedup_hashes(batch: pa.Table, params: LineDedupParams = LineDedupParams()) -> pa.Table:
     """The ``line_dedup_hashes`` stage (map): (doc_id, unit_pos, unit_hash) per candidate line, in document order."""
     return hashes_stage(batch, params, "line_dedup_hashes", lambda t: line_hashes(t, params.min_line_chars))
@@ -144,6 +146,7 @@ def duplicates_sql(hashes: str) -> str:
     )
 
 
+@implements("line_dedup_duplicates", "sentence_dedup_duplicates")
 def line_dedup_duplicates_duckdb(con: Any, exprs: dict[str, str], params: Any, columns: dict[str, list[str]]) -> str:
     """The ``line_dedup_duplicates`` (and ``sentence_dedup_duplicates``) stage, kind ``sql``."""
     # the executor hands every role also in corpus order (shard name, row position in it)
@@ -168,9 +171,10 @@ def dup_positions(batch: pa.Table, doc_id_column: str, duplicates: pa.Table) -> 
     return out
 
 
-def fold_drops(batch: pa.Table, emptied: np.ndarray, reason: str) -> pa.Table:
-    """keep=false and drop_reason=reason for newly emptied documents still kept (first failing rule wins)."""
-    return fold_verdict(batch, [reason if e else None for e in emptied.tolist()])
+def fold_drops(batch: pa.Table, emptied: np.ndarray, reason: str, *, stage: str) -> pa.Table:
+    """keep=false, drop_reason=reason and drop_stage=stage for newly emptied documents still kept (first failing
+    rule wins)."""
+    return fold_verdict(batch, [reason if e else None for e in emptied.tolist()], stage=stage)
 
 
 def set_columns(batch: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
@@ -182,6 +186,7 @@ def set_columns(batch: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
     return batch
 
 
+@implements("line_dedup")
 def line_dedup(batch: pa.Table, params: LineDedupParams = LineDedupParams(), *, duplicates: pa.Table) -> pa.Table:
     """The ``line_dedup`` stage (map): ``text`` without its duplicate lines, ``ld_lines_removed``,
     ``ld_removed_char_fraction`` (characters removed / characters before; 0 for an empty document)."""
@@ -207,4 +212,4 @@ def line_dedup(batch: pa.Table, params: LineDedupParams = LineDedupParams(), *, 
         "ld_lines_removed": pa.array(removed, pa.int32()),
         "ld_removed_char_fraction": pa.array(fraction, pa.float64()),
     })
-    return fold_drops(out, np.array(emptied, dtype=bool), "ld_empty_after_dedup")
+    return fold_drops(out, np.array(emptied, dtype=bool), "ld_empty_after_dedup", stage="line_dedup")

@@ -7,15 +7,16 @@ all buckets in RAM:
    `minhash_signature_<s>` with ``band_keys=True``; `band_keys(mh_values, s)` gives them from the values).
 2. `minhash_edges(batch, MinhashDedupParams)` (kind a): one row per (band, 64-bit key, doc_id) plus a `part` column; the
    engine writes it hash-partitioned by `part`, so every bucket lives in exactly one partition.
-3. `minhash_buckets(edges_of_one_partition)` (kind c, per partition): duplicate pairs `(src, dst)` with
-   `dst = min(doc_id)` of the bucket (RPv2 `run_lsh.py` step 2).
-4. `minhash_clusters(pairs)` (kind c): connected components by iterative min-label propagation + pointer jumping
-   over the pair table only (singletons never enter it); cluster id = min doc_id (RPv2 step 4).
-5. `select_cluster_keepers(members, params)` (kind c): one doc per cluster by a configurable priority.
+3. buckets: duplicate pairs `(src, dst)` with `dst = min(doc_id)` of the bucket (RPv2 `run_lsh.py` step 2).
+4. clusters: connected components over the pair table only (singletons never enter it); cluster id = min doc_id
+   (RPv2 step 4).
+5. keepers: one doc per cluster by a configurable priority.
 6. `minhash_filter(batch, params, clusters=...)` (kind a + artifact): adds `mh_cluster_id`, `mh_cluster_size`,
-   `mh_keep` and folds duplicates into `keep`/`drop_reason` when a quality filter ran before.
+   `mh_keep` and folds duplicates into `keep`/`drop_reason`/`drop_stage` (tasks.common.verdict).
 
-For data past memory the same steps 3-5 exist as DuckDB SQL in `tasks.dedup.minhash_sql` (the engine's path).
+Steps 3-5 are the ``minhash_clusters`` stage: DuckDB SQL in `tasks.dedup.minhash_sql` (spills past memory).
+`oracle_minhash_buckets` / `oracle_minhash_clusters` here are test oracles of steps 3 and 4 in Arrow (the tests
+hold the SQL to them; benchmarks/dedup.py times them), and tests/oracles/dedup.py restates step 5.
 
     from tasks.dedup.minhash import MinhashSignaturesParams, minhash_signatures
     out = minhash_signatures(batch, MinhashSignaturesParams())
@@ -34,8 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.common.stage import implements
 from tasks.common.textnorm import rpv2_normalize
-from tasks.common.verdict import ensure_keep_columns
+from tasks.common.verdict import fold_verdict
 from tasks.dedup.priority import Priority
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -147,6 +149,7 @@ def _batch_values(texts: list[str | None], params: MinhashSignaturesParams) -> t
 LENGTH_COLUMN = "mh_text_length"  # the "longest" survivor's key, so the DuckDB clusters step never reads the text
 
 
+@implements("minhash_signatures")
 def minhash_signatures(batch: pa.Table, params: MinhashSignaturesParams = MinhashSignaturesParams()) -> pa.Table:
     """Add `mh_values` (list<uint32>[num_perm]) and `minhash_signature_<s>` (list<binary> band keys) per similarity,
     and `mh_text_length` (code points; null for a null text), the "longest" survivor priority's input.
@@ -228,7 +231,7 @@ class MinhashDedupParams:
         keep it only where the share of equal MinHash values, the unbiased Jaccard estimate (Broder 1997), reaches
         `similarity`. LSH alone accepts pairs below the threshold (9 x 13 bands take a J = 0.7 pair ~8 % of the time)
         and components chain them; RPv2 and datatrove do not re-check, so it is off by default. The DuckDB steps
-        (the engine's path) need `mh_values` for it; the in-memory `minhash_buckets` does not verify.
+        (the engine's path) need `mh_values` for it; the in-memory `oracle_minhash_buckets` does not verify.
     """
 
     similarity: float = 0.8  # RPv2 paper, sec. "Ablations": 128 hashes, 9 bands x 13 rows
@@ -278,6 +281,7 @@ def _band_hashes(values: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return h
 
 
+@implements("minhash_edges")
 def minhash_edges(batch: pa.Table, params: MinhashDedupParams = MinhashDedupParams()) -> pa.Table:
     """Explode the LSH bands of `params.similarity` into (part, band, key, doc_id) rows; null signatures give none.
 
@@ -312,8 +316,10 @@ def minhash_edges(batch: pa.Table, params: MinhashDedupParams = MinhashDedupPara
     return pa.table([pa.array(part), pa.array(band), pa.array(keys, pa.uint64()), doc_ids], schema=EDGES_SCHEMA)
 
 
-def minhash_buckets(edges: pa.Table) -> pa.Table:
-    """Duplicate pairs of one partition: for every (band, key) bucket with >1 docs, (doc_id -> min doc_id)."""
+def oracle_minhash_buckets(edges: pa.Table) -> pa.Table:
+    """Test oracle: step 3 of the ``minhash_clusters`` stage (its DuckDB SQL in tasks.dedup.minhash_sql) in Arrow.
+
+    Duplicate pairs of one partition: for every (band, key) bucket with >1 docs, (doc_id -> min doc_id)."""
     if edges.num_rows == 0:
         return PAIRS_SCHEMA.empty_table()
     edges = edges.select(["band", "key", "doc_id"])
@@ -327,8 +333,10 @@ def minhash_buckets(edges: pa.Table) -> pa.Table:
     return pairs.group_by(["src", "dst"]).aggregate([]).select(["src", "dst"])
 
 
-def minhash_clusters(pairs: pa.Table | Iterable[pa.Table], max_iter: int = 100) -> pa.Table:
-    """Connected components of the pair graph: (doc_id, cluster_id = min doc_id of its component).
+def oracle_minhash_clusters(pairs: pa.Table | Iterable[pa.Table], max_iter: int = 100) -> pa.Table:
+    """Test oracle: step 4 of the ``minhash_clusters`` stage (its DuckDB SQL in tasks.dedup.minhash_sql) in Arrow.
+
+    Connected components of the pair graph: (doc_id, cluster_id = min doc_id of its component).
 
     Memory holds one int per node of the *pair* graph (docs that share a bucket), never the buckets; pass the
     partitions' pair tables as an iterable. Label propagation with pointer jumping converges in O(log diameter)
@@ -358,7 +366,7 @@ def minhash_clusters(pairs: pa.Table | Iterable[pa.Table], max_iter: int = 100) 
         if np.array_equal(before, labels):
             break
     else:
-        raise RuntimeError(f"minhash_clusters did not converge in {max_iter} rounds")
+        raise RuntimeError(f"oracle_minhash_clusters did not converge in {max_iter} rounds")
     return pa.table({"doc_id": nodes, "cluster_id": nodes.take(pa.array(labels))})
 
 
@@ -376,57 +384,12 @@ def later_repeats(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return repeat
 
 
-def _priority_sort_keys(params: MinhashDedupParams) -> list[tuple[str, str]]:
-    if params.priority == "longest":
-        return [("_len", "descending"), ("doc_id", "ascending")]
-    if params.priority == "lowest_doc_id":
-        return [("doc_id", "ascending")]
-    p = params.survivor
-    return [(p.column, "descending" if p.descending else "ascending"), ("doc_id", "ascending")]
-
-
-def select_cluster_keepers(members: pa.Table, params: MinhashDedupParams = MinhashDedupParams()) -> pa.Table:
-    """One survivor per cluster. `members`: doc_id, cluster_id and the priority input (`text`, a text-length
-    column `text_length`, or the `<column>` of `priority`). Returns (doc_id, cluster_id, cluster_size, keep)."""
-    if members.num_rows == 0:
-        return CLUSTERS_SCHEMA.empty_table()
-    cols = {"doc_id": members.column("doc_id"), "cluster_id": members.column("cluster_id")}
-    if params.priority == "longest":
-        if "text_length" in members.column_names:
-            cols["_len"] = members.column("text_length")
-        elif params.text_column in members.column_names:
-            cols["_len"] = pc.utf8_length(members.column(params.text_column))
-        else:
-            raise ValueError("priority 'longest' needs a `text` or `text_length` column in members")
-        cols["_len"] = pc.fill_null(cols["_len"], -1)
-    elif params.priority != "lowest_doc_id":
-        column = params.survivor.column
-        if column not in members.column_names:
-            raise ValueError(f"priority column {column!r} missing from members")
-        cols[column] = members.column(column)
-    t = pa.table(cols)
-    # nulls sort last in both orders (pyarrow default), so a doc without a score never beats one with a score
-    order = t.sort_by([("cluster_id", "ascending"), *_priority_sort_keys(params)])
-    repeat = later_repeats(order.column("doc_id"))
-    if repeat.any():  # one doc_id is one document: its best row stands for it, so it is never its own duplicate
-        order = order.filter(pa.array(~repeat))
-    cid = order.column("cluster_id").to_numpy(zero_copy_only=False)
-    first = np.ones(len(cid), dtype=bool)
-    first[1:] = cid[1:] != cid[:-1]
-    starts = np.flatnonzero(first)
-    sizes = np.diff(np.append(starts, len(cid)))
-    size = np.repeat(sizes, sizes)
-    return pa.table(
-        [order.column("doc_id"), order.column("cluster_id"), pa.array(size, pa.int64()), pa.array(first)],
-        schema=CLUSTERS_SCHEMA,
-    )
-
-
+@implements("minhash_dedup")
 def minhash_filter(batch: pa.Table, params: MinhashDedupParams = MinhashDedupParams(), *, clusters: pa.Table) -> pa.Table:
     """Add `mh_cluster_id` (own doc_id for singletons), `mh_cluster_size`, `mh_keep`; no row is removed.
 
-    A duplicate gets keep=False, drop_reason="mh_duplicate" unless an earlier rule already rejected it (first
-    failing rule wins); without an earlier filter the two columns are created here.
+    A duplicate gets keep=False, drop_reason="mh_duplicate", drop_stage="minhash_dedup" unless an earlier rule
+    already rejected it (first failing rule wins); without an earlier filter the verdict columns are created here.
     """
     ids = batch.column(params.doc_id_column).combine_chunks().cast(pa.string())
     idx = pc.index_in(ids, value_set=clusters.column("doc_id").combine_chunks().cast(pa.string()))
@@ -445,13 +408,7 @@ def minhash_filter(batch: pa.Table, params: MinhashDedupParams = MinhashDedupPar
             out = out.drop_columns([name])
     out = out.append_column("mh_cluster_id", cid.cast(pa.string()))
     out = out.append_column("mh_cluster_size", size.cast(pa.int64()))
-    out = ensure_keep_columns(out.append_column("mh_keep", keep.cast(pa.bool_())))
-    # fold duplicates into keep/drop_reason; an earlier rule's reason wins
-    prev_keep = pc.fill_null(out.column("keep"), False)
-    is_dup = pc.and_(prev_keep, pc.invert(keep))
+    out = out.append_column("mh_keep", keep.cast(pa.bool_()))
+    # fold duplicates into keep/drop_reason/drop_stage; an earlier rule's reason wins
     dup_reason = pc.if_else(pa.array(repeat), pa.scalar("mh_repeated_doc_id"), pa.scalar("mh_duplicate"))
-    reason = pc.if_else(is_dup, dup_reason, out.column("drop_reason"))
-    new_keep = pc.and_(prev_keep, keep)
-    out = out.set_column(out.schema.get_field_index("keep"), "keep", new_keep)
-    out = out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason", reason.cast(pa.string()))
-    return out
+    return fold_verdict(out, pc.if_else(pc.invert(keep), dup_reason, None), stage="minhash_dedup")

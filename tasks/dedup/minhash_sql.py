@@ -1,13 +1,15 @@
 """MinHash dedup steps 3-5 (buckets, connected components, one survivor per cluster) as DuckDB SQL: the
 ``minhash_clusters`` stage (kind ``sql``) for data past memory. DuckDB spills its group-bys and joins to disk; the
-engine owns the connection, and this module only writes SQL text (it never imports duckdb). The Arrow variant of the
-same steps, the band layout and the params live in `tasks.dedup.minhash`; the tests hold the two to the same clusters.
+engine owns the connection, and this module only writes SQL text (it never imports duckdb). The band layout and the
+params live in `tasks.dedup.minhash`, with the Arrow test oracles of steps 3 and 4 (`oracle_minhash_buckets`,
+`oracle_minhash_clusters`; step 5's is tests/oracles/dedup.py); the tests hold the SQL to the same clusters.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from tasks.common.stage import implements
 from tasks.dedup.minhash import LENGTH_COLUMN, MinhashDedupParams
 
 
@@ -141,6 +143,7 @@ def clusters_reads(params: MinhashDedupParams, available: list[str]) -> list[str
     return cols + (["mh_values"] if params.verify else [])
 
 
+@implements("minhash_clusters")
 def minhash_clusters_duckdb(con: Any, exprs: dict[str, str], params: MinhashDedupParams, columns: dict[str, list[str]]) -> str:
     """The ``minhash_clusters`` stage (kind ``sql``): buckets -> connected components -> keepers, in DuckDB."""
     if params.verify and "mh_values" not in columns.get("docs", ["mh_values"]):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from tasks.common.stage import implements
 from tasks.dedup.line import (
     column_values,
     dup_positions,
@@ -90,11 +91,13 @@ def span_hashes(text: str | None, n: int) -> list[int | None]:
     return out
 
 
+@implements("sentence_dedup_hashes")
 def sentence_dedup_hashes(batch: pa.Table, params: SentenceDedupParams = SentenceDedupParams()) -> pa.Table:
     """The ``sentence_dedup_hashes`` stage (map): (doc_id, unit_pos, unit_hash) per span, in document order."""
     return hashes_stage(batch, params, "sentence_dedup_hashes", lambda t: span_hashes(t, params.n_sentences))
 
 
+@implements("sentence_dedup")
 def sentence_dedup(batch: pa.Table, params: SentenceDedupParams = SentenceDedupParams(), *,
                    duplicates: pa.Table) -> pa.Table:
     """The ``sentence_dedup`` stage (map): ``text`` without the sentences of duplicate spans."""
@@ -121,4 +124,4 @@ def sentence_dedup(batch: pa.Table, params: SentenceDedupParams = SentenceDedupP
         "sn_sentences_removed": pa.array(removed, pa.int32()),
         "sn_removed_char_fraction": pa.array(fraction, pa.float64()),
     })
-    return fold_drops(out, np.array(short, dtype=bool), "sn_too_short_after_dedup")
+    return fold_drops(out, np.array(short, dtype=bool), "sn_too_short_after_dedup", stage="sentence_dedup")

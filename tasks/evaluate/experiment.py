@@ -21,9 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.evaluate import compare
-
-from tasks.evaluate import scaling
+from tasks.common.stage import implements
+from tasks.evaluate import compare, scaling
 from tasks.train.config import MODEL_PRESETS
 
 
@@ -76,6 +75,7 @@ def _label(t: pa.Table, cell: Cell) -> pa.Table:
     return t
 
 
+@implements("experiment")
 def experiment_stage(tables: dict, params: ExperimentPlan, ctx) -> tuple[dict[str, pa.Table], dict]:
     cells = params.cells
     parts = list(tables.values())

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from tasks.evaluate.compare import CENTERED_METRIC, CENTERED_TASK, EXAMPLE_SCHEMA, centered_rows
 from tasks.common.eval_sets import ALL_TASKS, SPECS, eval_file_hash, task_config_hash, write_task_configs
+from tasks.common.stage import implements
+from tasks.evaluate.compare import CENTERED_METRIC, CENTERED_TASK, EXAMPLE_SCHEMA, centered_rows
 
 PROVENANCE = pa.schema(
     [
@@ -322,6 +323,7 @@ def _examples_table(out: dict) -> pa.Table:
 # the ``evaluate`` stage (kind ``global``)
 
 
+@implements("evaluate")
 def evaluate_stage(tables: dict, params: EvaluateParams, ctx) -> tuple[pa.Table, dict]:
     """Bits/byte on the held-out documents (when the recipe holds some out) and the harness tasks, for the model
     of the ``train`` input; every row names the model and the data it was trained on."""

@@ -43,9 +43,10 @@ import pyarrow as pa
 import xxhash
 
 from tasks.common.eval_sets import ALL_TASKS, SPECS
+from tasks.common.stage import implements
+from tasks.common.tempfiles import cache_root
 from tasks.common.textnorm import rpv2_normalize
 from tasks.common.verdict import fold_verdict
-from tasks.common.tempfiles import cache_root
 
 INDEX_FORMAT = "1"  # bump when the normalization, hashing or item text changes: old cache files are ignored
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio, Knuth): a rolling polynomial hash
@@ -250,8 +251,9 @@ def eval_index(params: DecontaminateParams) -> EvalIndex:
                          str(_cache_dir(params)))
 
 
+@implements("decontaminate")
 def decontaminate(batch: pa.Table, params: DecontaminateParams) -> pa.Table:
-    """The same rows in the same order with dc_ngrams, dc_tasks, dc_matched (and keep/drop_reason)."""
+    """The same rows in the same order with dc_ngrams, dc_tasks, dc_matched (and keep/drop_reason/drop_stage)."""
     if params.text_column not in batch.column_names:
         raise ValueError(f"decontaminate needs a {params.text_column!r} column, got {batch.column_names}")
     idx = eval_index(params)
@@ -269,7 +271,7 @@ def decontaminate(batch: pa.Table, params: DecontaminateParams) -> pa.Table:
     out = out.append_column("dc_ngrams", pa.array(counts, pa.int32()))
     out = out.append_column("dc_tasks", pa.array(tasks, pa.list_(pa.string())))
     out = out.append_column("dc_matched", pa.array(matched, pa.list_(pa.uint64())))
-    return fold_verdict(out, reasons)
+    return fold_verdict(out, reasons, stage="decontaminate")
 
 
 
@@ -295,6 +297,7 @@ CONTAMINATION_SCHEMA = pa.schema([("task", pa.string()), ("items", pa.int64()), 
                                   ("too_short", pa.int64()), ("fraction", pa.float64()), ("n", pa.int64())])
 
 
+@implements("eval_contamination")
 def eval_contamination_stage(tables: dict, params: DecontaminateParams, ctx) -> tuple[pa.Table, dict]:
     """The ``eval_contamination`` stage (kind ``global``): per task, how many of its items overlap the documents the
     ``train`` input's model was trained on (the ``docs`` input: the curated version its tokenize step read)."""

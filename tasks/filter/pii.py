@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from tasks.common.verdict import fold_verdict
+from tasks.common.stage import implements
+from tasks.common.verdict import VERDICT, fold_verdict
 
 TYPES = ("secret", "email", "ip", "phone")
 PLACEHOLDERS = {"email": "<EMAIL>", "ip": "<IP_ADDRESS>", "phone": "<PHONE>", "secret": "<SECRET>"}
@@ -146,8 +147,10 @@ def _sub_checked(rx: re.Pattern, text: str, kind: str, counts: dict[str, int], o
     return "".join(parts)
 
 
+@implements("pii")
 def pii(batch: pa.Table, params: PiiParams = PiiParams()) -> pa.Table:
-    """The same rows in the same order with the pii_* counts; `text` redacted (redact) or keep/drop_reason (flag)."""
+    """The same rows in the same order with the pii_* counts; `text` redacted (redact), or the verdict
+    (keep/drop_reason/drop_stage) folded (flag)."""
     if params.text_column not in batch.column_names:
         raise ValueError(f"pii needs a {params.text_column!r} column, got {batch.column_names}")
     texts = batch.column(params.text_column).to_pylist()
@@ -172,9 +175,9 @@ def pii(batch: pa.Table, params: PiiParams = PiiParams()) -> pa.Table:
     if params.mode == "redact":
         idx = out.schema.get_field_index(params.text_column)
         return out.set_column(idx, params.text_column, pa.array(new_texts, pa.string()))
-    return fold_verdict(out, reasons)
+    return fold_verdict(out, reasons, stage="pii")
 
 
 def pii_reads(params: PiiParams, available: list[str]) -> list[str]:
-    """Columns the stage reads (it rewrites text in redact mode, keep/drop_reason in flag mode, adds pii_*)."""
-    return [params.text_column, *(c for c in ("keep", "drop_reason") if c in available and params.mode == "flag")]
+    """Columns the stage reads (it rewrites text in redact mode, the verdict in flag mode, adds pii_*)."""
+    return [params.text_column, *(c for c in VERDICT if c in available and params.mode == "flag")]

@@ -1,9 +1,9 @@
-"""Quality filter as SQL: a recipe's rules become one DuckDB SELECT that adds `keep` and `drop_reason`.
+"""Quality filter as SQL: a recipe's rules become one DuckDB SELECT that adds `keep`, `drop_reason` and `drop_stage`.
 
 A rule is `(name, predicate)` where the predicate is a DuckDB boolean expression over signal columns that is TRUE
 when the document PASSES. `drop_reason` is the name of the FIRST failing rule (NULL when kept). A predicate that
 evaluates to NULL counts as failing (unknown is not a pass; wrap a nullable signal in `coalesce` to decide otherwise).
-Every document stays in the output: the funnel is `select drop_reason, count(*) ... group by 1`.
+Every document stays in the output: the funnel is `select drop_stage, drop_reason, count(*) ... group by all`.
 
 A predicate is data, not code: it must be exactly ONE SQL expression. `check_predicate` (pure, no DuckDB) rejects
 statement separators (`;`), comments (`--`, `/* */`), dollar quoting and unbalanced parentheses outside string
@@ -35,6 +35,10 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
+from tasks.common.stage import implements
+from tasks.common.verdict import redecide_verdict_sql
+
+STAGE = "quality_filter"  # the drop_stage of a row a rule drops
 RULES_DIR = Path(__file__).resolve().parent / "rules"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OPS = {"==": operator.eq, "!=": operator.ne, ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
@@ -121,17 +125,14 @@ def resolve_rules(rules: str | tuple | list) -> list[Rule]:
 
 
 def rules_to_sql(rules: list[Rule], source: str) -> str:
-    """One SELECT over `source` adding `drop_reason` (first failing rule) and `keep`; an existing keep/drop_reason
-    column is replaced."""
+    """One SELECT over `source` adding `drop_reason` (first failing rule), `drop_stage` and `keep`; an existing
+    verdict is replaced (tasks.common.verdict.redecide_verdict_sql: a rule that gives a row's earlier reason again
+    keeps that reason's earlier drop_stage, every other failing rule is `quality_filter`'s)."""
     cases = "\n".join(f"    WHEN NOT coalesce(({pred}), false) THEN '{name}'" for name, pred in rules)
-    return (
-        "SELECT *, drop_reason IS NULL AS keep FROM (\n"
-        "  SELECT COLUMNS(lambda c: c NOT IN ('keep', 'drop_reason')),\n"
-        f"  CASE\n{cases}\n    ELSE NULL\n  END::VARCHAR AS drop_reason\n"
-        f"  FROM {source}\n)"
-    )
+    return redecide_verdict_sql(source, f"CASE\n{cases}\n    ELSE NULL\n  END", stage=STAGE)
 
 
+@implements("quality_filter")
 def quality_filter_sql(params: QualityFilterParams = QualityFilterParams(), source: str = "batch") -> str:
     """The DuckDB SELECT for `params.rules` over the table expression `source`; refuses a rule that is not exactly
     one expression (this is the run-time gate: params built in code never passed the recipe loader)."""
@@ -300,16 +301,20 @@ def _check_spans(text: str | None, per_signal: dict[str, Any]) -> str | None:
 
 
 def funnel_summary(read: Any, elapsed: float, resources: Any, params: Any = None) -> dict:
-    """The filter funnel of a stage's output (documents per drop_reason), kept in its manifest's stats."""
-    table = read(["drop_reason"])
+    """The filter funnel of a stage's output (documents per drop_stage and drop_reason: the stage that dropped them
+    and why), kept in its manifest's stats; kept documents are the row with no stage and reason ``(kept)``."""
+    table = read(["drop_stage", "drop_reason"])
     if "drop_reason" not in table.column_names:
         return {}
-    counts: dict[str, int] = {}
-    for r in table.column("drop_reason").to_pylist():
-        counts[r or "(kept)"] = counts.get(r or "(kept)", 0) + 1
+    reasons = table.column("drop_reason").to_pylist()
+    stages = table.column("drop_stage").to_pylist() if "drop_stage" in table.column_names else [None] * len(reasons)
+    counts: dict[tuple[str | None, str], int] = {}
+    for stage, reason in zip(stages, reasons, strict=True):
+        key = (stage, reason) if reason is not None else (None, "(kept)")
+        counts[key] = counts.get(key, 0) + 1
     total = max(1, table.num_rows)
-    rows = [{"drop_reason": k, "documents": v, "percent": round(100.0 * v / total, 2)}
-            for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    rows = [{"drop_stage": s, "drop_reason": r, "documents": v, "percent": round(100.0 * v / total, 2)}
+            for (s, r), v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0] or "", kv[0][1]))]
     return {"funnel": rows}
 
 
@@ -318,4 +323,4 @@ def funnel_artifact(manifest: dict) -> list[tuple[str, list[dict], str]]:
     if not rows:
         return []
     ref = f"{manifest['dataset']}/{manifest['stage']}/{manifest['version']}"
-    return [("filter-funnel", rows, f"filter funnel of {ref}")]
+    return [("filter-funnel", rows, f"filter funnel of {ref}: documents per drop_stage and drop_reason")]

@@ -32,6 +32,7 @@ from typing import IO, Annotated
 import annotated_types
 import pyarrow as pa
 
+from tasks.common.stage import implements
 from tasks.ingest.formats.jsonl import read_jsonl
 from tasks.ingest.formats.parquet import read_parquet
 from tasks.ingest.formats.warc import read_warc
@@ -141,6 +142,7 @@ def input_files(params: IngestParams) -> tuple[list[tuple[dict, str]], dict]:
     return [(dataclasses.asdict(plan.sources[s]), uri) for s, uri in plan.files], {"repeated_inputs": plan.repeats}
 
 
+@implements("ingest")
 def read_file_tables(uri: str, spec: dict) -> tuple[pa.Table, pa.Table]:
     """The ``ingest`` stage's work on one input file: (documents, quarantine rows)."""
     return rows_to_tables(list(read_file(uri, IngestSource(**spec))))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from tasks.common.stage import implements
+
 STATE_SCHEMA = pa.schema(
     [
         ("prefix", pa.string()),
@@ -50,6 +52,7 @@ def new_files(listed: list[tuple[int, str]], state: pa.Table) -> tuple[list[tupl
     return fresh, changed
 
 
+@implements("watch_state")
 def watch_state_stage(tables: dict, params: WatchParams, ctx) -> pa.Table:
     """The previous state's rows plus one row per file of the new batch."""
     now = dt.datetime.now(dt.timezone.utc).isoformat()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.common.verdict import ensure_keep_columns
+from tasks.common.stage import implements
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -21,6 +21,7 @@ class KeptParams:
     drop_columns: tuple[str, ...] | None = None
 
 
+@implements("kept")
 def kept_documents(batch: pa.Table, params: KeptParams = KeptParams()) -> pa.Table:
     """Rows whose ``keep`` is true (all rows when no filter ran); ``drop_columns`` (or all ``rps_lines_*``) removed."""
     if params.keep_column in batch.column_names:
@@ -36,6 +37,7 @@ class SelectedParams:
     copies_column: str = "copies"  # how many times the sampler chose a document (m > 1 gives repeats)
 
 
+@implements("curated")
 def selected_documents(batch: pa.Table, params: SelectedParams = SelectedParams(), *, selection: pa.Table) -> pa.Table:
     """The batch's rows that ``selection`` (doc_id, copies) chose, each repeated ``copies`` times (at least once)."""
     ids = selection.column("doc_id").combine_chunks().cast(pa.string())
@@ -77,6 +79,7 @@ def _unit_hash(ids: list[str], seed: int):  # -> np.ndarray of floats in [0, 1)
     )
 
 
+@implements("heldout", "train_split")
 def split_by_doc_id(batch: pa.Table, params: HeldoutParams = HeldoutParams()) -> pa.Table:
     """The rows on ``params.side`` of a seeded hash split of ``doc_id`` (deterministic, independent of order)."""
     u = _unit_hash(batch.column("doc_id").to_pylist(), params.seed)

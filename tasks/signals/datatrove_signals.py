@@ -28,6 +28,8 @@ from functools import lru_cache
 
 import pyarrow as pa
 
+from tasks.common.stage import implements
+
 REASON_COLUMNS = (
     "dt_gopher_repetition_reason",
     "dt_gopher_quality_reason",
@@ -82,6 +84,7 @@ def _reason(filt, doc) -> str | None:
     return reason or "dropped"
 
 
+@implements("datatrove_signals")
 def datatrove_signals(batch: pa.Table, params: DatatroveSignalsParams = DatatroveSignalsParams()) -> pa.Table:
     """Add the four `dt_*_reason` columns and `dt_c4_text_length` (kind a: pure per batch)."""
     from datatrove.data import Document

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from tasks.common.stage import implements
+
 LABEL_PREFIX = "__label__"
 COLUMNS = ("lang", "lang_score", "lang_declared")
 
@@ -82,6 +84,7 @@ def predict(model, texts: list[str | None]) -> tuple[list[str | None], list[floa
     return langs, scores
 
 
+@implements("language_id")
 def language_id(batch: pa.Table, params: LanguageIdParams = LanguageIdParams()) -> pa.Table:
     """The same rows in the same order with `lang`, `lang_score`, `lang_declared` (and keep/drop_reason)."""
     if params.text_column not in batch.column_names:

@@ -31,6 +31,7 @@ import annotated_types
 import numpy as np
 import pyarrow as pa
 
+from tasks.common.stage import implements
 from tasks.ingest.sources import IngestSource
 from tasks.signals.quality_models import fasttext_predict, quality_classifier_text
 
@@ -157,6 +158,7 @@ def train_classifier(positive: list[str], negative: list[str], params: QualityCl
     return path
 
 
+@implements("quality_classifier")
 def quality_classifier_stage(tables: dict[str, pa.Table], params: QualityClassifierParams, ctx: Any):
     """The ``quality_classifier`` stage (global): (model table, stats with held-out accuracy and AUC)."""
     import fasttext
@@ -187,6 +189,7 @@ def quality_classifier_stage(tables: dict[str, pa.Table], params: QualityClassif
     return table, stats
 
 
+@implements("quality_score")
 class QualityScorer:
     """The ``quality_score`` stage (actor): the model is loaded once per actor from its one-row version."""
 

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.common.stage import implements
 from tasks.signals import _rpv2_kernels as K
 from tasks.signals.rpv2_chars import char_table
 
@@ -476,6 +477,7 @@ def _instance(params: QualitySignalsParams) -> QualitySignals:
     return QualitySignals(params)
 
 
+@implements("quality_signals")
 def quality_signals(batch: pa.Table, params: QualitySignalsParams) -> pa.Table:
     """Kind (a) stage: add every RPv2 quality-signal column (names in ALL_SIGNALS) to `batch`.
 

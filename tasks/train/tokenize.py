@@ -16,12 +16,8 @@ Two stages:
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.common.assets import SMOLLM2, load_tokenizer, smollm2_gguf_path, tokenizer_dir  # noqa: F401 (re-exported for the trainer)
-from tasks.common.tempfiles import cache_root, clean_abandoned, tmp_path
+from tasks.common.stage import implements
+from tasks.common.tempfiles import clean_abandoned, tmp_path
 
 _KEEP_COLUMNS = ("doc_id", "domain", "km_l1")
 _MANIFEST = "packed.json"
@@ -100,6 +97,7 @@ def _eos_id(tok, eos_token: str) -> int:
 # ---------------------------------------------------------------- stage (a): tokenize
 
 
+@implements("tokenize")
 def tokenize_docs(batch: pa.Table, params: TokenizeParams) -> pa.Table:
     """Token ids (+EOS) per document; keeps doc_id, domain and km_l1 when present.
 
@@ -300,6 +298,7 @@ def load_packed(data_dir: str | Path, *, mmap: bool = True) -> PackedTokens:
     )
 
 
+@implements("pack")
 def pack_stage(tables: dict, params: PackParams, ctx) -> tuple[pa.Table, dict]:
     """The ``pack`` stage: packed arrays in the version folder (memory-mapped by training); the per-group token
     counts are the stage's table."""

@@ -26,7 +26,6 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.common.stage import implements
 from tasks.common.tempfiles import clean_abandoned, tmp_path
 from tasks.train.config import MODEL_PRESETS, TrainParams  # noqa: F401 (the trainer's params, re-exported)
 from tasks.train.tokenize import load_packed, tokenizer_dir
@@ -371,6 +371,7 @@ def train_loop(config: dict) -> dict:
     return train(config["params"], config["data_dir"], config["out_dir"])
 
 
+@implements("train")
 def train_stage(tables: dict, params: TrainParams, ctx) -> tuple[pa.Table, dict]:
     """Train (or resume) in the version folder; the per-step metrics are the stage's table."""
     out_dir = ctx.local_dir / "run"

@@ -220,8 +220,8 @@ def _inputs() -> tuple[Path, Path]:
 def _subdoc_and_quality_score(root: Path, train, signals, fuzzy) -> None:
     """Line dedup and quality score as side branches; sentence dedup after fuzzy dedup (the chain's last filter)."""
     from tasks.dedup.line import LineDedupParams
-    from tasks.signals.quality_classifier import QualityClassifierParams, QualityScoreParams
     from tasks.dedup.sentence import SentenceDedupParams
+    from tasks.signals.quality_classifier import QualityClassifierParams, QualityScoreParams
 
     stages.section("line_dedup", train, LineDedupParams(), SERIAL)
     last = stages.section("sentence_dedup", fuzzy, SentenceDedupParams(), SERIAL)
@@ -238,9 +238,9 @@ def _subdoc_and_quality_score(root: Path, train, signals, fuzzy) -> None:
 
 def _build_store(root: Path) -> dict:
     from tasks.filter.decontaminate import DecontaminateParams
-    from tasks.signals.language_id import LanguageIdParams
     from tasks.filter.pii import PiiParams
     from tasks.filter.quality_filter import QualityFilterParams
+    from tasks.signals.language_id import LanguageIdParams
     from tasks.signals.quality_signals import QualitySignalsParams
 
     bad, near, leaked = _inputs()
@@ -430,14 +430,21 @@ def check_panels(panels: dict[str, dict], sql) -> None:
     assert {d: steps_["read"][d] for d in domains} == read
     assert steps_["quarantine"]["removed"] == sql(f"select count(*) n from {v}__ingest_quarantine")[0]["n"]
     assert steps_["held out"]["removed"] == sql(f"select count(*) n from {v}__heldout")[0]["n"]
-    reasons = sql(f"select drop_reason r, count(*) n from {v}__sentence_dedup where drop_reason is not null group by 1")
-    assert {r["r"]: r["n"] for r in reasons} == {
-        s: r["removed"] for s, r in steps_.items()
+    # every (stage that dropped, reason) of the last filter's view is one step, under that stage, with its count
+    reasons = sql(f"select drop_stage s, drop_reason r, count(*) n from {v}__sentence_dedup "
+                  "where drop_reason is not null group by all")  # fmt: skip
+    assert {(r["s"], r["r"]): r["n"] for r in reasons} == {
+        (r["stage"], s): r["removed"] for s, r in steps_.items()
         if r["stage"] in ("quality_filter", "pii", "decontaminate", "exact_dedup", "minhash_dedup", "sentence_dedup")
         and not s.endswith(": none")}  # fmt: skip
     assert {r["r"]: r["n"] for r in reasons}.get("decontam_arc_easy") == 2  # the planted ARC items, in the funnel
     assert steps_["decontam_arc_easy"]["stage"] == "decontaminate"
-    rules = {r["r"] for r in reasons if not r["r"].startswith(("ed_", "mh_", "decontam_", "pii_", "sn_"))}
+    # the stage each row names is the one whose reasons it gives (the prefixes the funnel used to guess from)
+    prefixes = {"ed_": "exact_dedup", "mh_": "minhash_dedup", "decontam_": "decontaminate", "pii_": "pii",
+                "sn_": "sentence_dedup"}  # fmt: skip
+    for r in reasons:
+        assert r["s"] == next((s for p, s in prefixes.items() if r["r"].startswith(p)), "quality_filter"), r
+    rules = {r["r"] for r in reasons if r["s"] == "quality_filter"}
     assert len(rules) >= 3 and {"ed_url_duplicate", "mh_duplicate"} <= {r["r"] for r in reasons}
     order = [r["stage"] for r in funnel]
     assert order.index("exact_dedup") > max(i for i, s in enumerate(order) if s == "quality_filter")

@@ -45,6 +45,11 @@ def test_subdoc_dedup_and_quality_score_reasons_are_in_the_funnel(recipe, prefec
     # the 30 C4 documents ingested twice: line dedup empties the second copies, the filter keeps its reason
     assert funnel.get("ld_empty_after_dedup", 0) >= 25, funnel
     assert funnel.get("dclm_quality", 0) >= 1, funnel
+    # who dropped them: line dedup keeps its drops through the filter's pass-through rule, the classifier rule is
+    # the filter's own (drop_stage, through every columns layer to the last stage's view)
+    stages = dict(con.execute("select drop_reason, list(distinct drop_stage) from tiny_subdoc__sentence_dedup "
+                              "where drop_reason in ('ld_empty_after_dedup', 'dclm_quality') group by 1").fetchall())
+    assert stages == {"ld_empty_after_dedup": ["line_dedup"], "dclm_quality": ["quality_filter"]}, stages
     ld = con.execute("select sum(ld_lines_removed), max(ld_removed_char_fraction) from tiny_subdoc__line_dedup").fetchone()
     assert ld[0] >= 100 and ld[1] == 1.0
     # the classifier's held-out numbers are stored with its version

@@ -24,7 +24,6 @@ from tasks.dedup.exact import (
     ExactDedupParams,
     exact_dedup_filter,
     exact_dedup_hashes,
-    exact_dedup_keepers,
     exact_dedup_sql,
 )
 from tasks.filter.quality_filter import QualityFilterParams
@@ -32,6 +31,7 @@ from tasks.ingest.records import doc_id
 from tasks.ingest.sources import IngestSource, list_input_files, plan_inputs
 from tasks.ingest.stage import IngestParams, read_file
 from tests import stages
+from tests.oracles.dedup import exact_dedup_keepers, select_cluster_keepers
 from tests.reliability._inputs import corrupt_row_group, html_page, jsonl, parquet, read, warc_gz, warc_record
 
 GOOD = [{"text": f"good document {i} with enough words to be a real document", "url": f"http://ok/{i}"} for i in range(4)]
@@ -304,7 +304,7 @@ def test_minhash_keepers_count_a_repeated_doc_id_once_in_arrow_and_duckdb():
     members = pa.table({"doc_id": ["x", "x", "y"], "cluster_id": ["x", "x", "x"], "text": ["short", "short", "a longer text"]})
     for priority in ("longest", "lowest_doc_id"):
         params = minhash_mod.MinhashDedupParams(priority=priority)
-        kept = minhash_mod.select_cluster_keepers(members, params).to_pylist()
+        kept = select_cluster_keepers(members, params).to_pylist()
         assert sorted(r["doc_id"] for r in kept) == ["x", "y"] and all(r["cluster_size"] == 2 for r in kept)
         assert [r["doc_id"] for r in kept if r["keep"]] == (["y"] if priority == "longest" else ["x"])
     con = duckdb.connect()

@@ -83,3 +83,48 @@ def test_the_registry_and_the_recipe_schema_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_every_stage_fn_carries_the_name_of_its_stage():
+    """Reading a stage function tells which stage(s) run it: each is marked at its definition (@implements)."""
+    from tasks.common.stage import stages_of
+
+    unmarked = {s.name: f"{s.fn.__module__}.{s.fn.__qualname__}" for s in registry.STAGES.values()
+                if s.name not in stages_of(s.fn)}  # fmt: skip
+    assert not unmarked, unmarked
+    # one function may implement two stages, and then names both
+    assert stages_of(registry.stage("heldout").fn) == ("heldout", "train_split")
+    assert registry.stage("sentence_dedup_duplicates").fn is registry.stage("line_dedup_duplicates").fn
+
+
+def test_a_stage_whose_fn_names_another_stage_is_refused():
+    from tasks.common.stage import implements
+
+    with pytest.raises(ValueError, match=r"stage heldout: .*kept_documents.* implements \('kept',\)"):
+        registry.Stage("heldout", "map", registry.stage("kept").fn, None)
+
+    def unmarked(batch, params):
+        return batch
+
+    with pytest.raises(ValueError, match="implements no stage"):
+        registry.Stage("mystery", "map", unmarked, None)
+    marked = implements("mystery")(unmarked)
+    assert registry.Stage("mystery", "map", marked, None).fn is unmarked  # the decorator returns the function itself
+    with pytest.raises(ValueError, match="stage names"):
+        implements()
+
+
+def test_every_stage_that_writes_the_verdict_reads_and_rewrites_all_of_it():
+    """A columns layer stores only what a stage adds or rewrites: drop_stage travels with keep and drop_reason."""
+    from tasks.common.verdict import VERDICT
+    from tasks.filter.pii import PiiParams
+    from tasks.filter.quality_filter import funnel_summary
+
+    available = ["doc_id", "text", "url", *VERDICT]
+    writers = [s for s in registry.STAGES.values() if s.summarize_output is funnel_summary]
+    assert {s.name for s in writers} == {"line_dedup", "quality_filter", "pii", "decontaminate", "exact_dedup",
+                                         "minhash_dedup", "sentence_dedup"}  # fmt: skip
+    for s in writers:
+        assert set(VERDICT) <= set(s.rewrites), s.name
+        params = PiiParams(mode="flag") if s.name == "pii" else s.params()  # pii's redact mode keeps no verdict
+        assert set(VERDICT) <= set(s.reads(params, available)), s.name

@@ -10,10 +10,10 @@ from tasks.dedup.exact import (
     ExactDedupParams,
     exact_dedup_filter,
     exact_dedup_hashes,
-    exact_dedup_keepers,
     exact_dedup_sql,
     normalize_url,
 )
+from tests.oracles.dedup import exact_dedup_keepers
 
 C4 = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "web" / "c4_sample" / "c4_sample.jsonl"
 
@@ -76,6 +76,7 @@ def test_filter_keeps_every_row_and_respects_earlier_drop_reason():
     out = exact_dedup_filter(hashed, params, keepers=keepers).to_pylist()
     assert [r["keep"] for r in out] == [True, False, False]
     assert [r["drop_reason"] for r in out] == [None, "ed_text_duplicate", "c4_curly_bracket"]
+    assert [r["drop_stage"] for r in out] == [None, "exact_dedup", None]  # c's earlier drop keeps its (unknown) stage
     assert [r["ed_duplicate_of"] for r in out] == [None, "a", None]  # c was rejected before, so it is no dup
 
 

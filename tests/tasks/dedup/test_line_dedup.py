@@ -8,9 +8,9 @@ import pytest
 
 from ray_cluster import runtime
 from storage import datasets
-from tasks.ingest.sources import IngestSource
 from tasks.dedup.line import LineDedupParams, line_dedup, line_hashes, normalize_line
 from tasks.dedup.sentence import SentenceDedupParams, span_hashes, split_sentences
+from tasks.ingest.sources import IngestSource
 from tests import stages
 from tests.conftest import shared_path
 
@@ -83,6 +83,8 @@ def test_line_dedup_equals_sequential_ccnet_reference_and_keeps_every_row(corpus
     emptied = [d for d, t in zip(after.column("doc_id").to_pylist(), new, strict=True) if not t.strip()]
     assert len(emptied) >= 25 and all(reasons[d] == "ld_empty_after_dedup" for d in emptied)
     assert sum(r is not None for r in reasons.values()) == len(emptied)
+    stages_ = dict(zip(after.column("doc_id").to_pylist(), after.column("drop_stage").to_pylist(), strict=True))
+    assert {d: s for d, s in stages_.items() if s is not None} == dict.fromkeys(emptied, "line_dedup")
     # idempotent: the same section on the same input is the same committed version
     assert stages.section("line_dedup", ing, LineDedupParams(), prof) == out
 
@@ -97,10 +99,11 @@ def test_sentence_dedup_equals_sequential_reference_and_drops_short_leftovers(co
     texts, new = before.column("text").to_pylist(), after.column("text").to_pylist()
     assert new == _reference_spans(texts)
     assert sum(after.column("sn_sentences_removed").to_pylist()) >= 100
-    for t, n, k, r in zip(texts, new, after.column("keep").to_pylist(), after.column("drop_reason").to_pylist(),
-                          strict=True):
+    for t, n, k, r, s in zip(texts, new, after.column("keep").to_pylist(), after.column("drop_reason").to_pylist(),
+                             after.column("drop_stage").to_pylist(), strict=True):
         changed_short = n != t and len(n.split()) < params.min_doc_words
         assert (not k) == changed_short and (r == "sn_too_short_after_dedup") == changed_short
+        assert s == ("sentence_dedup" if changed_short else None)
 
 
 def test_earlier_drop_wins_and_rejected_docs_take_no_part():
@@ -114,6 +117,7 @@ def test_earlier_drop_wins_and_rejected_docs_take_no_part():
     out = line_dedup(docs, LineDedupParams(), duplicates=dups).to_pylist()
     assert [r["text"] for r in out] == ["menu\nhello world", "menu\nother", ""]
     assert [r["drop_reason"] for r in out] == [None, "gopher_word_count", "ld_empty_after_dedup"]
+    assert [r["drop_stage"] for r in out] == [None, None, "line_dedup"]  # b's earlier drop predates drop_stage
     assert [r["keep"] for r in out] == [True, False, False]
 
 

@@ -13,17 +13,17 @@ from tasks.dedup.minhash import (
     MinhashSignaturesParams,
     band_keys,
     lsh_bands,
-    minhash_buckets,
-    minhash_clusters,
     minhash_edges,
     minhash_filter,
     minhash_signatures,
     minhash_values,
+    oracle_minhash_buckets,
+    oracle_minhash_clusters,
     rpv2_normalize,
     rpv2_permutations,
-    select_cluster_keepers,
 )
 from tasks.dedup.minhash_sql import run_fuzzy_dedup_sql
+from tests.oracles.dedup import select_cluster_keepers
 
 DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 GOLD = DATA / "gold"
@@ -127,8 +127,8 @@ def test_chain_of_near_duplicates_forms_one_cluster_with_min_id():
         "d0": " ".join(f"other{i}" for i in range(200)),
     }
     sig = _sig_table(list(texts), list(texts.values()))
-    pairs = minhash_buckets(minhash_edges(sig, MinhashDedupParams(num_partitions=1)))
-    clusters = minhash_clusters(pairs)
+    pairs = oracle_minhash_buckets(minhash_edges(sig, MinhashDedupParams(num_partitions=1)))
+    clusters = oracle_minhash_clusters(pairs)
     got = dict(zip(clusters.column("doc_id").to_pylist(), clusters.column("cluster_id").to_pylist(), strict=True))
     assert got == {"d1": "d1", "d2": "d1", "d3": "d1"}  # d0 is a singleton and never enters the pair graph
 
@@ -137,7 +137,7 @@ def test_long_chain_converges_to_min_label():
     n = 500
     ids = [f"n{i:04d}" for i in range(n)]
     pairs = pa.table({"src": ids[1:][::-1], "dst": ids[:-1][::-1]})  # a path graph, worst case for propagation
-    out = minhash_clusters(pairs)
+    out = oracle_minhash_clusters(pairs)
     assert set(out.column("cluster_id").to_pylist()) == {"n0000"}
     assert out.num_rows == n
 
@@ -175,6 +175,7 @@ def test_filter_keeps_every_row_and_folds_duplicates_into_drop_reason():
             "doc_id": ["a", "b", "c", "z"],
             "keep": [True, True, False, True],
             "drop_reason": [None, None, "gopher_short", None],
+            "drop_stage": [None, None, "quality_filter", None],
         }
     )
     clusters = pa.table(
@@ -188,6 +189,7 @@ def test_filter_keeps_every_row_and_folds_duplicates_into_drop_reason():
     out = minhash_filter(batch, MinhashDedupParams(), clusters=clusters).to_pylist()
     assert [r["keep"] for r in out] == [True, False, False, True]
     assert [r["drop_reason"] for r in out] == [None, "mh_duplicate", "gopher_short", None]
+    assert [r["drop_stage"] for r in out] == [None, "minhash_dedup", "quality_filter", None]
     assert [r["mh_cluster_id"] for r in out] == ["a", "a", "a", "z"]
     assert [r["mh_cluster_size"] for r in out] == [3, 3, 3, 1]
 
@@ -236,8 +238,8 @@ def test_precision_recall_at_0_8_against_true_jaccard_on_planted_near_duplicates
     sig = _sig_table(ids, texts)
     params = MinhashDedupParams(similarity=0.8, num_partitions=4)
     edges = minhash_edges(sig, params)
-    parts = [minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(4)]
-    clusters = minhash_clusters(parts)
+    parts = [oracle_minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(4)]
+    clusters = oracle_minhash_clusters(parts)
     cluster_of = dict(
         zip(clusters.column("doc_id").to_pylist(), clusters.column("cluster_id").to_pylist(), strict=True)
     )
@@ -292,8 +294,8 @@ def test_duckdb_sql_variant_gives_same_clusters_and_keepers_as_arrow(tmp_path):
     sig = _sig_table(ids, texts)
     params = MinhashDedupParams(num_partitions=3)
     edges = minhash_edges(sig, params)
-    arrow_clusters = minhash_clusters(
-        [minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(3)]
+    arrow_clusters = oracle_minhash_clusters(
+        [oracle_minhash_buckets(edges.filter(pa.compute.equal(edges.column("part"), p))) for p in range(3)]
     )
     members = arrow_clusters.append_column(
         "text", pa.array([texts[ids.index(d)] for d in arrow_clusters.column("doc_id").to_pylist()])

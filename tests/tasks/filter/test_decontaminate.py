@@ -59,9 +59,10 @@ def test_the_stage_finds_exactly_the_planted_arc_items(planted):
         line = texts.index(r["text"])
         if line in PLANTED:
             assert r["drop_reason"] == "decontam_arc_easy" and r["keep"] is False and r["dc_tasks"] == ["arc_easy"]
+            assert r["drop_stage"] == "decontaminate"
             assert r["dc_ngrams"] >= 3 and len(r["dc_matched"]) == r["dc_ngrams"]
         else:
-            assert r["keep"] is True and r["drop_reason"] is None and r["dc_tasks"] == []
+            assert r["keep"] is True and r["drop_reason"] is None and r["drop_stage"] is None and r["dc_tasks"] == []
 
 
 def test_n_and_threshold_are_the_recipes(planted):

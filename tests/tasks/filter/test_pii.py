@@ -134,6 +134,8 @@ def test_redact_and_flag_through_the_executor(tmp_path):
     assert all((r is None) == (t == 0) for r, t in zip(reasons, totals, strict=True))
     assert all(r.startswith("pii_") for r in reasons if r) and sum(r is not None for r in reasons) >= 30
     assert {r for r in reasons if r} <= {"pii_secret", "pii_email", "pii_ip", "pii_phone"}
+    # the columns layer stores the stage with the reason: set exactly where a row is dropped
+    assert flag.column("drop_stage").to_pylist() == [None if r is None else "pii" for r in reasons]
 
 
 def test_bad_params_name_the_key():

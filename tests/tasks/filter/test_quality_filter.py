@@ -8,6 +8,8 @@ import pytest
 
 from tasks.filter.quality_filter import (
     QualityFilterParams,
+    funnel_artifact,
+    funnel_summary,
     line_filter,
     load_rule_set,
     quality_filter_sql,
@@ -107,7 +109,56 @@ def test_null_predicate_counts_as_failing_and_existing_keep_is_replaced():
     out = _run(quality_filter_sql(QualityFilterParams(rules=(("x_small", "x < 5"),))), batch)
     assert out.column("keep").to_pylist() == [True, False, False]
     assert out.column("drop_reason").to_pylist() == [None, "x_small", "x_small"]
-    assert out.column_names == ["x", "drop_reason", "keep"]
+    assert out.column("drop_stage").to_pylist() == [None, "quality_filter", "quality_filter"]
+    assert out.column_names == ["x", "drop_reason", "drop_stage", "keep"]
+
+
+def test_drop_stage_is_the_filter_unless_a_rule_passes_an_earlier_stage_drop_through():
+    """quality_filter re-decides the verdict; a rule that gives a row's earlier reason again (tiny_subdoc's
+    `ld_empty_after_dedup` rule) keeps the stage that dropped it, every other failing rule is quality_filter's."""
+    rules = (("ld_empty_after_dedup", "coalesce(drop_reason, '') <> 'ld_empty_after_dedup'"), ("x_small", "x < 5"))
+    batch = pa.table({
+        "x": [1.0, 10.0, 1.0, 10.0, 1.0],
+        "keep": [False, False, False, True, False],
+        "drop_reason": ["ld_empty_after_dedup", "x_small", "old", None, "ld_empty_after_dedup"],
+        "drop_stage": ["line_dedup", "pii", "pii", None, None],  # the last: a verdict from before drop_stage
+    })  # fmt: skip
+    out = _run(quality_filter_sql(QualityFilterParams(rules=rules)), batch)
+    assert out.column("drop_reason").to_pylist() == ["ld_empty_after_dedup", "x_small", None, "x_small",
+                                                     "ld_empty_after_dedup"]  # fmt: skip
+    # x_small again on row 1 is the same reason as before: the earlier stage keeps it (it dropped the row first)
+    assert out.column("drop_stage").to_pylist() == ["line_dedup", "pii", None, "quality_filter", "quality_filter"]
+    assert out.column("keep").to_pylist() == [False, False, True, False, False]
+    # without any verdict before (the first filter), the same SELECT binds and decides alone
+    out = _run(quality_filter_sql(QualityFilterParams(rules=(("x_small", "x < 5"),))), pa.table({"x": [1.0, 9.0]}))
+    assert out.to_pylist() == [{"x": 1.0, "drop_reason": None, "drop_stage": None, "keep": True},
+                               {"x": 9.0, "drop_reason": "x_small", "drop_stage": "quality_filter", "keep": False}]
+
+
+def test_funnel_summary_counts_documents_per_drop_stage_and_reason():
+    table = pa.table({
+        "drop_stage": [None, "quality_filter", "quality_filter", "exact_dedup", None, "line_dedup"],
+        "drop_reason": [None, "gopher_word_count", "gopher_word_count", "ed_text_duplicate", None,
+                        "ld_empty_after_dedup"],
+    })  # fmt: skip
+    asked = []
+
+    def read(columns):
+        asked.append(columns)
+        return table
+
+    rows = funnel_summary(read, 0.0, None)["funnel"]
+    assert asked == [["drop_stage", "drop_reason"]]
+    assert rows == [
+        {"drop_stage": None, "drop_reason": "(kept)", "documents": 2, "percent": 33.33},
+        {"drop_stage": "quality_filter", "drop_reason": "gopher_word_count", "documents": 2, "percent": 33.33},
+        {"drop_stage": "exact_dedup", "drop_reason": "ed_text_duplicate", "documents": 1, "percent": 16.67},
+        {"drop_stage": "line_dedup", "drop_reason": "ld_empty_after_dedup", "documents": 1, "percent": 16.67},
+    ]
+    manifest = {"dataset": "d", "stage": "pii", "version": "v1", "stats": {"funnel": rows}}
+    [(name, shown, title)] = funnel_artifact(manifest)
+    assert name == "filter-funnel" and shown == rows and "drop_stage" in title
+    assert funnel_summary(lambda columns: pa.table({"x": [1]}), 0.0, None) == {}  # no verdict: no funnel
 
 
 def test_mixed_rule_list_of_sets_pairs_and_bare_predicates():
