@@ -325,7 +325,7 @@ def kernel_rates(recipe: Path, root: Path, dataset: str, stages: dict, sample: i
         batch = _sample(src, cols, sample)
         if st.layer == "rows":  # a selection sees its input rows' positions, as in the executor
             batch = batch.append_column(layers.POS, pa.array(np.arange(batch.num_rows, dtype=np.int64)))
-        side = {r: executor._side_table(ref) for r, ref in zip(st.roles[1:], parents[1:], strict=True)}
+        side = {r: executor.side_table(ref) for r, ref in zip(st.roles[1:], parents[1:], strict=True)}
         if st.kind == "sql_map":
             def call(b, st=st, params=params):
                 res = executor.sql_over_batch(st.fn, params, b)

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pytest
 
 from ray_cluster import executor, runtime
+from ray_cluster.executor import core
 from storage import datasets
 from storage.datasets import StorageError
 from tasks import registry
@@ -43,7 +44,7 @@ def test_rows_the_workers_reported_but_the_driver_cannot_see_fail_the_commit(tmp
     dst = datasets.derive([src], stage.name, executor.code_of(stage), None)
     datasets.write_shard(dst, "part-00000.parquet", pa.table({"doc_id": ["a"]}))
     with pytest.raises(StorageError, match="not shared with the cluster's workers"):
-        executor._commit(stage, dst, [src], None, {}, expected={"part-00000.parquet": 1, "part-00001.parquet": 5})
+        core._commit(stage, dst, [src], None, {}, expected={"part-00000.parquet": 1, "part-00001.parquet": 5})
     assert not datasets.is_committed(dst)
-    executor._commit(stage, dst, [src], None, {}, expected={"part-00000.parquet": 1})  # what it really wrote
+    core._commit(stage, dst, [src], None, {}, expected={"part-00000.parquet": 1})  # what it really wrote
     assert datasets.is_committed(dst)
