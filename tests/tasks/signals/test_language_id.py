@@ -9,9 +9,9 @@ import pytest
 
 from ray_cluster import runtime
 from storage import datasets
-from tasks.signals import language_id as lid
-from tasks.ingest.sources import IngestSource
 from tasks.filter.quality_filter import QualityFilterParams
+from tasks.ingest.sources import IngestSource
+from tasks.signals import language_id as lid
 from tasks.signals.quality_signals import QualitySignalsParams
 from tests import stages
 from tests.conftest import shared_path
