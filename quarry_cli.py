@@ -10,15 +10,10 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import importlib
 import json
 import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 import typer
@@ -76,129 +71,6 @@ def _load_flow(name: str):
         raise typer.BadParameter(f"flow {name!r} is not available: {e}") from e
 
 
-# ------------------------------------------------------------------------------- children of `quarry run`
-# A run starts processes it does not own the code of: Prefect's ephemeral API server (uvicorn), Ray's raylet and
-# workers, a Dask LocalCluster. Their owners stop them from atexit hooks, which a default SIGTERM never runs: the
-# process just dies and its children are re-parented to init, still holding ports and files. So `run` becomes a
-# child subreaper (orphaned grandchildren are re-parented to it, not to init), turns SIGTERM/SIGINT into a normal
-# unwinding exit (Prefect marks the run crashed, the owners' atexit hooks run) and, last of all at exit, stops
-# whatever descendant is still alive. A second signal, or a shutdown that hangs STOP_GRACE_S, stops them at once.
-STOP_GRACE_S = 30.0
-_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
-
-
-def _become_subreaper() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):  # no prctl: the ancestry walk below still finds live children
-        pass
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, start time) from /proc/<pid>/stat, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
-    except OSError:
-        return None
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def _descendants(root: int) -> dict[int, int]:
-    """pid -> start time of every live descendant of ``root`` (the start time tells a reused pid apart). Without
-    /proc (macOS) this finds nothing and the owners' own atexit hooks, which the signal handlers let run, remain."""
-    if not os.path.isdir("/proc"):
-        return {}
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (st := _proc_stat(int(name))) is not None:
-            table[int(name)] = st
-    children: dict[int, list[int]] = {}
-    for pid, (_, ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, stack = {}, [root]
-    while stack:
-        for pid in children.get(stack.pop(), ()):
-            if table[pid][0] != "Z" and pid not in found:
-                found[pid] = table[pid][2]
-                stack.append(pid)
-    return found
-
-
-def _reap_zombies() -> None:
-    """Collect exited children (as a subreaper, orphans that exit become our zombies)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def stop_descendants(grace_s: float = 5.0) -> list[int]:
-    """SIGTERM every live descendant, SIGKILL those still alive after ``grace_s``; returns the pids stopped."""
-    me, stopped = os.getpid(), []
-    for _ in range(3):  # a child that dies may leave grandchildren, re-parented to us: go round again
-        procs = _descendants(me)
-        if not procs:
-            break
-        for pid in procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            _reap_zombies()
-            if not any(_alive(pid, start) for pid, start in procs.items()):
-                break
-            time.sleep(0.05)
-        for pid, start in procs.items():
-            if _alive(pid, start):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        _reap_zombies()
-        stopped += procs
-    return stopped
-
-
-def _alive(pid: int, start: int) -> bool:
-    st = _proc_stat(pid)
-    return st is not None and st[0] != "Z" and st[2] == start
-
-
-def _install_stop_handlers() -> dict:
-    """SIGTERM/SIGINT unwind the run (SystemExit / KeyboardInterrupt) so every cleanup hook runs; a second signal
-    or a stuck shutdown stops the children and exits at once. Returns the handlers it replaced."""
-    first: list[int] = []
-
-    def force(signum: int) -> None:
-        stop_descendants(grace_s=1.0)
-        os._exit(128 + signum)
-
-    def watchdog(signum: int) -> None:
-        time.sleep(STOP_GRACE_S)
-        force(signum)
-
-    def handler(signum: int, frame) -> None:  # noqa: ANN001 - the signal module's signature
-        if first:
-            force(signum)
-        first.append(signum)
-        threading.Thread(target=watchdog, args=(signum,), daemon=True, name="quarry-stop-watchdog").start()
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
-
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup / a background job asked to ignore it: keep that
-            previous[sig] = signal.signal(sig, handler)
-    return previous
-
-
 @app.command()
 def run(
     flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
@@ -208,19 +80,16 @@ def run(
 
     SIGTERM or SIGINT stops the run and every process it started (the ephemeral Prefect server, Ray, Dask)."""
     import datasets_cfg
+    from services import supervise
 
     try:
         datasets_cfg.load(recipe)  # fail fast with the file and key named
     except datasets_cfg.RecipeError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
-    _become_subreaper()
-    previous = _install_stop_handlers()
-    # registered before any child exists, so it runs after the children's owners' own atexit hooks (LIFO)
-    atexit.register(stop_descendants)
+    previous = supervise.start()  # the children it starts (Prefect's server, Ray, Dask) stop with it
     result = _load_flow(flow)(str(recipe))
-    for sig, handler in previous.items():  # finished normally: hand the signals back (an in-process caller's)
-        signal.signal(sig, handler)
+    supervise.restore(previous)  # finished normally: hand the signals back (an in-process caller's)
     console.print(f"[green]{flow} finished:[/green] {result}")
 
 
@@ -295,9 +164,6 @@ def sql(
     _print_table(table, format, output)
 
 
-EXPORT_FORMATS = {"parquet": "(FORMAT parquet, COMPRESSION zstd)", "jsonl": "(FORMAT json)"}
-
-
 @app.command()
 def export(
     view: str = typer.Argument(..., help='a view: tiny__curated, or a pinned version "tiny__curated@0123456789ab"'),
@@ -309,40 +175,12 @@ def export(
 
     DuckDB's COPY streams the view to the file, so a view larger than memory exports too; the file appears only
     when complete (written under a temporary name, then renamed)."""
-    import duckdb
+    from storage import export as exporting
 
-    from storage import catalog
-
-    fmt = format or {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}.get(out.suffix.lower())
-    if fmt not in EXPORT_FORMATS:
-        given = f"--format {format!r}" if format else f"the extension of {out.name!r}"
-        raise _fail(f"export: cannot tell the format from {given}; use --format parquet or --format jsonl")
-    if out.exists():
-        raise _fail(f"export: {out} already exists; remove it or choose another path (nothing was written)")
-    if not out.parent.is_dir():
-        raise _fail(f"export: the folder {out.parent} does not exist")
-    if '"' in view or not view.strip():
-        raise _fail(f"export: {view!r} is not a view name (see `quarry views`)")
-    con = catalog.connect(_root(root))
     try:
-        catalog.pin_versions(con, f'"{view}"')
-    except catalog.UnknownVersion as e:
+        rows, fmt = exporting.export_view(_root(root), view, out, format)
+    except exporting.ExportError as e:
         raise _fail(f"export: {e}") from None
-    names = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-    if view not in names | {"versions"}:
-        prefix = view.split("__")[0]
-        near = sorted(n for n in names if n.startswith(prefix + "__"))[:12]
-        hint = f"; views of {prefix}: {', '.join(near)}" if near else "; `quarry views` lists them"
-        raise _fail(f"export: no view {view!r} in the catalog at {_root(root)}{hint}")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    target = str(tmp).replace("'", "''")
-    try:
-        rows = con.execute(f"COPY (SELECT * FROM \"{view}\") TO '{target}' {EXPORT_FORMATS[fmt]}").fetchone()[0]
-        os.replace(tmp, out)
-    except duckdb.Error as e:
-        raise _fail(f"export: {view}: {e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     console.print(f"wrote {rows} rows of {view} to {out} ({fmt})", markup=False, highlight=False)
 
 
@@ -404,58 +242,24 @@ def _recipe_datasets(path: Path) -> set[str]:
 
 
 def gc_plan(root: str) -> list[dict]:
-    """Every committed version with ``keep`` and the ``reason``: a dataset is referenced when a recipe in
-    datasets_cfg/, or a recipe its manifests recorded (``run.recipe``) that still exists, writes it; of a referenced
-    dataset the latest version of every stage is kept, with its whole lineage."""
+    """Every committed version with ``keep``, the ``reason`` (the policy: storage/gc.py) and its size in ``bytes``;
+    datasets are referenced by the recipes in datasets_cfg/ and those the manifests recorded (``run.recipe``)."""
     import datasets_cfg
-    from storage import catalog
-    from storage import datasets as ds
+    from storage import catalog, gc
 
     con = catalog.connect(root)
-    referenced: dict[str, str] = {}
-    for path in datasets_cfg.recipes():
-        for name in _recipe_datasets(path):
-            referenced.setdefault(name, f"recipe {path.relative_to(datasets_cfg.RECIPES_DIR.parent)}")
-    recorded = catalog.query(
-        con, "select dataset, list(distinct recipe) recipes from versions where recipe is not null group by 1"
-    ).to_pylist()
-    missing: dict[str, list[str]] = {}
-    for r in recorded:
-        for recipe in r["recipes"]:
-            # exists() first: datasets_cfg.load would fall back to datasets_cfg/<same name> for a deleted file
-            if Path(recipe).exists() and r["dataset"] in _recipe_datasets(Path(recipe)):
-                referenced.setdefault(r["dataset"], f"recipe {recipe} (recorded in its manifests)")
-            else:
-                missing.setdefault(r["dataset"], []).append(recipe)
-    rows = catalog.query(
-        con,
-        "select ref, dataset, stage, version, uri, num_rows, created_at, row_number() over "
-        "(partition by dataset, stage order by created_at desc) = 1 as is_latest from versions order by ref",
-    ).to_pylist()
-    keep: dict[str, str] = {}
+    configured = [(f"recipe {path.relative_to(datasets_cfg.RECIPES_DIR.parent)}", _recipe_datasets(path))
+                  for path in datasets_cfg.recipes()]
+    sql = "select dataset, list(distinct recipe) recipes from versions where recipe is not null group by 1"
+    recorded = {r["dataset"]: r["recipes"] for r in catalog.query(con, sql).to_pylist()}
+    # exists() first: datasets_cfg.load would fall back to datasets_cfg/<same name> for a deleted file
+    writes = {recipe: _recipe_datasets(Path(recipe)) if Path(recipe).exists() else None
+              for recipes in recorded.values() for recipe in recipes}
+    sql = "select ref, dataset, stage, version, uri, num_rows, created_at, parents from versions order by ref"
+    rows = catalog.query(con, sql).to_pylist()
+    decisions = gc.decide(rows, *gc.references(configured, recorded, writes))
     for r in rows:
-        if r["is_latest"] and r["dataset"] in referenced:
-            for ancestor in catalog.lineage(con, r["ref"])["ref"].to_pylist():
-                keep.setdefault(ancestor, r["ref"])
-    latest = {(r["dataset"], r["stage"]): r["version"] for r in rows if r["is_latest"]}
-    for r in rows:
-        fs, path = ds.filesystem(r["uri"])
-        try:
-            r["bytes"] = int(fs.du(path))
-        except (OSError, FileNotFoundError):
-            r["bytes"] = 0
-        r["keep"] = r["ref"] in keep
-        if r["keep"]:
-            by = keep[r["ref"]]  # a latest version of a referenced dataset (lineage may cross datasets)
-            r["reason"] = referenced[by.split("/")[0]] + (f"; in the lineage of {by}" if by != r["ref"] else "")
-        elif r["dataset"] not in referenced:
-            gone = missing.get(r["dataset"])
-            r["reason"] = f"no recipe writes {r['dataset']} (none in datasets_cfg/" + (
-                f"; recorded {', '.join(gone)} no longer exists or names another dataset)" if gone else ")"
-            )
-        else:
-            r["reason"] = f"superseded by {r['dataset']}/{r['stage']}/{latest[(r['dataset'], r['stage'])]}"
-            r["reason"] += ", and in the lineage of no latest version"
+        r.update(bytes=gc.version_bytes(r["uri"]), keep=decisions[r["ref"]].keep, reason=decisions[r["ref"]].reason)
     return rows
 
 
@@ -568,8 +372,6 @@ def trigger(
     api_url: str | None = typer.Option(None, help="Prefect API (default: the server from `quarry server up`)"),
 ) -> None:
     """Start a run of a registered deployment (what the UI's "Run" does), optionally waiting for it."""
-    import json
-
     from services import deployments
 
     try:
@@ -585,19 +387,6 @@ def trigger(
     print(json.dumps(result, indent=2, default=str))
     if state != "COMPLETED":
         raise typer.Exit(1)
-
-
-def _prefect_api_for_jobs() -> str | None:
-    """The Prefect API a Ray-submitted run should report to: $PREFECT_API_URL, else the `quarry server up` one."""
-    if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
-    try:
-        from services import prefect_server
-
-        status = prefect_server.server_status()
-    except Exception:  # no state folder, or flows not importable here: the job uses an ephemeral API
-        return None
-    return status.get("api_url") if status.get("healthy") else None
 
 
 @ray_app.command("submit")
@@ -616,12 +405,12 @@ def ray_submit(
     timeout: float | None = typer.Option(None, help="stop the job after this many seconds"),
 ) -> None:
     """Submit a flow as a Ray Job (runtime_env working_dir = this checkout) and stream its logs."""
-    from ray_cluster import jobs
+    from services import ray_jobs as jobs
 
     if flow not in FLOWS:
         raise typer.BadParameter(f"unknown flow {flow!r}; choose one of {', '.join(FLOWS)}")
     env = {}
-    api = _prefect_api_for_jobs()
+    api = jobs.prefect_api()
     if api:
         env["PREFECT_API_URL"] = api  # so the run shows in the Prefect UI (the cluster must reach this URL)
         console.print(f"[dim]the run reports to Prefect at {api}[/dim]")

@@ -184,7 +184,7 @@ def test_ray_submit_to_a_wrong_address_says_so_in_one_line(tmp_path):
 
 
 def test_ray_submit_defaults_to_the_cluster_profile():
-    from ray_cluster import jobs
+    from services import ray_jobs as jobs
 
     assert jobs.DEFAULT_PROFILE == "cluster"
     out = _cli("ray", "submit", "--help")
@@ -193,7 +193,7 @@ def test_ray_submit_defaults_to_the_cluster_profile():
 
 @pytest.mark.timeout(180)
 def test_sigterm_to_quarry_dashboard_also_stops_its_streamlit_child(tmp_path):
-    from tests.test_dashboards import _free_port
+    from tests.dashboards.test_dashboards import _free_port
 
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ray_cluster import jobs
+from services import ray_jobs as jobs
 from storage import catalog
 from tests.conftest import REPO, shared_path
 

@@ -1,7 +1,7 @@
 """Submit a flow to a Ray cluster as a Ray Job and stream its logs.
 
     quarry ray submit curate datasets_cfg/tiny.yaml --address http://head:8265 --root s3://bucket/quarry
-    python -m ray_cluster.jobs ingest datasets_cfg/tiny.yaml --address http://127.0.0.1:8265 --root /mnt/shared/q
+    python -m services.ray_jobs ingest datasets_cfg/tiny.yaml --address http://127.0.0.1:8265 --root /mnt/shared/q
 
 The job's entrypoint is the CLI behind a check of the job's Python (``python -m ray_cluster.job_entry run <flow>
 <recipe>``), run inside a copy of this checkout (runtime_env ``working_dir``, without .git/.venv/data/tests), so the
@@ -281,10 +281,23 @@ def job_logs(job_id: str, address: str | None = None) -> str:
     return _client(address).get_job_logs(job_id)
 
 
+def prefect_api() -> str | None:
+    """The Prefect API a Ray-submitted run should report to: $PREFECT_API_URL, else the `quarry server up` one."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    try:
+        from services import prefect_server
+
+        status = prefect_server.server_status()
+    except Exception:  # no state folder, or flows not importable here: the job uses an ephemeral API
+        return None
+    return status.get("api_url") if status.get("healthy") else None
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m ray_cluster.jobs", description="Submit a flow as a Ray Job.")
+    ap = argparse.ArgumentParser(prog="python -m services.ray_jobs", description="Submit a flow as a Ray Job.")
     ap.add_argument("flow")
     ap.add_argument("recipe")
     ap.add_argument("--address", default=None, help="Ray dashboard URL (default $RAY_ADDRESS or :8265)")
