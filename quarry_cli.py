@@ -210,8 +210,23 @@ def datasets(
     lineage: str | None = typer.Option(
         None, help="show the lineage of a version: dataset/stage/version, or dataset/stage for its latest"
     ),
+    stale: bool = typer.Option(
+        False, "--stale", help="list the latest versions whose stage code (modules or declared packages) has changed "
+        "since they were made: what the next run recomputes, and why"
+    ),
 ) -> None:
-    """List committed versions (rows, parents), or the lineage of one version (each ancestor once)."""
+    """List committed versions (rows, parents), the lineage of one version (each ancestor once), or the stale ones."""
+    if stale:
+        from flows.stale import stale_versions
+
+        rows = stale_versions(_root(root))
+        for r in rows:
+            console.print(f"{r['ref']}  recorded {r['recorded']} -> now {r['current']}", markup=False, highlight=False)
+            for line in r["changes"]:
+                console.print(f"    {line}", markup=False, highlight=False)
+        console.print(f"{len(rows)} stale version(s): the next run of their stages recomputes them and what follows",
+                      markup=False, highlight=False)
+        return
     from storage import catalog
 
     con = catalog.connect(_root(root))

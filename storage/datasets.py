@@ -39,7 +39,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.code_identity import CodeIdentity, code_identity
-
 from storage.temporaries import TMP_LEASE_S, TMP_PREFIX, clean_folder, is_abandoned, tmp_name  # noqa: F401
 
 MANIFEST = "_manifest.json"

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from ray_cluster import runtime
 from storage import datasets, layers
+from storage.code_identity import CodeIdentity, code_identity
 from storage.datasets import DatasetRef, StorageError
 
 log = logging.getLogger("quarry")
@@ -48,9 +49,11 @@ def resources(stage: Any, profile: runtime.Profile) -> runtime.StageResources:
     return profile.default
 
 
-def code_of(stage: Any) -> Any:
-    """What a version hashes besides params and parents: the stage function's module and the modules it names."""
-    return (stage.fn, *stage.code) if stage.code else stage.fn
+def code_of(stage: Any) -> CodeIdentity:
+    """What a version hashes besides params and parents: the import closure of the stage's function inside the
+    project (its kernels and helpers, lazy imports included; comments and docstrings do not count), the modules it
+    names as indirect inputs (``Stage.code``), and the installed versions of the packages it declares."""
+    return code_identity(stage.fn, extra_modules=stage.code, packages=stage.packages)
 
 
 def secret_env(params: Any) -> dict[str, str]:
@@ -115,7 +118,7 @@ def _commit(stage: Any, dst: DatasetRef, parents: list[DatasetRef], params: Any,
                 f"cannot see under {dst.uri} (e.g. {sorted(lost)[:3]}): the storage root is not shared with the "
                 "cluster's workers. Nothing was committed."
             )
-    kwargs = dict(parents=parents, params=params, code=datasets.code_hash(code_of(stage)), extra={"stats": stats},
+    kwargs = dict(parents=parents, params=params, code=code_of(stage), extra={"stats": stats},
                   inputs=inputs)
     manifest = layers.commit_layer(dst, layer, **kwargs) if layer else datasets.commit(dst, **kwargs)
     log.info(f"{stage.name}: {manifest['num_rows']} rows -> {dst.uri}")
