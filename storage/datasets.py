@@ -17,8 +17,6 @@ This module knows no stage: it handles paths, Parquet and manifests only.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -27,9 +25,8 @@ import json
 import os
 import posixpath
 import re
-import subprocess
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.code_identity import CodeIdentity, code_identity
+
+# the run that makes a version; using_run and run_context are part of this module's API (flows, tests use them)
+from storage.provenance import RUN_CONTEXT_ENV, RUN_KEYS, git_commit, note_committed, run_context, using_run  # noqa: F401
 from storage.temporaries import TMP_LEASE_S, TMP_PREFIX, clean_folder, is_abandoned, tmp_name  # noqa: F401
 
 MANIFEST = "_manifest.json"
@@ -285,86 +285,6 @@ def read_manifest(ref: DatasetRef) -> dict:
         return json.load(f)
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# run context: which run made a version (flow run, deployment, Ray job, recipe), recorded in every manifest
-
-
-# Only these keys are recorded: a run context is provenance, never configuration, so nothing secret can ride along.
-RUN_KEYS = (
-    "flow", "flow_run_id", "flow_run_name", "deployment", "deployment_id", "run_url",
-    "ray_job_id", "recipe", "recipe_hash", "profile",
-)  # fmt: skip
-RUN_CONTEXT_ENV = "QUARRY_RUN_CONTEXT"  # JSON object with RUN_KEYS (set for a Ray Job's driver, for example)
-_RUN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("quarry_run", default=None)
-_CREDENTIALS_RE = re.compile(r"://[^/@\s]+@")
-
-
-def _clean_run(fields: dict) -> dict:
-    out = {}
-    for k, v in fields.items():
-        if k in RUN_KEYS and v not in (None, ""):
-            v = str(v)
-            out[k] = _CREDENTIALS_RE.sub("://", v)  # a URL's user:password@ never reaches a manifest
-    return out
-
-
-def run_context() -> dict:
-    """The current run's provenance: ``$QUARRY_RUN_CONTEXT`` and ``$RAY_JOB_ID`` under what ``using_run`` set."""
-    merged: dict = {}
-    with contextlib.suppress(json.JSONDecodeError, TypeError):
-        env = json.loads(os.environ.get(RUN_CONTEXT_ENV) or "{}")
-        if isinstance(env, dict):
-            merged.update(env)
-    if "ray_job_id" not in merged:
-        merged["ray_job_id"] = os.environ.get("RAY_JOB_ID") or _ray_submission_id()
-    current = _RUN.get()
-    if current:
-        merged.update(current["fields"])
-    return _clean_run(merged)
-
-
-def _ray_submission_id() -> str | None:
-    """A Ray Job driver's submission id: Ray hands the job's metadata to its entrypoint in this variable."""
-    with contextlib.suppress(json.JSONDecodeError, TypeError, AttributeError):
-        return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("metadata", {}).get(
-            "job_submission_id"
-        )
-    return None
-
-
-@contextlib.contextmanager
-def using_run(**fields: Any) -> Iterator[list[str]]:
-    """Record ``fields`` (a subset of RUN_KEYS) in every manifest committed inside the block; yields the list of
-    versions committed meanwhile (``dataset/stage/version``), for a run's summary. Blocks nest (a subflow)."""
-    outer = _RUN.get()
-    committed: list[str] = []
-    token = _RUN.set({"fields": {**(outer["fields"] if outer else {}), **fields}, "committed": committed})
-    try:
-        yield committed
-    finally:
-        _RUN.reset(token)
-
-
-def _note_committed(ref: DatasetRef) -> None:
-    current = _RUN.get()
-    if current is not None:
-        current["committed"].append(str(ref))
-
-
 def commit(
     ref: DatasetRef,
     *,
@@ -408,7 +328,7 @@ def commit(
         "schema": [{"name": f.name, "type": str(f.type)} for f in schema] if schema is not None else [],
         "inputs": list(inputs),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         **(extra or {}),
     }
     if finish is not None:
@@ -425,7 +345,7 @@ def commit(
         try:
             # link() fails if the manifest exists: exactly one of two racing committers wins.
             os.link(fs._strip_protocol(tmp), fs._strip_protocol(final))
-            _note_committed(ref)
+            note_committed(str(ref))
         except FileExistsError:
             pass
         finally:
@@ -433,7 +353,7 @@ def commit(
         return read_manifest(ref)
     if not fs.exists(final):
         fs.pipe_file(final, payload.encode())
-        _note_committed(ref)
+        note_committed(str(ref))
     return read_manifest(ref)
 
 

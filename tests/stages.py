@@ -6,6 +6,7 @@ from typing import Any
 
 from ray_cluster import executor
 from tasks import registry
+from tasks.common.stage import implements
 from tasks.ingest.stage import IngestParams
 
 
@@ -28,5 +29,6 @@ def adhoc(src, name: str, fn, params: Any, profile, *, stateful: bool = False, s
           fail_from_shard: int | None = None):
     """A test-defined per-batch function (or callable class) run as a map (actor) stage by the real executor."""
     side = side or {}
+    fn = implements(name)(fn)  # a registered stage function carries its stage's name
     stage = registry.Stage(name, "actor" if stateful else "map", fn, None, None, ("src", *side), ("src", *side))
     return executor.run(stage, [src, *side.values()], params, profile, fail_from_shard=fail_from_shard)

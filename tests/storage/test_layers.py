@@ -18,6 +18,7 @@ from ray_cluster.runtime import load_profile
 from storage import catalog, datasets, layers
 from storage.datasets import DatasetRef
 from tasks import registry
+from tasks.common.stage import implements
 from tasks.ingest.sources import IngestSource
 from tests import stages
 
@@ -151,6 +152,7 @@ def test_a_columns_stage_writes_only_its_columns_and_reads_only_what_it_declares
     docs = _docs(tmp_path, serial)
     seen: list[list[str]] = []
 
+    @implements("length")
     def length(batch, params):
         seen.append(batch.column_names)
         return batch.append_column("n", pc.utf8_length(batch.column("text")))
@@ -170,6 +172,7 @@ def test_a_columns_stage_writes_only_its_columns_and_reads_only_what_it_declares
 def test_an_undeclared_change_or_a_lost_row_fails_the_stage(tmp_path, serial):
     docs = _docs(tmp_path, serial)
 
+    @implements("sneaky", "upper")
     def sneaky(batch, params):
         return batch.set_column(batch.column_names.index("text"), "text", pc.utf8_upper(batch.column("text")))
 
@@ -180,6 +183,7 @@ def test_an_undeclared_change_or_a_lost_row_fails_the_stage(tmp_path, serial):
     ref = executor.run(declared, [docs], None, serial)
     assert datasets.read_table(ref, ["text"]).column("text").to_pylist()[0].isupper()
 
+    @implements("drops")
     def drops(batch, params):
         return batch.slice(1)
 
