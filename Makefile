@@ -76,14 +76,14 @@ $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 
 # the vLLM test with the driver inside .venv-vllm too (the engine runs there either way)
 test-vllm: vllm
-	nice -n 10 $(VLLM_BIN)/python -m pytest -q -p no:randomly tests/tasks/test_augment_vllm.py
+	nice -n 10 $(VLLM_BIN)/python -m pytest -q -p no:randomly tests/tasks/augment/test_augment_vllm.py
 
 lint: setup
 	$(BIN)/ruff check .
 
 # refresh the README's screenshots (docs/*.png) from the dashboard and Prefect UI tests
 screenshots: setup browser
-	QUARRY_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q -p no:randomly tests/test_dashboards.py tests/test_deploy.py
+	QUARRY_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q -p no:randomly tests/dashboards/test_dashboards.py tests/flows/test_deploy.py
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -1,6 +1,6 @@
 """PII throughput and recall, one pinned core: quarry's pii stage function (e-mails, IPv4/IPv6, phones, secrets)
 vs datatrove's PIIFormatter (e-mails, IPv4), on the same documents: the C4 sample with planted values (the set of
-tests/tasks/test_pii.py) and the shared code sample. Recall = planted values no longer in the output, per type.
+tests/tasks/filter/test_pii.py) and the shared code sample. Recall = planted values no longer in the output, per type.
 
     python benchmarks/pii.py [--repeat 3]
 """
@@ -24,7 +24,7 @@ def main() -> None:
     from datatrove.pipeline.formatters import PIIFormatter
 
     from tasks.filter.pii import PiiParams, pii
-    from tests.tasks.test_pii import _planted, _recall
+    from tests.tasks.filter.test_pii import _planted, _recall
 
     planted_texts, planted = _planted(n_docs=300)
     texts = planted_texts + jsonl_texts(SHARED / "domains" / "github_code" / "github_code_sample.jsonl")

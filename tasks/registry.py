@@ -1,6 +1,6 @@
 """The one registry of stages: name, function, params type, kind and inputs of every stage quarry runs.
 
-The flows compose stages by name, the executor (ray_cluster/executor.py) runs any of them, the recipe schema
+The flows compose stages by name, the executor (ray_cluster/executor/) runs any of them, the recipe schema
 (datasets_cfg) types each section with the stage's params, and cluster profiles key resources by stage (or recipe
 section) name, checked against this table. One name per stage everywhere: recipe section, profile key, Prefect
 task-run name, folder ``{dataset}/{stage}/{version}`` and view ``{dataset}__{stage}``; the function carries it too,

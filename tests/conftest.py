@@ -34,7 +34,7 @@ def _log_handlers_on_an_open_stream():
     """A log handler whose stream pytest has closed goes back to this test's stderr. Prefect's console handler keeps
     the sys.stderr it was (re)created with; when that happens inside a test that captures output (capfd), every
     later test that logs through Prefect failed with "I/O operation on closed file" (seen when tests/reliability
-    ran before tests/test_dask_path.py and tests/flows/test_curate.py)."""
+    ran before tests/ray_cluster/test_dask_path.py and tests/flows/test_curate.py)."""
     import logging
     import sys
 

@@ -10,7 +10,7 @@ statement separators (`;`), comments (`--`, `/* */`), dollar quoting and unbalan
 literals and quoted identifiers, so a rule cannot close the generated CASE or start a second statement whose result
 would replace the stage's output. `quality_filter_sql` runs it on every rule; the recipe loader (datasets_cfg)
 additionally parses each rule with DuckDB's own parser. What a single expression may reach (files, the environment)
-is the sandboxed connection's business (ray_cluster/executor.py: sandboxed_duckdb).
+is the sandboxed connection's business (ray_cluster/executor/shards.py: sandboxed_duckdb).
 
 Named rule sets live in `tasks/filter/rules/<name>.yaml`: `gopher`, `c4`, `rpv2` (the RPv2 dataset card), `fineweb`
 (datatrove family, `dt_*` columns from tasks.signals.datatrove_signals). C4's line-level rules rewrite `text` from the kept

@@ -2,7 +2,7 @@
 
 Every signal keeps its exact RPv2 name, definition, quirks and rounding (togethercomputer/RedPajama-Data, app/src,
 commit 6d2cee9; restated in ../shared/specs/rpv2_signals.md) and is checked against the reference's output on
-1,000 C4 documents and 20 edge cases (tests/tasks/test_quality_signals.py).
+1,000 C4 documents and 20 edge cases (tests/tasks/signals/test_quality_signals.py).
 
 * Document-level signals: nullable float64, one column each (RPv2 stores `[(0, len, score)]`; the span is implied).
 * Line-level signals (`rps_lines_*`): `list<struct<start: int64, end: int64, score: double>>` with raw character

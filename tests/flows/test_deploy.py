@@ -131,7 +131,7 @@ def _screenshot_versions_artifact(ui_url: str, run_id: str, api: str, tmp_path: 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    from tests.test_dashboards import Browser
+    from tests.dashboards.test_dashboards import Browser
 
     async def artifact_id() -> str:
         async with get_client() as client:
@@ -189,7 +189,7 @@ def test_watched_prefix_second_run_ingests_only_the_new_file(server, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_prefect_ui_shows_the_deployments(server, tmp_path):
-    from tests.test_dashboards import Browser
+    from tests.dashboards.test_dashboards import Browser
 
     deployments.deploy(server["api_url"], names=["ingest/tiny", "watch/tiny"])
     browser = Browser(width=1400, height=900)

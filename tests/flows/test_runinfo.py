@@ -1,6 +1,6 @@
 """Runs and data link up, in process under a real Prefect API: a flow run is named and tagged after its flow and
 dataset, every version it commits records the run and the recipe's hash, and the run carries a `versions` artifact
-that lists them with the `quarry sql` line to open each. (tests/test_deploy.py does the same through a deployment.)"""
+that lists them with the `quarry sql` line to open each. (tests/flows/test_deploy.py does the same through a deployment.)"""
 
 from __future__ import annotations
 

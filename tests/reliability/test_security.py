@@ -19,7 +19,7 @@ from tests.conftest import REPO, openai_server, shared_path
 
 PLANTED = "sk-quarry-planted-7c1e9d2b-NEVER-LOG-ME"
 KEY_ENV = "QUARRY_SECURITY_TEST_KEY"
-CODE_DIRS = ("flows", "tasks", "storage", "datasets_cfg", "ray_cluster", "dashboards")
+CODE_DIRS = ("flows", "tasks", "storage", "datasets_cfg", "ray_cluster", "dashboards", "services")
 
 
 def _code_files() -> list[Path]:
