@@ -174,9 +174,11 @@ class CodeIdentity:
     digest: str
     modules: dict[str, str] = field(default_factory=dict)  # dotted module name -> 12-hex sha1 of normalized source
     packages: dict[str, str] = field(default_factory=dict)  # distribution -> version ("absent" if not installed)
+    files: dict[str, str] = field(default_factory=dict)  # data file (rules, templates, word lists) -> sha1 of bytes
 
     def to_json(self) -> dict[str, Any]:
-        return {"digest": self.digest, "modules": dict(self.modules), "packages": dict(self.packages)}
+        return {"digest": self.digest, "modules": dict(self.modules), "packages": dict(self.packages),
+                "files": dict(self.files)}
 
     def diff(self, recorded: Any) -> list[str]:
         """Human lines saying what changed since ``recorded`` (a to_json() dict); [] when nothing did."""
@@ -189,6 +191,10 @@ class CodeIdentity:
         lines += [
             f"module {m} changed" for m in sorted(self.modules) if m in old_mods and old_mods[m] != self.modules[m]
         ]
+        old_files: dict[str, str] = recorded.get("files") or {}
+        lines += [f"file {f} removed" for f in sorted(old_files.keys() - self.files.keys())]
+        lines += [f"file {f} added" for f in sorted(self.files.keys() - old_files.keys())]
+        lines += [f"file {f} changed" for f in sorted(self.files) if f in old_files and old_files[f] != self.files[f]]
         for pkg in sorted(old_pkgs.keys() | self.packages.keys()):
             before, after = old_pkgs.get(pkg), self.packages.get(pkg)
             if before is None:
@@ -216,16 +222,40 @@ def code_identity(
     entry: Any, *, extra_modules: Iterable[Any] = (), packages: Iterable[str] = (), root: Path | None = None
 ) -> CodeIdentity:
     """Identity of ``entry`` (function, class, module, or a tuple/list of them) and everything it imports in the
-    project, plus ``extra_modules`` (modules or dotted names reached some other way, e.g. by registry lookup) and
-    the versions of the declared ``packages``."""
+    project, plus ``extra_modules`` (modules or dotted names reached some other way, e.g. by registry lookup; a
+    ``Path`` is a data file or folder the code reads: rule sets, templates, word lists) and the versions of the
+    declared ``packages``."""
     objs = list(entry) if isinstance(entry, (tuple, list)) else [entry]
-    seeds = [n for n in map(_module_name, [*objs, *extra_modules]) if n]
+    extra = list(extra_modules)
+    data = [Path(x) for x in extra if isinstance(x, os.PathLike)]  # data files or folders the code reads
+    seeds = [n for n in map(_module_name, [*objs, *(x for x in extra if not isinstance(x, os.PathLike))]) if n]
     closure = module_closure(seeds, root)
     modules = {name: _file_info(path)[0] for name, path in closure.items()}
     pkgs = package_versions(packages)
+    base = Path(root).resolve() if root is not None else _default_root(seeds[0]) if seeds else None
+    files = _data_files(data, base)
     h = hashlib.sha1()
     for name, digest in sorted(modules.items()):
         h.update(f"module {name} {digest}\n".encode())
     for name, version in sorted(pkgs.items()):
         h.update(f"package {name} {version}\n".encode())
-    return CodeIdentity(digest=h.hexdigest(), modules=modules, packages=pkgs)
+    for name, digest in sorted(files.items()):
+        h.update(f"file {name} {digest}\n".encode())
+    return CodeIdentity(digest=h.hexdigest(), modules=modules, packages=pkgs, files=files)
+
+
+def _data_files(paths: list[Path], root: Path | None) -> dict[str, str]:
+    """sha1 of the bytes of every data file (a folder: each file in it but Python sources and caches), named by its
+    path under ``root`` so an identity does not depend on where the checkout lives."""
+    out: dict[str, str] = {}
+    for base in paths:
+        base = base.resolve()
+        found = [base] if base.is_file() else sorted(
+            f for f in base.rglob("*") if f.is_file() and f.suffix != ".py" and "__pycache__" not in f.parts)
+        for f in found:
+            try:
+                name = f.relative_to(root).as_posix() if root is not None else f.as_posix()
+            except ValueError:
+                name = f.as_posix()
+            out[name] = hashlib.sha1(f.read_bytes()).hexdigest()[:12]
+    return out

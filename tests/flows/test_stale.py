@@ -22,8 +22,8 @@ QS = registry.STAGES["quality_signals"]
 
 def _identity(stage, root):
     """The identity code_of computes, over a copy of the code at ``root`` (the copy may be edited)."""
-    return code_identity.code_identity(stage.fn.__module__, extra_modules=[getattr(m, "__name__", m) for m in stage.code],
-                                       packages=stage.packages, root=root)
+    extra = [Path(root) / m.relative_to(REPO) if isinstance(m, Path) else getattr(m, "__name__", m) for m in stage.code]
+    return code_identity.code_identity(stage.fn.__module__, extra_modules=extra, packages=stage.packages, root=root)
 
 
 @pytest.fixture
@@ -58,6 +58,19 @@ def test_editing_only_comments_or_docstrings_keeps_the_version(tree):
                        + "\n# trailing comment\n")
     assert kernels.read_text() != text
     assert _identity(QS, tree).digest == before.digest
+
+
+@pytest.mark.parametrize("stage, data", [("quality_filter", "tasks/filter/rules/gopher.yaml"),
+                                         ("quality_signals", "tasks/signals/resources/ldnoobw_en.txt"),
+                                         ("augment", "tasks/augment/templates/tpt_paper_v1.txt")])
+def test_editing_a_data_file_the_stage_reads_changes_its_version(tree, stage, data):
+    """A recipe names a rule set, a template or a word list; the file's bytes are part of the code."""
+    s = registry.STAGES[stage]
+    assert _identity(s, tree).digest == code_of(s).digest and data in code_of(s).files
+    before = _identity(s, tree)
+    (tree / data).write_text((tree / data).read_text() + "\n")
+    after = _identity(s, tree)
+    assert after.digest != before.digest and after.diff(before.to_json()) == [f"file {data} changed"]
 
 
 def test_bumping_a_declared_package_changes_the_version(monkeypatch):
