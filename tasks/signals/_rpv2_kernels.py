@@ -11,7 +11,8 @@ Character classes come from lookup tables built with CPython's own `str` predica
 Reference semantics: togethercomputer/RedPajama-Data app/src (commit 6d2cee9), restated in
 ../shared/specs/rpv2_signals.md; each kernel names the RPv2 class it mirrors.
 
-Size: the numba kernels of every RPv2 signal family live together so they compile and cache as one unit.
+The per-word statistics (n-gram duplication, entropy, LDNOOBW) are in `_rpv2_word_kernels.py`, over the same
+hash helpers (`fnv`, `same_span`).
 """
 
 from __future__ import annotations
@@ -52,13 +53,12 @@ JAVASCRIPT = np.array([ord(c) for c in "javascript"], dtype=np.uint32)
 LOREM = np.array([ord(c) for c in "lorem"], dtype=np.uint32)
 IPSUM = np.array([ord(c) for c in "ipsum"], dtype=np.uint32)
 
-_MIX = 0x7F4A7C159E3779B1  # odd multiplier that fits int64 (Fibonacci-style hashing of n-gram keys)
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
 @njit(cache=True, inline="always")
-def _fnv(arr, s, e, salt):
+def fnv(arr, s, e, salt):
     h = _FNV_OFFSET ^ np.uint64(salt)
     for k in range(s, e):
         h = (h ^ np.uint64(arr[k])) * _FNV_PRIME
@@ -66,7 +66,7 @@ def _fnv(arr, s, e, salt):
 
 
 @njit(cache=True, inline="always")
-def _same(a, sa, la, b, sb, lb):
+def same_span(a, sa, la, b, sb, lb):
     if la != lb:
         return False
     for k in range(la):
@@ -86,14 +86,14 @@ def build_string_set(cps, off, salts):
     slots = np.full(cap, -1, np.int64)
     mask = np.uint64(cap - 1)
     for i in range(n):
-        h = _fnv(cps, off[i], off[i + 1], salts[i])
+        h = fnv(cps, off[i], off[i + 1], salts[i])
         p = h & mask
         while True:
             j = slots[p]
             if j == -1:
                 slots[p] = i
                 break
-            if salts[j] == salts[i] and _same(cps, off[j], off[j + 1] - off[j], cps, off[i], off[i + 1] - off[i]):
+            if salts[j] == salts[i] and same_span(cps, off[j], off[j + 1] - off[j], cps, off[i], off[i + 1] - off[i]):
                 break  # duplicate entry
             p = (p + np.uint64(1)) & mask
     return slots
@@ -102,12 +102,12 @@ def build_string_set(cps, off, salts):
 @njit(cache=True, inline="always")
 def _set_contains(slots, cps, off, salts, arr, s, e, salt):
     mask = np.uint64(slots.shape[0] - 1)
-    p = _fnv(arr, s, e, salt) & mask
+    p = fnv(arr, s, e, salt) & mask
     while True:
         j = slots[p]
         if j == -1:
             return False
-        if salts[j] == salt and _same(cps, off[j], off[j + 1] - off[j], arr, s, e - s):
+        if salts[j] == salt and same_span(cps, off[j], off[j + 1] - off[j], arr, s, e - s):
             return True
         p = (p + np.uint64(1)) & mask
 
@@ -254,6 +254,29 @@ def raw_pass(raw, raw_off, table, doc_lang, sw_slots, sw_cps, sw_off, sw_salt):
     )
 
 
+@njit(cache=True, inline="always")
+def _starts(arr, s, e, pat):
+    n = pat.shape[0]
+    if e - s < n:
+        return False
+    for t in range(n):
+        if arr[s + t] != pat[t]:
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _ends_prev(norm, j, first_start, wl):
+    n = LOREM.shape[0]
+    if wl < n:
+        return False
+    s = first_start[j] + wl - n
+    for t in range(n):
+        if norm[s + t] != LOREM[t]:
+            return False
+    return True
+
+
 @njit(cache=True)
 def norm_pass(norm, table, n_newlines, line_off):
     """Signals over the normalized text. `norm` holds the documents joined by "\\n"; document d owns
@@ -307,7 +330,7 @@ def norm_pass(norm, table, n_newlines, line_off):
                     k += 1
                 wl = k - ws
                 # intern the word
-                h = _fnv(norm, ws, k, 0)
+                h = fnv(norm, ws, k, 0)
                 p = h & mask
                 while True:
                     j = slots[p]
@@ -318,7 +341,7 @@ def norm_pass(norm, table, n_newlines, line_off):
                         word_id[wi] = n_distinct
                         n_distinct += 1
                         break
-                    if _same(norm, first_start[j], first_len[j], norm, ws, wl):
+                    if same_span(norm, first_start[j], first_len[j], norm, ws, wl):
                         word_id[wi] = j
                         break
                     p = (p + np.uint64(1)) & mask
@@ -333,7 +356,7 @@ def norm_pass(norm, table, n_newlines, line_off):
                 seg_chars += wl
                 if sg < n_doc_lines:
                     ln_numeric[line_off[d] + sg] += numeric
-                    if _same(norm, ws, wl, JAVASCRIPT, 0, JAVASCRIPT.shape[0]):
+                    if same_span(norm, ws, wl, JAVASCRIPT, 0, JAVASCRIPT.shape[0]):
                         ln_js[line_off[d] + sg] += 1
             k += 1  # skip the "\n" (or step past the end)
             if sg < n_doc_lines:
@@ -345,202 +368,3 @@ def norm_pass(norm, table, n_newlines, line_off):
         norm_len[d] = chars + (nw - 1 if nw > 0 else 0)
     return ln_words, ln_len, ln_numeric, ln_js, norm_len, lorem_candidate, word_id[:wi], word_len[:wi], word_off, \
         first_start[:n_distinct], first_len[:n_distinct], slots, n_distinct
-
-
-@njit(cache=True)
-def lookup_words(cps, off, norm, slots, first_start, first_len):
-    """Batch word id of each string `cps[off[i]:off[i+1]]`, or -1 if no document of the batch contains it."""
-    n = off.shape[0] - 1
-    out = np.full(n, -1, np.int64)
-    mask = np.uint64(slots.shape[0] - 1)
-    for i in range(n):
-        s, e = off[i], off[i + 1]
-        if e == s:
-            continue
-        p = _fnv(cps, s, e, 0) & mask
-        while True:
-            j = slots[p]
-            if j == -1:
-                break
-            if _same(norm, first_start[j], first_len[j], cps, s, e - s):
-                out[i] = j
-                break
-            p = (p + np.uint64(1)) & mask
-    return out
-
-
-@njit(cache=True, inline="always")
-def _starts(arr, s, e, pat):
-    n = pat.shape[0]
-    if e - s < n:
-        return False
-    for t in range(n):
-        if arr[s + t] != pat[t]:
-            return False
-    return True
-
-
-@njit(cache=True, inline="always")
-def _ends_prev(norm, j, first_start, wl):
-    n = LOREM.shape[0]
-    if wl < n:
-        return False
-    s = first_start[j] + wl - n
-    for t in range(n):
-        if norm[s + t] != LOREM[t]:
-            return False
-    return True
-
-
-@njit(cache=True)
-def word_pass(word_id, word_len, word_off, n_distinct, doc_lang, bad1, multi_first, multi_off, multi_tok, multi_lang):
-    """Per-doc statistics over normalized words: unique fraction, entropy, RPS_Doc_Frac_Chars_Top_{2,3,4}gram,
-    RPS_Doc_Frac_Chars_Dupe_{5..10}Grams and RPS_Doc_LDNOOBW_Words.
-
-    N-grams get exact per-doc ids by interning (id of the (n-1)-gram at i, word id at i+n-1) pairs, so no hash
-    collision can merge two different n-grams. LDNOOBW: `bad1[lang, word]` flags 1-word entries; multi-word entries
-    (token id lists in `multi_tok[multi_off[e]:multi_off[e+1]]`) are tried at positions whose word id starts one
-    (`multi_first[word]` is the first entry index + 1 in a list sorted by first token, 0 if none)."""
-    n_docs = word_off.shape[0] - 1
-    n_unique = np.zeros(n_docs, np.int64)
-    entropy = np.zeros(n_docs, np.float64)
-    total_chars = np.zeros(n_docs, np.int64)
-    top = np.zeros((n_docs, 3), np.float64)
-    dupe = np.zeros((n_docs, 6), np.float64)
-    ldnoobw = np.zeros(n_docs, np.int64)
-    counts = np.zeros(n_distinct, np.int64)
-    max_n = 0
-    for d in range(n_docs):
-        max_n = max(max_n, word_off[d + 1] - word_off[d])
-    cap = 16
-    while cap < 2 * max_n + 2:
-        cap *= 2
-    slot_key = np.empty(cap, np.int64)
-    slot_val = np.empty(cap, np.int64)
-    slot_used = np.zeros(cap, np.bool_)
-    touched = np.empty(max_n, np.int64)
-    cur = np.empty(max_n, np.int64)
-    nxt = np.empty(max_n, np.int64)
-    gcount = np.empty(max_n, np.int64)
-    pcount = np.empty(max_n, np.int64)
-    mark = np.empty(max_n, np.bool_)
-    n_multi = multi_off.shape[0] - 1
-    for d in range(n_docs):
-        w0 = word_off[d]
-        n = word_off[d + 1] - w0
-        if n == 0:
-            continue
-        lang = doc_lang[d]
-        tc = 0
-        for i in range(n):
-            counts[word_id[w0 + i]] += 1
-            tc += word_len[w0 + i]
-        total_chars[d] = tc
-        # entropy in first-occurrence order (Counter insertion order), as RPS_Doc_Unigram_Entropy sums it
-        ent = 0.0
-        uq = 0
-        for i in range(n):
-            c = counts[word_id[w0 + i]]
-            if c > 0:
-                ent += -c / n * np.log(c / n)
-                uq += 1
-                counts[word_id[w0 + i]] = -c  # seen
-        for i in range(n):
-            counts[word_id[w0 + i]] = 0
-        n_unique[d] = uq
-        entropy[d] = ent
-        # LDNOOBW
-        bad = 0
-        for i in range(n):
-            wid = word_id[w0 + i]
-            if bad1.shape[1] > 0 and bad1[lang, wid]:
-                bad += 1
-            if multi_first.shape[0] > 0:
-                e = multi_first[wid] - 1
-                while e >= 0 and e < n_multi and multi_tok[multi_off[e]] == wid:
-                    if multi_lang[e] == lang:
-                        m = multi_off[e + 1] - multi_off[e]
-                        if i + m <= n:
-                            ok = True
-                            for t in range(1, m):
-                                if word_id[w0 + i + t] != multi_tok[multi_off[e] + t]:
-                                    ok = False
-                                    break
-                            if ok:
-                                bad += 1
-                    e += 1
-        ldnoobw[d] = bad
-        # n-grams of size 2..10
-        for i in range(n):
-            cur[i] = word_id[w0 + i]
-            counts[cur[i]] += 1
-        for i in range(n):
-            pcount[i] = counts[cur[i]]  # occurrences in this doc of the (n-1)-gram starting at i
-        for i in range(n):
-            counts[cur[i]] = 0
-        for ng in range(2, 11):
-            m = n - ng + 1  # number of n-grams
-            if m <= 0:
-                break
-            # intern (cur[i], word[i+ng-1]) -> dense id in first-occurrence order
-            used = 0
-            n_touched = 0
-            for i in range(m):
-                if pcount[i] == 1:
-                    # the (n-1)-gram at i occurs once, so the n-gram at i does too: a fresh id, no hashing
-                    gcount[used] = 1
-                    nxt[i] = used
-                    used += 1
-                    continue
-                key = cur[i] * (n_distinct + 1) + word_id[w0 + i + ng - 1]
-                p = (key * _MIX) & (cap - 1)
-                while True:
-                    if not slot_used[p]:
-                        slot_used[p] = True
-                        touched[n_touched] = p
-                        n_touched += 1
-                        slot_key[p] = key
-                        slot_val[p] = used
-                        gcount[used] = 0
-                        nxt[i] = used
-                        used += 1
-                        break
-                    if slot_key[p] == key:
-                        nxt[i] = slot_val[p]
-                        break
-                    p = (p + 1) & (cap - 1)
-                gcount[nxt[i]] += 1
-            for g in range(n_touched):  # clear only the slots we touched
-                slot_used[touched[g]] = False
-            for i in range(m):
-                cur[i] = nxt[i]
-                pcount[i] = gcount[nxt[i]]
-            if ng <= 4:
-                best = -1
-                best_c = 1
-                for g in range(used):  # dense ids are in first-occurrence order: strict > keeps the first max
-                    if gcount[g] > best_c:
-                        best_c = gcount[g]
-                        best = g
-                if best >= 0:
-                    # characters of the top n-gram: find its first occurrence
-                    i0 = 0
-                    while cur[i0] != best:
-                        i0 += 1
-                    gl = 0
-                    for t in range(ng):
-                        gl += word_len[w0 + i0 + t]
-                    top[d, ng - 2] = gl * best_c / tc
-            if ng >= 5:
-                for i in range(n):
-                    mark[i] = False
-                for i in range(m):
-                    if gcount[cur[i]] > 1:
-                        for t in range(ng):
-                            mark[i + t] = True
-                duped = 0
-                for i in range(n):
-                    if mark[i]:
-                        duped += word_len[w0 + i]
-                dupe[d, ng - 5] = duped / tc
-    return n_unique, entropy, total_chars, top, dupe, ldnoobw

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from tasks.common.stage import implements
 from tasks.signals import _rpv2_kernels as K
+from tasks.signals import _rpv2_word_kernels as W
 from tasks.signals.rpv2_chars import char_table
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
@@ -269,7 +270,7 @@ class QualitySignals:
             entries, tokens, cps, off = _ldnoobw_tokens(self.params.ldnoobw_dir, self.langs[lang])
             if not tokens:
                 continue
-            ids = dict(zip(tokens, K.lookup_words(cps, off, norm, slots, first_start, first_len).tolist(),
+            ids = dict(zip(tokens, W.lookup_words(cps, off, norm, slots, first_start, first_len).tolist(),
                            strict=True))
             for toks in entries:
                 wids = [ids[t] for t in toks]
@@ -316,7 +317,7 @@ class QualitySignals:
         (ln_words, ln_len, ln_numeric, ln_js, norm_len, lorem_cand, word_id, word_len, word_off, first_start,
          first_len, slots, n_distinct) = K.norm_pass(norm, self.table, n_newlines, line_off)
         ld = self._ldnoobw_tables(norm, first_start, first_len, slots, n_distinct, sorted(set(doc_lang.tolist())))
-        n_unique, entropy, total_chars, top, dupe, ldnoobw = K.word_pass(word_id, word_len, word_off, n_distinct,
+        n_unique, entropy, total_chars, top, dupe, ldnoobw = W.word_pass(word_id, word_len, word_off, n_distinct,
                                                                          doc_lang, *ld)
         n_words = np.diff(word_off)
         n_lines = np.diff(line_off)

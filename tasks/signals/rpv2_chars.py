@@ -13,8 +13,8 @@ import unicodedata
 import numpy as np
 import regex
 
-from tasks.signals import _rpv2_kernels as K
 from tasks.common.tempfiles import cache_root, tmp_path
+from tasks.signals import _rpv2_kernels as K
 
 
 @functools.cache
