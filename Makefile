@@ -58,7 +58,7 @@ browser:
 # .venv-vllm (~2 min: a 133 MB wheel + deps) is built by `make test` too: the vLLM path only stays working if CI runs
 # it. The suite's vLLM test then drives the engine from this venv, its Ray workers starting from .venv-vllm's Python.
 test: setup browser vllm
-	$(BIN)/python -m pytest -q -p no:randomly
+	$(BIN)/python -m pytest -q -p no:randomly --durations=25
 
 vllm: $(VLLM_STAMP)
 
