@@ -181,8 +181,8 @@ def run_kind(kind: str, root: str, inputs: Path, llm_url: str | None = None):
         import tempfile
 
         import tasks.filter.decontaminate as dc
-        import tasks.signals.language_id as lid
         import tasks.filter.pii as pii
+        import tasks.signals.language_id as lid
 
         ided = stages.run("language_id", [ing], lid.LanguageIdParams(), prof)
         red = stages.run("pii", [ided], pii.PiiParams(mode="flag"), prof)

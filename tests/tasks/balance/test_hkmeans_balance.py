@@ -13,8 +13,6 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from tasks.balance.sample import BalanceParams, balanced_sample, water_fill
-from tasks.balance.report import balance_report, entropy, gini, kl_to_uniform
 from tasks.balance.hkmeans import (
     HKMeansParams,
     assign_clusters,
@@ -26,6 +24,8 @@ from tasks.balance.hkmeans import (
     level_to_tables,
 )
 from tasks.balance.kmeans import KMeansShard, assign_and_partial_sums, fit_level_distributed, kmeans, update_centroids
+from tasks.balance.report import balance_report, entropy, gini, kl_to_uniform
+from tasks.balance.sample import BalanceParams, balanced_sample, water_fill
 
 # Very unequal component sizes: the largest is 500× the smallest.
 SIZES = (5000, 2000, 800, 400, 200, 100, 60, 40, 20, 10)

@@ -2,10 +2,10 @@
 
 import pytest
 
-from tasks.dedup.priority import Priority
 from tasks.dedup.exact import ExactDedupParams, keepers_reads
 from tasks.dedup.minhash import MinhashDedupParams
 from tasks.dedup.minhash_sql import clusters_reads
+from tasks.dedup.priority import Priority
 
 
 def test_parse_kinds_columns_and_orders():

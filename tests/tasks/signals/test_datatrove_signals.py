@@ -6,8 +6,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from tasks.signals.datatrove_signals import REASON_COLUMNS, DatatroveSignalsParams, datatrove_signals
 from tasks.filter.quality_filter import QualityFilterParams, quality_filter_sql
+from tasks.signals.datatrove_signals import REASON_COLUMNS, DatatroveSignalsParams, datatrove_signals
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 GOLD = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "gold"
