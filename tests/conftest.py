@@ -115,3 +115,41 @@ def openai_server(*extra_args: str, env: dict[str, str] | None = None):
             proc.wait(timeout=30)
             err.seek(0)
             logs["stderr"] = err.read()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str):
+    """A local moto S3 server (real HTTP, real s3fs) holding ``bucket``; fsspec reaches it through its environment
+    (FSSPEC_<PROTOCOL>_<KWARG>), so credentials and endpoint never enter the code under test. Yields the s3fs."""
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FSSPEC_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    import fsspec.config
+    import s3fs
+
+    fsspec.config.set_conf_env(fsspec.config.conf)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    try:
+        yield fs
+    finally:
+        mp.undo()
+        fsspec.config.conf.pop("s3", None)  # later tests must not reach a stopped server
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()

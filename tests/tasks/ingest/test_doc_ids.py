@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,7 +28,7 @@ from tasks.ingest.sources import IngestSource, plan_inputs, plan_sources
 from tasks.ingest.stage import IngestParams, input_files, read_file_tables
 from tasks.select.selection import HeldoutParams, KeptParams, split_by_doc_id
 from tests import stages
-from tests.conftest import shared_path
+from tests.conftest import moto_s3, shared_path
 
 SERIAL = runtime.load_profile("serial")
 
@@ -50,37 +49,11 @@ def _corpus(folder) -> None:
     pq.write_table(pa.Table.from_pylist(table), folder / "tables" / "c4.parquet")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """A local moto S3 server that fsspec reaches through its environment configuration (as tests/storage do)."""
-    pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FSSPEC_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    import fsspec.config
-    import s3fs
-
-    fsspec.config.set_conf_env(fsspec.config.conf)
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("quarry-ids")
-    yield fs
-    mp.undo()
-    fsspec.config.conf.pop("s3", None)
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
+    with moto_s3("quarry-ids") as fs:
+        yield fs
 
 
 @pytest.fixture(scope="module")
