@@ -19,7 +19,7 @@ import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tasks.common.assets import SMOLLM2, smollm2_gguf_path
 from tasks.common.tempfiles import cache_root
@@ -50,6 +50,28 @@ class Completion:
     completion_tokens: int | None
     latency_s: float
     error: str | None = None
+
+
+class ChatTemplated:
+    """Local engines render chat messages with the model's own chat template (ending with the assistant turn
+    header), then complete the prompt strings: the transformers and llama.cpp backends share this front half."""
+
+    tokenizer: Any
+
+    def chat_prompts(self, messages_list: Sequence[list[dict]]) -> list[str]:
+        """Chat-templated prompt strings, ending with the assistant turn header."""
+        return [
+            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_list
+        ]
+
+    def generate(
+        self, messages_list: Sequence[list[dict]], sampling: Sampling, seeds: Sequence[int]
+    ) -> list[Completion]:
+        """One completion per message list, in input order."""
+        return self.generate_prompts(self.chat_prompts(messages_list), sampling, seeds)
+
+    def generate_prompts(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int]) -> list[Completion]:
+        raise NotImplementedError
 
 
 class Backend(Protocol):

@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.augment.backends.base import GGUF_WEIGHTS, Completion, Sampling, file_sha256, local_teacher_id
+from tasks.augment.backends.base import (
+    GGUF_WEIGHTS,
+    ChatTemplated,
+    Completion,
+    Sampling,
+    file_sha256,
+    local_teacher_id,
+)
 from tasks.common.assets import SMOLLM2, load_tokenizer, smollm2_gguf_path
 from tasks.common.tempfiles import cache_root, clean_abandoned, tmp_path
 
@@ -95,7 +102,7 @@ class _Seq:
     n_gen: int = 0
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(ChatTemplated):
     """Batched llama.cpp generation of a GGUF on CPU: one `llama_decode` per step carries the next token of every
     generating sequence plus chunks of the prompts being read (at most `n_batch` tokens), each sequence in its own
     KV stream with its own sampler seeded from its document, so a document's text does not depend on its neighbours.
@@ -217,18 +224,6 @@ class LlamaCppBackend:
         return chain
 
     # ---- generation
-
-    def chat_prompts(self, messages_list: Sequence[list[dict]]) -> list[str]:
-        """Chat-templated prompt strings, ending with the assistant turn header (the same as LocalBackend's)."""
-        return [
-            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_list
-        ]
-
-    def generate(
-        self, messages_list: Sequence[list[dict]], sampling: Sampling, seeds: Sequence[int]
-    ) -> list[Completion]:
-        """One completion per message list, in input order."""
-        return self.generate_prompts(self.chat_prompts(messages_list), sampling, seeds)
 
     def generate_prompts(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int]) -> list[Completion]:
         """Complete raw prompt strings, up to `batch_size` of them in flight at once."""

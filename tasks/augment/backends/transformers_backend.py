@@ -15,7 +15,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tasks.augment.backends.base import Completion, Sampling, file_sha256, local_teacher_id, model_cache_dir
+from tasks.augment.backends.base import (
+    ChatTemplated,
+    Completion,
+    Sampling,
+    file_sha256,
+    local_teacher_id,
+    model_cache_dir,
+)
 from tasks.common.assets import SMOLLM2, smollm2_gguf_path
 
 _CACHE_MARKER = "quarry_model.json"  # written last: its presence means the cached folder is complete
@@ -60,7 +67,7 @@ def load_local_model(model: str = SMOLLM2):
     return plain.eval(), tok, False
 
 
-class LocalBackend:
+class LocalBackend(ChatTemplated):
     """Batched transformers generation on CPU (left padding, chat template applied)."""
 
     def __init__(self, model: str = SMOLLM2, *, batch_size: int = 8, num_threads: int | None = None):
@@ -74,18 +81,6 @@ class LocalBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.teacher = local_teacher_id(model, "transformers")
         self.batch_size = batch_size
-
-    def chat_prompts(self, messages_list: Sequence[list[dict]]) -> list[str]:
-        """Chat-templated prompt strings, ending with the assistant turn header."""
-        return [
-            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages_list
-        ]
-
-    def generate(
-        self, messages_list: Sequence[list[dict]], sampling: Sampling, seeds: Sequence[int]
-    ) -> list[Completion]:
-        """One completion per message list, in input order."""
-        return self.generate_prompts(self.chat_prompts(messages_list), sampling, seeds)
 
     def generate_prompts(self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int]) -> list[Completion]:
         """Complete raw prompt strings; chunks of `batch_size` sorted by length so padding stays small."""
