@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from tasks.balance.hkmeans import embeddings_matrix
 from tasks.common.stage import implements
 
 if TYPE_CHECKING:
@@ -61,17 +62,6 @@ class SemDeDupParams:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
 
 
-def _matrix(table: pa.Table, column: str) -> np.ndarray:
-    col = table.column(column).combine_chunks()
-    if col.null_count:
-        raise ValueError(f"{col.null_count} rows have a null {column!r}; drop rows with emb_error first")
-    if len(col) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    if pa.types.is_fixed_size_list(col.type):
-        return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), col.type.list_size)
-    return np.array(col.to_pylist(), dtype=np.float32)
-
-
 def _max_earlier_similarity(e: torch.Tensor, block_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For ranked unit vectors e [n, d]: max cosine to any earlier row, and its index (-inf / -1 for row 0)."""
     import torch
@@ -101,7 +91,7 @@ def semdedup(table: pa.Table, params: SemDeDupParams = SemDeDupParams()) -> pa.T
     if clusters_col.null_count:
         raise ValueError(f"{clusters_col.null_count} rows have a null {params.cluster_column!r}; cluster them first")
     clusters = clusters_col.to_numpy().astype(np.int64)
-    x = _matrix(table, params.embedding_column)
+    x = embeddings_matrix(table, params.embedding_column)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) if n else x
     has_dist = params.distance_column in table.column_names and table.column(params.distance_column).null_count == 0
     dist = table.column(params.distance_column).to_numpy().astype(np.float64) if has_dist else None
