@@ -114,6 +114,17 @@ def _surrogate_field(value: Any, path: str) -> str | None:
     return None
 
 
+def decode_utf8(data: bytes, origin: Origin, position: str, spec: IngestSource, where: str = "") -> str | tuple[str, dict]:
+    """The text of ``data``; bytes that are not UTF-8 make a quarantine row naming the byte (``where`` says in what),
+    unless the source asks for ``encoding_errors: replace`` (U+FFFD, the record kept)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if spec.encoding_errors != "replace":
+            return "quarantine", quarantine(origin, position, f"non-UTF-8 bytes at byte {e.start}{where}", data)
+        return data.decode("utf-8", errors="replace")
+
+
 def document(origin: Origin, position: str, text: str, spec: IngestSource, **extra: Any) -> tuple[str, dict]:
     """A document row, or a quarantine row when the text is unusable (empty, NUL bytes, gigantic, lone surrogates)."""
     try:

@@ -12,7 +12,7 @@ from typing import IO
 
 from tasks.ingest.compression import Oversized, chunks, lines
 from tasks.ingest.formats.html import extract_html
-from tasks.ingest.records import EXCERPT, document, guarded, quarantine
+from tasks.ingest.records import EXCERPT, decode_utf8, document, guarded, quarantine
 from tasks.ingest.sources import IngestSource, Origin
 
 
@@ -48,12 +48,9 @@ def record_to_doc(rec: dict, origin: Origin, position: str, spec: IngestSource) 
 
 
 def _json_record(line: bytes, origin: Origin, position: str, spec: IngestSource) -> tuple[str, dict]:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if spec.encoding_errors != "replace":
-            return "quarantine", quarantine(origin, position, f"non-UTF-8 bytes at byte {e.start} of the line", line)
-        text = line.decode("utf-8", errors="replace")
+    text = decode_utf8(line, origin, position, spec, " of the line")
+    if isinstance(text, tuple):
+        return text
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:

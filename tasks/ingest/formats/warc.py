@@ -20,7 +20,7 @@ from typing import IO, Any
 from tasks.ingest.compression import CHUNK, READ, Prefixed, decompress, sniff
 from tasks.ingest.formats.html import extract_html
 from tasks.ingest.formats.warc_frames import WARC_START, WarcPositions, Window, warc_frames
-from tasks.ingest.records import document, guarded, quarantine
+from tasks.ingest.records import decode_utf8, document, guarded, quarantine
 from tasks.ingest.sources import IngestSource, Origin
 
 _WANTED = ("response", "conversion", "resource")
@@ -65,12 +65,9 @@ def _document_of(rtype: str | None, get: Any, http: Any, payload: bytes, missing
         "meta": meta,
     }
     if rtype == "conversion" or ctype.startswith("text/plain"):
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as e:
-            if spec.encoding_errors != "replace":
-                return "quarantine", quarantine(origin, position, f"non-UTF-8 bytes at byte {e.start}", payload)
-            text = payload.decode("utf-8", errors="replace")
+        text = decode_utf8(payload, origin, position, spec)
+        if isinstance(text, tuple):
+            return text
     elif "html" in ctype or (not ctype and payload.lstrip()[:1] == b"<"):
         text = extract_html(payload, extractor=spec.extractor, main_content=spec.main_content)
         if not text.strip():

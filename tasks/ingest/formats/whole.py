@@ -7,7 +7,7 @@ from typing import IO
 
 from tasks.ingest.compression import Oversized, chunks, first_bytes
 from tasks.ingest.formats.html import extract_html
-from tasks.ingest.records import document, guarded, quarantine
+from tasks.ingest.records import decode_utf8, document, guarded, quarantine
 from tasks.ingest.sources import IngestSource, Origin
 
 
@@ -34,13 +34,8 @@ def _read_whole_file(stream: IO[bytes], origin: Origin, spec: IngestSource) -> b
 
 
 def _text_document(data: bytes, origin: Origin, spec: IngestSource) -> tuple[str, dict]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if spec.encoding_errors != "replace":
-            return "quarantine", quarantine(origin, "file", f"non-UTF-8 bytes at byte {e.start}", data)
-        text = data.decode("utf-8", errors="replace")
-    return document(origin, "file", text, spec)
+    text = decode_utf8(data, origin, "file", spec)
+    return text if isinstance(text, tuple) else document(origin, "file", text, spec)
 
 
 def _html_document(data: bytes, origin: Origin, spec: IngestSource) -> tuple[str, dict]:
