@@ -21,7 +21,6 @@ def _owners() -> dict[str, registry.Stage]:
     for s in registry.STAGES.values():
         for name in (s.name, *s.outputs, *s.checkpoints):
             owners.setdefault(name, s)
-        owners.setdefault(f"{s.name}_quarantine", s)
     return owners
 
 
