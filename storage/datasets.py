@@ -11,6 +11,10 @@ Size: the commit protocol (refs, atomic shards, manifests, the commit itself) in
   atomic), so a reader never sees half a shard; a killed stage resumes by skipping the shards already there.
 * ``_manifest.json`` is written last: its presence is the commit. Readers (the catalog) only read the files a
   manifest lists, so a stage that is still writing is invisible to them.
+* Every shard's size and xxhash64 are computed while it is written (no second read) and recorded beside it in an
+  empty marker ``_sum.{name}.{bytes}.{xxh64}``; data and folder are fsynced before the marker and the manifest make
+  them visible. The manifest lists each file's name, rows, bytes and xxh64, relative to its version folder, so a
+  copied root is self-contained. storage/verify.py checks them (see RELIABILITY.md, "Committed data proves itself").
 
 This module knows no stage: it handles paths, Parquet and manifests only.
 """
@@ -22,6 +26,7 @@ import datetime as _dt
 import hashlib
 import inspect
 import json
+import logging
 import os
 import posixpath
 import re
@@ -34,6 +39,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from storage.code_identity import CodeIdentity, code_identity
 
@@ -42,6 +48,9 @@ from storage.provenance import RUN_CONTEXT_ENV, RUN_KEYS, git_commit, note_commi
 from storage.temporaries import TMP_LEASE_S, TMP_PREFIX, clean_folder, is_abandoned, tmp_name  # noqa: F401
 
 MANIFEST = "_manifest.json"
+SUM_PREFIX = "_sum."  # the per-shard size+checksum marker: _sum.{name}.{bytes}.{xxh64 hex}
+INTEGRITY_ENV = "QUARRY_INTEGRITY"  # "0": no checksums, no fsync, no reuse verification (overhead benchmarks only)
+log = logging.getLogger("quarry")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 DEFAULT_ROOT_ENV = "QUARRY_ROOT"
 
@@ -227,23 +236,128 @@ def row_group_rows(table: pa.Table) -> int:
     return max(1, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // per_row, table.num_rows))
 
 
+def integrity() -> bool:
+    """Whether shards are checksummed and fsynced and reused versions verified ($QUARRY_INTEGRITY=0 turns it off
+    for overhead measurements; read at each call so a benchmark can flip it)."""
+    return os.environ.get(INTEGRITY_ENV, "1") != "0"
+
+
+class _Summing:
+    """A write-only file that hashes and counts the bytes Parquet writes through it (the checksum costs no second
+    read). xxhash64: ~10 GB/s per core, far above disk and zstd speed (https://github.com/Cyan4973/xxHash)."""
+
+    def __init__(self, f: Any):
+        self.f, self.hash, self.size, self.closed = f, xxhash.xxh64(), 0, False
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def tell(self) -> int:
+        return self.size
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _write_parquet(table: pa.Table, f: Any) -> None:
+    # page CRCs (Parquet's optional page checksum) let a reader name a flipped data page instead of decoding garbage
+    pq.write_table(table, f, compression="zstd", row_group_size=row_group_rows(table), write_page_checksum=True)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sum_marker(name: str, size: int, digest: str) -> str:
+    return f"{SUM_PREFIX}{name}.{size}.{digest}"
+
+
+def _parse_marker(marker: str) -> tuple[str, int, str] | None:
+    m = re.fullmatch(rf"{re.escape(SUM_PREFIX)}(.+)\.(\d+)\.([0-9a-f]{{16}})", marker)
+    return (m.group(1), int(m.group(2)), m.group(3)) if m else None
+
+
 def write_shard(ref: DatasetRef, name: str, table: pa.Table) -> str:
-    """Write one shard atomically: a temporary name first, then a rename (local/HDFS) or a single PUT (object stores)."""
+    """Write one shard atomically: a temporary name first, then a rename (local/HDFS) or a single PUT (object stores).
+
+    Local: data fsynced, then its ``_sum`` marker, then the rename, then the folder fsynced, so a shard that is
+    visible with its marker survives power loss whole; a visible shard without a matching marker is not trusted
+    (``existing_shards`` leaves it out and the resume rewrites it, saying so)."""
     fs, base = filesystem(ref.uri)
     final = _join(base, name)
     fs.makedirs(base, exist_ok=True)
-    groups = row_group_rows(table)
-    if _rename_is_atomic(fs):
+    check = integrity()
+    if fs.exists(final):
+        log.warning(f"replacing {_join(ref.uri, name)}: an earlier attempt left it without a matching checksum")
+    if _rename_is_atomic(fs) and _is_local(fs):
+        local_base = fs._strip_protocol(base)
+        tmp = _join(local_base, tmp_name(name))
+        with open(tmp, "wb") as raw:
+            out = _Summing(raw)
+            _write_parquet(table, out)
+            raw.flush()
+            if check:
+                os.fsync(raw.fileno())
+        marker = sum_marker(name, out.size, out.hash.hexdigest())
+        if check:
+            open(_join(local_base, marker), "wb").close()
+        os.replace(tmp, _join(local_base, name))
+        _drop_markers(fs, base, name, keep=marker)
+        if check:
+            _fsync_dir(local_base)
+    elif _rename_is_atomic(fs):  # HDFS: rename is atomic, no fsync through fsspec
         tmp = _join(base, tmp_name(name))
-        with fs.open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd", row_group_size=groups)
+        with fs.open(tmp, "wb") as raw:
+            out = _Summing(raw)
+            _write_parquet(table, out)
+        marker = sum_marker(name, out.size, out.hash.hexdigest())
+        fs.pipe_file(_join(base, marker), b"")
         fs.mv(tmp, final)
+        _drop_markers(fs, base, name, keep=marker)
     else:
-        # S3/GCS/memory: an object becomes visible only when its upload completes, which is the atomic step.
+        # S3/GCS/memory: an object becomes visible (and durable) only when its upload completes: the atomic step.
         buf = pa.BufferOutputStream()
-        pq.write_table(table, buf, compression="zstd", row_group_size=groups)
-        fs.pipe_file(final, buf.getvalue().to_pybytes())
+        _write_parquet(table, buf)
+        data = buf.getvalue().to_pybytes()
+        fs.pipe_file(final, data)
+        marker = sum_marker(name, len(data), xxhash.xxh64(data).hexdigest())
+        fs.pipe_file(_join(base, marker), b"")
+        _drop_markers(fs, base, name, keep=marker)
     return _join(ref.uri, name)
+
+
+def _drop_markers(fs: fsspec.AbstractFileSystem, base: str, name: str, keep: str | None = None) -> None:
+    """Remove the ``_sum`` markers of ``name`` (ours by their name) except ``keep``: a rewritten shard's old sums."""
+    for path in fs.glob(_join(base, glob_escape(f"{SUM_PREFIX}{name}.") + "*")):
+        if posixpath.basename(path) != keep and _parse_marker(posixpath.basename(path)):
+            try:
+                fs.rm(path)
+            except FileNotFoundError:
+                pass
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]])", r"[\1]", text)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
 
 
 def _rename_is_atomic(fs: fsspec.AbstractFileSystem) -> bool:
@@ -251,13 +365,63 @@ def _rename_is_atomic(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local", "hdfs", "arrow_hdfs")
 
 
-def existing_shards(ref: DatasetRef) -> set[str]:
-    """Shard names already committed in a version folder (temporary files excluded)."""
+@dataclass(frozen=True)
+class ShardState:
+    """What a version folder says about one shard: its size on disk and the size/checksum its marker recorded."""
+
+    name: str
+    size: int | None  # None: no data file (a marker only)
+    recorded: tuple[int, str] | None  # (bytes, xxh64) from the one marker, None: no marker
+    problem: str | None  # why it cannot be trusted; None: its size matches its marker
+
+
+def shard_states(ref: DatasetRef) -> dict[str, ShardState]:
+    """Every shard of a version folder and whether it is provably whole, from one listing (no file is opened)."""
     fs, base = filesystem(ref.uri)
     if not fs.exists(base):
-        return set()
-    names = {posixpath.basename(p) for p in fs.ls(base, detail=False)}
-    return {n for n in names if n.startswith("part-") and n.endswith(".parquet")}
+        return {}
+    sizes, sums = {}, {}
+    for info in fs.ls(base, detail=True):
+        n = posixpath.basename(info["name"].rstrip("/"))
+        if n.startswith("part-") and n.endswith(".parquet"):
+            sizes[n] = int(info.get("size") or 0)
+        elif (parsed := _parse_marker(n)) is not None:
+            sums.setdefault(parsed[0], []).append(parsed[1:])
+    out = {}
+    for n in sorted(set(sizes) | set(sums)):
+        have, rec = sizes.get(n), sums.get(n, [])
+        fits = [r for r in rec if r[0] == have]
+        recorded = fits[0] if len(fits) == 1 else (rec[0] if len(rec) == 1 else None)
+        if have is None:
+            problem = "missing (a checksum marker without its file)"
+        elif not rec:
+            problem = f"no checksum marker ({have} bytes: written by an interrupted attempt)" if integrity() else None
+        elif len(fits) == 1:
+            problem = None
+        elif not fits:
+            problem = f"size {have} bytes, its checksum marker says {rec[0][0]}"
+        else:
+            problem = "two checksum markers fit its size"
+        out[n] = ShardState(n, have, recorded, problem)
+    return out
+
+
+def existing_shards(ref: DatasetRef) -> set[str]:
+    """Shard names already written whole in a version folder (temporary files, and shards whose size does not match
+    the checksum marker their writer left, excluded: a resume recomputes those)."""
+    return {n for n, st in shard_states(ref).items() if st.size is not None and st.problem is None}
+
+
+def untrusted_shards(ref: DatasetRef) -> dict[str, str]:
+    """Shard files present in a version folder that cannot be proven whole, with why (torn, empty, unmarked)."""
+    return {n: st.problem for n, st in shard_states(ref).items() if st.size is not None and st.problem}
+
+
+def forget_shard(ref: DatasetRef, name: str) -> None:
+    """Withdraw a shard's checksum marker (so a resume rewrites it); the data file itself is left for the rewrite
+    to replace atomically: nothing is deleted that this module cannot prove it wrote."""
+    fs, base = filesystem(ref.uri)
+    _drop_markers(fs, base, name)
 
 
 def clean_temporaries(ref: DatasetRef) -> int:
@@ -435,12 +599,10 @@ def ref_from_string(root: str, text: str) -> DatasetRef:
 
 
 def latest(root: str, dataset: str, stage: str) -> DatasetRef | None:
-    """The most recently committed version of a dataset/stage."""
-    best = None
-    for m in iter_manifests(root):
-        if m["dataset"] == dataset and m["stage"] == stage and (best is None or m["created_at"] > best["created_at"]):
-            best = m
-    return DatasetRef(root, dataset, stage, best["version"]) if best else None
+    """The current version of a dataset/stage: its pointer (storage/pointers.py), else the newest created_at."""
+    from storage import pointers  # pointers builds on this module
+
+    return pointers.latest(root, dataset, stage)
 
 
 def delete_version(ref: DatasetRef) -> None:
