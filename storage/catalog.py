@@ -8,8 +8,13 @@
 * ``versions``: one row per committed version (dataset, stage, version, parents, num_rows, ``created_at``
   TIMESTAMPTZ, ``params``/``stats``/``run`` JSON, and the run that made it: ``flow_run_id``, ``deployment``,
   ``ray_job_id``, ``recipe``, ``recipe_hash``, ``run_url``).
-* ``{dataset}__{stage}``: a view over the latest committed version, reading exactly the files its manifest lists,
-  so a stage that is still writing (no manifest yet) is invisible: the catalog works read-only during a flow.
+* ``{dataset}__{stage}``: a view over the current version - the one the dataset/stage's pointer names
+  (storage/pointers.py: moved by every run that commits or reuses a version), else, on a root from before pointers,
+  the newest created_at - reading exactly the files its manifest lists, so a stage that is still writing (no
+  manifest yet) is invisible: the catalog works read-only during a flow.
+* ``pointers``: the current version of every dataset/stage and the move that set it (``reason`` commit / reuse /
+  adopt, or ``newest`` for the fallback; ``run_id``, ``flow_run_name``, ``recipe``, ``recipe_hash``, ``moved_at``);
+  ``pointer_history``: every move, oldest first (``select * from pointer_history where dataset = 'tiny'``).
 * ``"{dataset}__{stage}@{version}"``: one pinned version (quoted: ``@`` is not an identifier character), created
   when a query names it (``query`` / ``pin_versions``); a unique prefix of the version is enough.
 * ``{dataset}__quarantine``: the union of every ``*_quarantine`` side output of the latest versions.
@@ -28,7 +33,7 @@ import warnings
 import duckdb
 import pyarrow as pa
 
-from storage import datasets, layers
+from storage import datasets, layers, pointers
 
 _IDENT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # a pinned view named in SQL: "tiny__ingest@0123456789ab" (quoted), or a unique prefix of the version (>= 4 hex)
@@ -127,11 +132,10 @@ def refresh(con: duckdb.DuckDBPyConnection, root: str) -> None:
         "params::JSON AS params, stats::JSON AS stats, run::JSON AS run) FROM _versions_arrow"
     )
     con.unregister("_versions_arrow")
-    latest: dict[tuple[str, str], dict] = {}
-    for row in table.to_pylist():
-        key = (row["dataset"], row["stage"])
-        if key not in latest or row["created_at"] > latest[key]["created_at"]:
-            latest[key] = row
+    current = pointers.current(root, manifests)
+    _pointer_tables(con, root, current)
+    rows = {(r["dataset"], r["stage"], r["version"]): r for r in table.to_pylist()}
+    latest = {key: rows[(*key, e["version"])] for key, e in current.items()}
     quarantines: dict[str, list[str]] = {}
     for (dataset, stage), row in sorted(latest.items()):
         if not (_IDENT_RE.match(dataset) and _IDENT_RE.match(stage)):
@@ -150,6 +154,21 @@ def refresh(con: duckdb.DuckDBPyConnection, root: str) -> None:
     for dataset, views in quarantines.items():
         union = " UNION ALL BY NAME ".join(f'SELECT * FROM "{v}"' for v in views)
         con.execute(f'CREATE OR REPLACE VIEW "{dataset}__quarantine" AS {union}')
+
+
+POINTER_COLUMNS = ("dataset", "stage", "version", "reason", "moved_at", "run_id", "pid", "host", "flow_run_id",
+                   "flow_run_name", "recipe", "recipe_hash")
+
+
+def _pointer_tables(con: duckdb.DuckDBPyConnection, root: str, current: dict) -> None:
+    """``pointers`` (the current version of each dataset/stage and why) and ``pointer_history`` (every move)."""
+    schema = pa.schema([(c, pa.int64() if c == "pid" else pa.string()) for c in POINTER_COLUMNS])
+    for name, entries in (("pointers", list(current.values())), ("pointer_history", pointers.history(root))):
+        arrow = pa.Table.from_pylist([{c: e.get(c) for c in POINTER_COLUMNS} for e in entries], schema=schema)
+        con.register("_pointers_arrow", arrow)
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * REPLACE (moved_at::TIMESTAMPTZ AS moved_at) "
+                    "FROM _pointers_arrow ORDER BY moved_at NULLS FIRST, dataset, stage")
+        con.unregister("_pointers_arrow")
 
 
 # every ancestor once, at its shortest distance (a version reached along two paths, e.g. dedup's side inputs, is
@@ -178,7 +197,7 @@ class UnknownVersion(KeyError):
 
 
 def resolve_ref(con: duckdb.DuckDBPyConnection, text: str | datasets.DatasetRef) -> str:
-    """``dataset/stage/version`` (a unique version prefix is enough) or ``dataset/stage`` (= its latest version)."""
+    """``dataset/stage/version`` (a unique version prefix is enough) or ``dataset/stage`` (= its current version)."""
     text = str(text).strip().strip("/")
     parts = text.split("/")
     cur = con.cursor()
@@ -194,7 +213,9 @@ def resolve_ref(con: duckdb.DuckDBPyConnection, text: str | datasets.DatasetRef)
         known = f"stages of {dataset}: {', '.join(stages)}" if stages else f"no dataset {dataset!r} in this catalog"
         raise UnknownVersion(f"no committed version of {dataset}/{stage} ({known})")
     if len(parts) == 2:
-        return rows[0][0]
+        sql = "SELECT dataset || '/' || stage || '/' || version FROM pointers WHERE dataset = ? AND stage = ?"
+        hit = cur.execute(sql, [dataset, stage]).fetchone()
+        return hit[0] if hit else rows[0][0]
     matches = [ref for ref, version in rows if version.startswith(parts[2])]
     if len(matches) != 1:
         what = "no version" if not matches else f"{len(matches)} versions"
@@ -215,10 +236,7 @@ def views(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """The catalog's relations: ``versions`` and every view, with its columns and the version it reads."""
     cur = con.cursor()
     latest = dict(
-        cur.execute(
-            "SELECT dataset || '__' || stage, ref FROM versions "
-            "QUALIFY row_number() OVER (PARTITION BY dataset, stage ORDER BY created_at DESC) = 1"
-        ).fetchall()
+        cur.execute("SELECT dataset || '__' || stage, dataset || '/' || stage || '/' || version FROM pointers").fetchall()
     )
     names = ["versions"] + sorted(
         r[0] for r in cur.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
