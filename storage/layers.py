@@ -15,14 +15,24 @@ sees); ``"schema"`` stays the stored files' own schema. Readers see the wide tab
 ``read_table`` resolve the chain in Arrow (projection: only the files holding a requested column are opened) and
 ``relation_sql`` builds the DuckDB relation the catalog's views use (POSITIONAL JOIN for column layers, a join on
 (shard, row) for selections).
+
+Alignment (issue 34): a layer joins the rows below it by shard name and row position, so each layer shard records
+what it was computed from (``of_rows``, ``of_doc_ids`` in its manifest entry and its own footer); readers check the
+counts against the footers below on every open and ``verify_alignment`` checks the doc_id hashes (RELIABILITY.md).
+
+Size: ~600 lines: the Arrow readers, the SQL relation and the alignment checks all walk the same chain of Links; the
+checks run inside both readers, so a separate module would import the readers and be imported by them.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import posixpath
+import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +43,16 @@ from storage.datasets import DatasetRef, StorageError
 
 POS = "_pos"  # the reserved column of a rows layer (and of a columns layer that adds nothing): never in a view
 KINDS = ("columns", "rows")
+DOC_ID = "doc_id"  # the column whose order a layer's alignment record hashes (ingest's stable document id)
+# what a layer shard was computed from: its parent shard's row count and the hash of the parent's doc_ids in order,
+# stamped in the shard's own Parquet footer (it travels with the file) and copied into the manifest's file entry
+OF_ROWS, OF_DOC_IDS = "of_rows", "of_doc_ids"
+STAMP_KEY = b"quarry.aligned"
+
+
+class MisalignedLayer(StorageError):
+    """A layer no longer lies on the rows it was computed from (a swapped, replaced or truncated shard below it): the
+    join by shard name and row position would give documents another document's columns. Names layer and shard."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,8 @@ class Link:
     hide: tuple[str, ...]
     files: tuple[str, ...]  # shard names, as its manifest lists them
     view: tuple[tuple[str, str], ...]  # (name, type) of the wide table
+    # shard name -> {"of_rows", "of_doc_ids"} recorded at commit (absent in manifests written before issue 34)
+    aligned: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 def _manifest(ref: DatasetRef, manifests: dict | None) -> dict:
@@ -64,8 +86,10 @@ def link(ref: DatasetRef, manifests: dict | None = None) -> Link:
     layer = m.get("layer") or {}
     own = tuple(f["name"] for f in m.get("schema", []) if f["name"] != POS)
     view = tuple((f["name"], f["type"]) for f in (m.get("view_schema") or m.get("schema") or []) if f["name"] != POS)
+    aligned = {f["name"]: {k: f[k] for k in (OF_ROWS, OF_DOC_IDS) if k in f} for f in m.get("files", [])
+               if OF_ROWS in f}
     return Link(ref, layer.get("kind", "full"), own, tuple(layer.get("hide", ())),
-                tuple(f["name"] for f in m.get("files", [])), view)
+                tuple(f["name"] for f in m.get("files", [])), view, aligned)
 
 
 def chain(ref: DatasetRef, manifests: dict | None = None) -> list[Link]:
@@ -100,12 +124,198 @@ def commit_layer(ref: DatasetRef, layer: dict, **commit_kwargs) -> dict:
     """Commit a version that stores only what its stage added over ``layer["of"]`` ({"kind": "columns"|"rows",
     "of": "dataset/stage/version", "hide": [...]}); its manifest carries the wide ``view_schema``."""
 
+    parent = datasets.ref_from_string(ref.root, layer["of"])
+
     def finish(manifest: dict) -> None:
         manifest["layer"] = {"kind": layer["kind"], "of": layer["of"], "hide": list(layer.get("hide", ()))}
-        manifest["view_schema"] = view_schema(datasets.ref_from_string(ref.root, layer["of"]), layer["kind"],
-                                              manifest["schema"], layer.get("hide", ()))
+        manifest["view_schema"] = view_schema(parent, layer["kind"], manifest["schema"], layer.get("hide", ()))
+        for f in manifest["files"]:
+            f.update(_alignment_at_commit(ref, parent, f["name"]))
 
     return datasets.commit(ref, finish=finish, **commit_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Alignment: a layer joins the rows below it by shard name and row position, so it records, per shard, what it was
+# computed from (the parent shard's row count and a hash of its doc_ids in order) and readers check it: the counts
+# against the parent's footer on every open (iter_shard, relation_sql), the doc_id hash in verify_alignment and
+# when a stage computes a new layer over a columns layer (SourceRows).
+
+
+class Fingerprint:
+    """Row count and a hash of the ``doc_id``s of a stream of batches, in order. The lengths and the bytes of the ids
+    are hashed as two separate streams (lengths, -1 for a null), so the digest does not depend on batch boundaries:
+    the worker (rows_per_call batches) and verify (default batches) get the same one."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.has_ids = False
+        self._lengths, self._bytes = hashlib.sha256(), hashlib.sha256()
+
+    def update(self, batch: pa.Table) -> None:
+        self.rows += batch.num_rows
+        if DOC_ID not in batch.column_names:
+            return
+        self.has_ids = True
+        for a in batch.column(DOC_ID).chunks:
+            if not (pa.types.is_string(a.type) or pa.types.is_large_string(a.type)):
+                a = a.cast(pa.large_string())
+            valid = a.is_valid().to_numpy(zero_copy_only=False)
+            if not valid.all():
+                a = a.fill_null("")
+            wide = pa.types.is_large_string(a.type)
+            _, offsets, data = a.buffers()
+            offs = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32)[a.offset:a.offset + len(a) + 1]
+            lengths = np.diff(offs).astype("<i8")
+            lengths[~valid] = -1
+            self._lengths.update(lengths.tobytes())
+            if data is not None and len(offs) > 1:
+                self._bytes.update(memoryview(data)[int(offs[0]):int(offs[-1])])
+
+    def record(self) -> dict:
+        out = {OF_ROWS: self.rows}
+        if self.has_ids:
+            h = hashlib.sha256(f"{self.rows}:{self._lengths.hexdigest()}:{self._bytes.hexdigest()}".encode())
+            out[OF_DOC_IDS] = h.hexdigest()[:32]
+        return out
+
+
+def fingerprint(ref: DatasetRef, name: str) -> dict:
+    """The alignment record of shard ``name`` of ``ref`` as it is now: its wide row count and doc_id hash (reads the
+    one ``doc_id`` column through the layers, Parquet projection; only the row count when the view has no doc_id)."""
+    fp = Fingerprint()
+    cols = [DOC_ID] if DOC_ID in set(column_names(ref)) else None
+    if cols is None:
+        return {OF_ROWS: _footer(ref, name)[0]}
+    for batch in iter_shard(ref, name, cols):
+        fp.update(batch)
+    return fp.record()
+
+
+def _footer(ref: DatasetRef, name: str) -> tuple[int, dict | None]:
+    """A shard's row count and alignment stamp, from its Parquet footer only (a few KB; no data page is read)."""
+    fs, path = datasets.filesystem(datasets.shard_uri(ref, name))
+    with fs.open(path, "rb") as f:
+        meta = pq.ParquetFile(f).metadata
+    stamp = (meta.metadata or {}).get(STAMP_KEY)
+    return meta.num_rows, (json.loads(stamp) if stamp else None)
+
+
+def stamp(table: pa.Table, record: dict) -> pa.Table:
+    """``table`` carrying its alignment record in its schema metadata, which Parquet keeps in the shard's footer."""
+    meta = dict(table.schema.metadata or {})
+    meta[STAMP_KEY] = json.dumps(record, sort_keys=True).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def _alignment_at_commit(ref: DatasetRef, parent: DatasetRef, name: str) -> dict:
+    """The record a layer shard's manifest entry gets: the stamp its writer put in the footer (what it really read),
+    else (a shard written by other code) the parent shard's fingerprint now. Refuses a stamp whose row count the
+    parent's footer no longer matches: nothing misaligned is committed."""
+    _, record = _footer(ref, name)
+    if record is None:
+        return fingerprint(parent, name)
+    have = _footer(parent, name)[0]
+    if have != record.get(OF_ROWS):
+        raise MisalignedLayer(f"{ref}/{name}: computed from {record.get(OF_ROWS)} rows of {parent}/{name}, which "
+                              f"now holds {have}; not committed")
+    return {k: record[k] for k in (OF_ROWS, OF_DOC_IDS) if k in record}
+
+
+def check_counts(links: list[Link], names: Sequence[str]) -> None:
+    """Every layer of a chain against the shards it lies on, for the shards ``names``: the row count it recorded
+    against the parent shard's footer now (one footer read per layer and shard). A difference raises
+    ``MisalignedLayer`` naming the layer, the shard and both counts; layers without records are not checked."""
+    for i, lk in enumerate(links[:-1]):
+        for name in names:
+            rec = lk.aligned.get(name)
+            if not rec:
+                continue
+            below = links[i + 1].ref
+            have = _footer(below, name)[0]
+            if have != rec[OF_ROWS]:
+                raise MisalignedLayer(
+                    f"layer {lk.ref} shard {name}: computed from {rec[OF_ROWS]} rows of {below}/{name}, which now "
+                    f"holds {have} (a shard below it was swapped, restored or truncated); refusing to join it by "
+                    "row position")
+
+
+def verify_alignment(ref: DatasetRef, *, hashes: bool = True) -> list[str]:
+    """Check every layer of ``ref``'s chain against the rows it lies on, shard by shard: the stamp in the layer
+    shard's own footer against its manifest entry (a swapped layer file), the recorded row count against the parent
+    shard's footer, and (``hashes``) the recorded doc_id hash against the parent's doc_ids read now (one column per
+    row-defining version of the chain, read once). Returns one line per problem, naming the layer, the shard and
+    what differs; [] when every layer lines up. Layers committed before these records are skipped."""
+    links = chain(ref)
+    problems: list[str] = []
+    ids: dict[tuple[str, str], dict | Exception] = {}
+    for i in reversed(range(len(links) - 1)):  # bottom up: a broken lower layer is reported by itself
+        lk, below = links[i], links[i + 1]
+        # a columns layer keeps its parent's rows: the doc_ids below it are those of the first selection or full
+        rowdef = next(j for j in range(i + 1, len(links)) if links[j].kind != "columns")
+        for name in lk.files:
+            rec = lk.aligned.get(name)
+            if not rec:
+                continue
+            where = f"layer {lk.ref} shard {name}"
+            try:
+                mine = _footer(lk.ref, name)[1]
+                have = _footer(below.ref, name)[0]
+            except OSError as e:
+                problems.append(f"{where}: cannot read its footer or the one below it: {type(e).__name__}: {e}")
+                continue
+            if mine is not None and {k: mine.get(k) for k in rec} != rec:
+                problems.append(f"{where}: the file's own stamp {mine} is not its manifest's {rec} (the layer's "
+                                "shard file was swapped or replaced)")
+            if have != rec[OF_ROWS]:
+                problems.append(f"{where}: computed from {rec[OF_ROWS]} rows of {below.ref}/{name}, which now "
+                                f"holds {have}")
+                continue
+            if not hashes or OF_DOC_IDS not in rec:
+                continue
+            key = (str(links[rowdef].ref), name)
+            if key not in ids:
+                try:
+                    ids[key] = fingerprint(links[rowdef].ref, name)
+                except (StorageError, OSError) as e:  # a layer further down is broken: reported on its own
+                    ids[key] = e
+            got = ids[key]
+            if isinstance(got, Exception):
+                continue
+            if got.get(OF_DOC_IDS) != rec[OF_DOC_IDS]:
+                problems.append(f"{where}: computed from {below.ref}/{name} whose {rec[OF_ROWS]} doc_ids hashed "
+                                f"{rec[OF_DOC_IDS]}; they now hash {got.get(OF_DOC_IDS)} (same row count, other "
+                                "documents or another order: a shard below it was swapped or replaced)")
+    return problems
+
+
+class SourceRows:
+    """The input rows of one shard of a per-document stage that writes a layer: ``iter_shard``'s batches projected
+    to ``columns``, fingerprinted as they stream by (``doc_id`` is read along when the stage does not read it: one
+    small column) so the shard it writes is stamped with what it was computed from. When the input is itself a
+    columns layer that recorded its parent's doc_id hash, the rows read now must hash the same (its rows are its
+    parent's): a stage never builds on a misaligned layer."""
+
+    def __init__(self, src: DatasetRef, name: str, columns: Sequence[str], batch_size: int):
+        self.src, self.name, self.columns, self.batch_size = src, name, list(columns), batch_size
+        self.fp = Fingerprint()
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        extra = DOC_ID in set(column_names(self.src)) and DOC_ID not in self.columns
+        cols = [*self.columns, DOC_ID] if extra else self.columns
+        for batch in iter_shard(self.src, self.name, cols, batch_size=self.batch_size):
+            self.fp.update(batch)
+            yield batch.drop_columns([DOC_ID]) if extra else batch
+        top = link(self.src)
+        rec = top.aligned.get(self.name) if top.kind == "columns" else None
+        now = self.fp.record()
+        if rec and OF_DOC_IDS in rec and OF_DOC_IDS in now and rec[OF_DOC_IDS] != now[OF_DOC_IDS]:
+            raise MisalignedLayer(f"layer {self.src} shard {self.name}: computed from doc_ids hashing "
+                                  f"{rec[OF_DOC_IDS]}, the rows below it now hash {now[OF_DOC_IDS]} (a shard below "
+                                  "it was swapped or replaced); not building on it")
+
+    def stamp(self, table: pa.Table) -> pa.Table:
+        return stamp(table, self.fp.record())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,6 +451,7 @@ def iter_shard(ref: DatasetRef, name: str, columns: Sequence[str] | None = None,
     """The wide rows of one shard of ``ref``, in order, in batches of ``batch_size`` rows, projected to ``columns``
     (None: every column of the view). A shard with no rows yields one empty table with the requested columns."""
     links = chain(ref)
+    check_counts(links, [name])
     cols = column_names(ref) if columns is None else list(columns)
     unknown = [c for c in cols if c not in set(column_names(ref))]
     if unknown:
@@ -309,6 +520,7 @@ def relation_sql(ref: DatasetRef, columns: Sequence[str] | None = None, manifest
     cols = names if columns is None else [c for c in columns if c in set(names)]
     if not link(ref, manifests).files:
         return "SELECT NULL AS empty WHERE false"
+    check_counts(links, links[0].files)  # footers only: one read per layer and shard (RELIABILITY.md)
     if keys:
         return _rel(links, 0, cols, True)
     if links[0].kind == "full":
@@ -319,6 +531,18 @@ def relation_sql(ref: DatasetRef, columns: Sequence[str] | None = None, manifest
     inner = _rel(links, 0, cols, True)
     order = " ORDER BY __shard, __row" if ordered else ""
     return f"SELECT {', '.join(_q(c) for c in cols) or 'NULL AS __empty'} FROM ({inner}){order}"
+
+
+def view_sql(ref: DatasetRef, manifests: dict | None = None) -> str:
+    """The catalog's view of ``ref``: ``relation_sql``, or, when a layer of its chain no longer lines up with the
+    shards below it (``check_counts``), a view with the same columns whose every query fails with that message (and a
+    warning now): the catalog keeps its other views, and this one refuses rather than answers with misjoined rows."""
+    try:
+        return relation_sql(ref, manifests=manifests)
+    except MisalignedLayer as e:
+        warnings.warn(f"catalog: the view of {ref} refuses queries: {e}", stacklevel=2)
+        cols = ", ".join(f"NULL AS {_q(c)}" for c in column_names(ref, manifests)) or "NULL AS misaligned"
+        return f"SELECT {cols} WHERE error('{str(e).replace(chr(39), chr(39) * 2)}')"
 
 
 def needs_join(ref: DatasetRef, columns: Sequence[str]) -> bool:

@@ -88,14 +88,17 @@ def _apply(fn: Callable, item: dict) -> dict:
     dst, src = DatasetRef(**item["dst"]), DatasetRef(**item["src"])
     layer, where = item["layer"], f"{dst.stage} on {src}/{item['name']}"
     outs, offset = [], 0
-    for batch in layers.iter_shard(src, item["name"], item["columns"], batch_size=item["rows_per_call"]):
+    # a layer's input rows are fingerprinted as they stream by: its shard records what it was computed from
+    rows = layers.SourceRows(src, item["name"], item["columns"], item["rows_per_call"]) if layer else \
+        layers.iter_shard(src, item["name"], item["columns"], batch_size=item["rows_per_call"])
+    for batch in rows:
         if layer == "rows":  # a selection records which input rows it kept (and how often)
             pos = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
             batch = batch.append_column(layers.POS, pa.array(pos))
         outs.append(_layer_part(layer, batch, fn(batch), item["rewrites"], offset, where))
         offset += batch.num_rows
     out = pa.concat_tables(outs, promote_options="permissive")
-    datasets.write_shard(dst, item["name"], out)
+    datasets.write_shard(dst, item["name"], rows.stamp(out) if layer else out)
     return {"index": item["index"], "name": item["name"], "rows_in": offset, "rows_out": out.num_rows}
 
 
