@@ -290,7 +290,8 @@ def scratch(root: str, *, temp_directory: str | None = None, memory_limit: str |
 def _relation(root: str, ref: str, manifests: dict | None = None) -> str:
     """The SELECT behind a version's view: its files, or, for a layer, its columns joined to the versions it lies on
     (storage/layers.py), so every view keeps the wide shape of the stage and its ancestors."""
-    return layers.relation_sql(datasets.ref_from_string(root, ref), manifests=manifests)
+    # a layer no longer aligned with the shards below it gives a view that refuses every query (layers.view_sql)
+    return layers.view_sql(datasets.ref_from_string(root, ref), manifests=manifests)
 
 
 def parquet_expr(files: list[str]) -> str:
