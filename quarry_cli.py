@@ -260,7 +260,7 @@ def gc_plan(root: str) -> list[dict]:
     """Every committed version with ``keep``, the ``reason`` (the policy: storage/gc.py) and its size in ``bytes``;
     datasets are referenced by the recipes in datasets_cfg/ and those the manifests recorded (``run.recipe``)."""
     import datasets_cfg
-    from storage import catalog, gc
+    from storage import catalog, gc, leases
 
     con = catalog.connect(root)
     configured = [(f"recipe {path.relative_to(datasets_cfg.RECIPES_DIR.parent)}", _recipe_datasets(path))
@@ -272,7 +272,8 @@ def gc_plan(root: str) -> list[dict]:
               for recipes in recorded.values() for recipe in recipes}
     sql = "select ref, dataset, stage, version, uri, num_rows, created_at, parents from versions order by ref"
     rows = catalog.query(con, sql).to_pylist()
-    decisions = gc.decide(rows, *gc.references(configured, recorded, writes))
+    current = {(r["dataset"], r["stage"]): r["version"] for r in catalog.query(con, "select * from pointers").to_pylist()}
+    decisions = gc.decide(rows, *gc.references(configured, recorded, writes), current=current, live=leases.live(root))
     for r in rows:
         r.update(bytes=gc.version_bytes(r["uri"]), keep=decisions[r["ref"]].keep, reason=decisions[r["ref"]].reason)
     return rows
@@ -290,13 +291,20 @@ def _size(n: int) -> str:
 def gc(
     root: str | None = typer.Option(None, help="storage root"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    grace_s: float = typer.Option(6 * 3600, help="an uncommitted version is abandoned after this many seconds "
+                                  "without a write (and with no live run leasing its dataset)"),
 ) -> None:
-    """Delete versions no recipe references: superseded versions outside every latest version's lineage, and
-    datasets no recipe writes (recipes in datasets_cfg/ and those recorded in the manifests both count)."""
+    """Delete versions no recipe references: superseded versions outside every current version's lineage (the
+    pointers), datasets no recipe writes (recipes in datasets_cfg/ and those recorded in the manifests both count),
+    and uncommitted versions killed runs left. Versions a live run leases, and their lineage, are kept."""
     from storage import datasets as ds
+    from storage import gc as policy
+    from storage import leases, pointers
 
     root = _root(root)
-    doomed = [r for r in gc_plan(root) if not r["keep"]]
+    plan = gc_plan(root)
+    doomed = [r for r in plan if not r["keep"]]
+    doomed += [dict(r, num_rows="-") for r in policy.abandoned(root, [r["ref"] for r in plan], leases.live(root), grace_s)]
     if not doomed:
         console.print("nothing to delete")
         return
@@ -309,9 +317,13 @@ def gc(
     total = _size(sum(r["bytes"] for r in doomed))
     if not yes and not typer.confirm(f"delete these {len(doomed)} versions ({total})?"):
         raise typer.Exit(1)
-    for r in doomed:
+    pointers.adopt(root)  # an old root's newest-created_at choice becomes its pointer: it stays put from now on
+    leased, refs = policy.lease_reasons(leases.live(root))  # a run that started since the plan: leave it be
+    gone = [r for r in doomed if r["ref"].split("/")[0] not in leased and r["ref"] not in refs]
+    for r in gone:
         ds.delete_version(ds.ref_from_string(root, r["ref"]))
-    console.print(f"deleted {len(doomed)} versions ({total})")
+    leases.remove_dead(root)
+    console.print(f"deleted {len(gone)} versions ({_size(sum(r['bytes'] for r in gone))})")
 
 
 # ---------------------------------------------------------------------------------------------- service commands

@@ -4,13 +4,18 @@
     decisions = gc.decide(versions, referenced, missing)      # ref -> Decision(keep, reason)
 
 A dataset is referenced when a recipe writes it: one in datasets_cfg/ (``configured``), or one its manifests recorded
-(``run.recipe``) that still exists and still writes it. Of a referenced dataset the latest version of every stage is
-kept, with its whole lineage (which may cross datasets); every other version is deleted, with the reason. Nothing
-here reads a recipe or the store: the caller gathers the recipes (datasets_cfg) and the versions (storage.catalog).
+(``run.recipe``) that still exists and still writes it. Of a referenced dataset the current version of every stage -
+the one its pointer names (storage/pointers.py), else the newest created_at - is kept, with its whole lineage (which
+may cross datasets). Live leases (storage/leases.py) keep every version of the datasets a running flow writes and
+every version it read, with their lineage. Every other version is deleted, with the reason. ``decide`` reads no
+recipe and no store: the caller gathers the recipes (datasets_cfg), the versions (storage.catalog), the pointers and
+the leases. ``abandoned`` lists the uncommitted version folders of dead runs (no live lease on their dataset, nothing
+written for ``grace_s``), which no manifest names, so ``decide`` never sees them.
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -70,27 +75,46 @@ def latest(versions: Sequence[Mapping]) -> dict[tuple[str, str], str]:
     return {k: v["version"] for k, v in best.items()}
 
 
+def lease_reasons(live: Sequence[Mapping]) -> tuple[dict[str, str], dict[str, str]]:
+    """(dataset -> why, ref -> why) from live lease entries (storage/leases.py ``live``)."""
+    datasets: dict[str, str] = {}
+    refs: dict[str, str] = {}
+    for e in live:
+        why = f"leased by run {e['run_id']} (pid {e.get('pid')} on {e.get('host')}, until {e.get('expires_at')})"
+        for d in e.get("datasets") or ():
+            datasets.setdefault(d, why)
+        for r in e.get("versions") or ():
+            refs.setdefault(r, why)
+    return datasets, refs
+
+
 def decide(
     versions: Sequence[Mapping],
     referenced: Mapping[str, str],
     missing: Mapping[str, Sequence[str]] | None = None,
+    current: Mapping[tuple[str, str], str] | None = None,
+    live: Sequence[Mapping] = (),
 ) -> dict[str, Decision]:
     """ref -> keep or delete, and why, for every committed version (rows with ``ref``, ``dataset``, ``stage``,
-    ``version``, ``created_at`` and ``parents``, the refs it was derived from)."""
+    ``version``, ``created_at`` and ``parents``, the refs it was derived from). ``current``: (dataset, stage) ->
+    the version its pointer names (default: the newest created_at); ``live``: the live leases."""
     missing = missing or {}
     parents = {v["ref"]: list(v.get("parents") or ()) for v in versions}
-    newest = latest(versions)
-    keep: dict[str, str] = {}  # ref -> the latest version of a referenced dataset whose lineage holds it
+    newest = {**latest(versions), **(current or {})}
+    leased_datasets, leased_refs = lease_reasons(live)
+    keep: dict[str, str] = {}  # ref -> why: the current version of a referenced dataset whose lineage holds it
     for v in sorted(versions, key=lambda v: v["ref"]):
-        if newest[(v["dataset"], v["stage"])] == v["version"] and v["dataset"] in referenced:
+        why = leased_refs.get(v["ref"]) or leased_datasets.get(v["dataset"])
+        if why is None and newest[(v["dataset"], v["stage"])] == v["version"] and v["dataset"] in referenced:
+            why = referenced[v["dataset"]]
+        if why is not None:
             for ancestor in lineage(v["ref"], parents):
-                keep.setdefault(ancestor, v["ref"])
+                keep.setdefault(ancestor, why + (f"; in the lineage of {v['ref']}" if ancestor != v["ref"] else ""))
     out = {}
     for v in versions:
         ref, dataset = v["ref"], v["dataset"]
         if ref in keep:
-            by = keep[ref]
-            reason = referenced[by.split("/")[0]] + (f"; in the lineage of {by}" if by != ref else "")
+            reason = keep[ref]
         elif dataset not in referenced:
             gone = missing.get(dataset)
             reason = f"no recipe writes {dataset} (none in datasets_cfg/" + (
@@ -112,3 +136,52 @@ def version_bytes(uri: str) -> int:
         return int(fs.du(path))
     except (OSError, FileNotFoundError):
         return 0
+
+
+def abandoned(root: str, committed: Iterable[str], live: Sequence[Mapping], grace_s: float,
+              now: float | None = None) -> list[dict]:
+    """Uncommitted version folders (no manifest) that no live lease covers and where nothing was written for
+    ``grace_s`` seconds, nor by a writer still running here: what a killed run left. ``committed``: the refs with a
+    manifest. Rows: ref, uri, bytes, reason."""
+    import time
+
+    from storage import datasets
+    from storage.temporaries import TMP_PREFIX, is_abandoned
+
+    now = time.time() if now is None else now
+    fs, base = datasets.filesystem(root)
+    leased, _ = lease_reasons(live)
+    done = set(committed)
+    out = []
+    for path in sorted(fs.glob(datasets._join(base, "*", "*", "*"))):
+        dataset, stage, version = path.rstrip("/").split("/")[-3:]
+        ref = f"{dataset}/{stage}/{version}"
+        if ref in done or dataset.startswith("_") or not fs.isdir(path) or dataset in leased:
+            continue
+        try:
+            infos = fs.ls(path, detail=True)
+        except FileNotFoundError:  # committed and removed meanwhile
+            continue
+        if any(posixpath.basename(i["name"]) == datasets.MANIFEST for i in infos):
+            continue  # committed since the catalog was read
+        times = [_mtime(i) for i in infos] or [_mtime(fs.info(path))]
+        newest = max((t for t in times if t is not None), default=None)
+        if newest is not None and now - newest < grace_s:
+            continue
+        live_writer = any(posixpath.basename(i["name"]).startswith(TMP_PREFIX)
+                          and not is_abandoned(posixpath.basename(i["name"]), _mtime(i), now) for i in infos)
+        if live_writer:
+            continue
+        age = f"{(now - newest) / 60:.0f} min" if newest is not None else "unknown time"
+        out.append({"ref": ref, "uri": datasets._join(root, ref), "bytes": version_bytes(datasets._join(root, ref)),
+                    "reason": f"uncommitted (no manifest), nothing written for {age}, no live run leases {dataset}"})
+    return out
+
+
+def _mtime(info: Mapping) -> float | None:
+    import datetime as dt
+
+    t = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
+    if isinstance(t, dt.datetime):
+        return t.timestamp()
+    return float(t) if t is not None else None
