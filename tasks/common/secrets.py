@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import urllib.parse
 from collections.abc import Iterable
 
@@ -50,6 +51,7 @@ class Redactor:
     """`Redactor(secret, *more)(text)` -> text with every encoding of every secret, and fragments of them, masked."""
 
     def __init__(self, *secrets: str | None):
+        self._secrets = tuple(sorted({s for s in secrets if s}))
         self._grams: list[tuple[int, frozenset[str]]] = []
         for secret in secrets:
             if not secret:
@@ -62,6 +64,15 @@ class Redactor:
 
     def __bool__(self) -> bool:
         return bool(self._grams)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Redactor) and other._secrets == self._secrets
+
+    def __hash__(self) -> int:
+        return hash(self._secrets)
+
+    def __repr__(self) -> str:  # never the secret
+        return f"Redactor({len(self._secrets)} secrets)"
 
     def __call__(self, text: str | None) -> str | None:
         if not text or not self._grams:
@@ -87,3 +98,46 @@ class Redactor:
 
     def all(self, texts: Iterable[str | None]) -> list[str | None]:
         return [self(t) for t in texts]
+
+
+class _RedactingFilter(logging.Filter):
+    """Rewrites a record's message through every live Redactor (a filter may change the record it passes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.redactors: list[Redactor] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.redactors:
+            msg = record.getMessage()
+            for r in self.redactors:
+                msg = r(msg)
+            record.msg, record.args = msg, ()
+            if record.exc_info or record.exc_text:  # the traceback quotes the server too
+                text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+                for r in self.redactors:
+                    text = r(text)
+                record.exc_text, record.exc_info = text, None
+        return True
+
+
+_FILTER = _RedactingFilter()
+
+
+# httpx and httpcore's loggers (httpcore creates its own lazily, on first use: name them all up front)
+HTTP_LOGGERS = ("httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy",
+                "httpcore.socks")
+
+
+def guard_logs(redactor: Redactor, loggers: tuple[str, ...] = HTTP_LOGGERS) -> None:
+    """Redact the records of the HTTP client's loggers: httpx logs the status line's reason phrase at INFO and
+    httpcore's DEBUG trace quotes the raw header line it could not parse; both are server text. Logger filters do
+    not apply to child loggers, so the filter goes on each named logger and on any existing child of one."""
+    if not redactor or redactor in _FILTER.redactors:
+        return
+    _FILTER.redactors.append(redactor)
+    names = [n for n in logging.Logger.manager.loggerDict if n.startswith(tuple(f"{p}." for p in loggers))]
+    for name in {*loggers, *names}:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 
 from tasks.augment.backends.base import Completion, Sampling
-from tasks.common.secrets import Redactor
+from tasks.common.secrets import Redactor, guard_logs
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}  # OpenAI's own client retries 408/409/429/5xx
 
@@ -47,6 +47,7 @@ class OpenAIBackend:
         # Read once, kept private; never part of params, rows or error strings.
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         self._redact = Redactor(key)
+        guard_logs(self._redact)  # httpx/httpcore log reason phrases and bad header lines: server text
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(
             timeout=timeout_s, headers=headers, limits=httpx.Limits(max_connections=self.concurrency)
