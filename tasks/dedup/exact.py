@@ -62,13 +62,24 @@ class ExactDedupParams:
 
 
 def normalize_url(url: str) -> str:
-    """Lower-case scheme and host, drop default port, fragment and a lone trailing '/' (same page, same key)."""
+    """Lower-case scheme and host, drop default port, fragment and a lone trailing '/' (same page, same key).
+    Raises ValueError on a URL urllib cannot split (a bad port, an unclosed IPv6 bracket): see `url_key`."""
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()
     if parts.port and parts.port != _DEFAULT_PORTS.get(parts.scheme.lower()):
         host = f"{host}:{parts.port}"
     path = parts.path if parts.path not in ("", "/") else ""
     return urlunsplit((parts.scheme.lower(), host, path, parts.query, ""))
+
+
+def url_key(url: str) -> tuple[str, str | None]:
+    """(dedup key, error): the normalized URL, or for a URL urllib cannot parse (``http://h:abc/``,
+    ``http://[::1/x``, ``http://h:99999/``) the stripped raw string and the parse error. The raw string still keys:
+    two copies of one malformed URL are the same URL, and one bad record must not fail the stage (issue 35)."""
+    try:
+        return normalize_url(url), None
+    except ValueError as e:
+        return url.strip(), f"ed_url_unparseable: {e}"[:200]
 
 
 def _digest(s: str) -> str:
@@ -81,6 +92,7 @@ LENGTH_COLUMN = "ed_text_length"  # the "longest" priority's key, so the global 
 @implements("exact_dedup_hashes")
 def exact_dedup_hashes(batch: pa.Table, params: ExactDedupParams = ExactDedupParams()) -> pa.Table:
     """Add `ed_text_hash` (of RPv2-normalized text) and `ed_url_hash`; null when the text/URL is null or empty.
+    With the url key also `ed_url_error`: null, or why the URL did not parse (it is then hashed as written).
     With priority "longest" also `ed_text_length` (code points; null for a null text)."""
     out = batch
     if params.priority == "longest" and params.text_column in batch.column_names:
@@ -92,15 +104,24 @@ def exact_dedup_hashes(batch: pa.Table, params: ExactDedupParams = ExactDedupPar
             continue
         if column not in batch.column_names:
             raise ValueError(f"exact_dedup_hashes needs a {column!r} column for key {key!r}")
-        norm = rpv2_normalize if key == "text" else normalize_url
-        hashes = []
+        hashes, errors = [], []
         for v in batch.column(column).to_pylist():
-            n = norm(v) if v else ""
+            n, err = (url_key(v) if key == "url" else (rpv2_normalize(v), None)) if v else ("", None)
             hashes.append(_digest(n) if n else None)  # empty docs are the quality filter's business, not dups
-        if name in out.column_names:
-            out = out.drop_columns([name])
-        out = out.append_column(name, pa.array(hashes, pa.string()))
+            errors.append(err)
+        out = _put(out, name, pa.array(hashes, pa.string()))
+        if key == "url":  # every row stays; a URL that did not parse is keyed raw and says why here
+            out = _put(out, URL_ERROR_COLUMN, pa.array(errors, pa.string()))
     return out
+
+
+URL_ERROR_COLUMN = "ed_url_error"
+
+
+def _put(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    if name in table.column_names:
+        table = table.drop_columns([name])
+    return table.append_column(name, values)
 
 
 KEEPERS_SCHEMA = pa.schema(
