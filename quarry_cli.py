@@ -288,6 +288,30 @@ def _size(n: int) -> str:
 
 
 @app.command()
+def verify(
+    selector: str | None = typer.Argument(None, help="dataset[/stage[/version]] (default: every committed version)"),
+    root: str | None = typer.Option(None, help="storage root"),
+    quick: bool = typer.Option(False, help="sizes and footers only (no full checksum)"),
+) -> None:
+    """Check committed files against their manifests (presence, size, xxh64, footer, rows); exit 1 naming each bad
+    file and what differs."""
+    from storage import verify as integrity
+
+    try:
+        refs, problems = integrity.verify_root(_root(root), selector, full=not quick)
+    except ValueError as e:
+        raise _fail(str(e), 2) from None
+    if not refs:
+        raise _fail(f"no committed version matches {selector or '*'} under {_root(root)}", 2)
+    for p in problems:
+        console.print(str(p), style="red", markup=False, highlight=False, soft_wrap=True)
+    bad = len({p.ref for p in problems})
+    console.print(f"{len(refs)} versions checked, {bad} bad, {len(problems)} bad files", markup=False)
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
 def gc(
     root: str | None = typer.Option(None, help="storage root"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),

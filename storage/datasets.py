@@ -412,6 +412,20 @@ def existing_shards(ref: DatasetRef) -> set[str]:
     return {n for n, st in shard_states(ref).items() if st.size is not None and st.problem is None}
 
 
+def has_shard(ref: DatasetRef, name: str) -> bool:
+    """Whether one shard is already written whole (its size matches its one checksum marker): the per-shard form
+    of ``existing_shards`` for writers that must not list the folder per work item (a stat and a prefix glob)."""
+    fs, base = filesystem(ref.uri)
+    try:
+        size = fs.size(_join(base, name))
+    except FileNotFoundError:
+        return False
+    if not integrity():
+        return True
+    marks = fs.glob(_join(base, glob_escape(f"{SUM_PREFIX}{name}.{size}.") + "*"))
+    return len([p for p in marks if _parse_marker(posixpath.basename(p))]) == 1
+
+
 def untrusted_shards(ref: DatasetRef) -> dict[str, str]:
     """Shard files present in a version folder that cannot be proven whole, with why (torn, empty, unmarked)."""
     return {n: st.problem for n, st in shard_states(ref).items() if st.size is not None and st.problem}
@@ -444,9 +458,13 @@ def is_committed(ref: DatasetRef) -> bool:
 
 
 def read_manifest(ref: DatasetRef) -> dict:
+    """A committed manifest; its ``uri`` is where it was read (older manifests stored an absolute one: ignored, so a
+    copied or moved root reads its own files)."""
     fs, path = filesystem(manifest_uri(ref))
     with fs.open(path, "r") as f:
-        return json.load(f)
+        m = json.load(f)
+    m["uri"] = ref.uri
+    return m
 
 
 def commit(
@@ -469,19 +487,32 @@ def commit(
     fs.makedirs(base, exist_ok=True)
     clean_temporaries(ref)
     files, num_rows, schema = [], 0, None
-    for name in sorted(existing_shards(ref)):
+    states = shard_states(ref)
+    torn = {n: st.problem for n, st in states.items() if st.size is not None and st.problem}
+    if torn:  # never list a file nobody can vouch for: the stage's resume rewrites it
+        raise StorageError(f"cannot commit {ref}: {'; '.join(f'{_join(ref.uri, n)}: {p}' for n, p in torn.items())}")
+    for name, st in states.items():
+        if st.size is None:
+            continue  # a marker left by a writer killed before its rename
         with fs.open(_join(base, name), "rb") as f:
-            meta = pq.ParquetFile(f).metadata
+            try:
+                meta = pq.ParquetFile(f).metadata
+            except Exception as e:
+                raise StorageError(f"cannot commit {ref}: {_join(ref.uri, name)}: unreadable footer: {e}") from e
             rows = meta.num_rows
             if schema is None:
                 schema = meta.schema.to_arrow_schema()
-        files.append({"name": name, "rows": rows})
+        entry = {"name": name, "rows": rows, "bytes": st.size}
+        if st.recorded is not None:
+            entry["xxh64"] = st.recorded[1]
+        files.append(entry)
         num_rows += rows
     manifest = {
         "dataset": ref.dataset,
         "stage": ref.stage,
         "version": ref.version,
-        "uri": ref.uri,
+        # where it is, relative to the root: files are named relative to this folder, so a copied root reads whole
+        "path": f"{ref.dataset}/{ref.stage}/{ref.version}",
         "parents": [str(p) for p in parents],
         "params": params_json(params),
         "code_hash": code.digest if isinstance(code, CodeIdentity) else code,
@@ -506,7 +537,12 @@ def commit(
         tmp = _join(base, tmp_name(MANIFEST))
         with fs.open(tmp, "w") as f:
             f.write(payload)
+            if integrity() and _is_local(fs):
+                f.flush()
+                os.fsync(f.fileno())
         try:
+            if integrity() and _is_local(fs):  # every shard's rename is durable before the manifest names it
+                _fsync_dir(fs._strip_protocol(base))
             # link() fails if the manifest exists: exactly one of two racing committers wins.
             os.link(fs._strip_protocol(tmp), fs._strip_protocol(final))
             note_committed(str(ref))
@@ -514,6 +550,8 @@ def commit(
             pass
         finally:
             fs.rm(tmp)
+        if integrity() and _is_local(fs):
+            _fsync_dir(fs._strip_protocol(base))
         return read_manifest(ref)
     if not fs.exists(final):
         fs.pipe_file(final, payload.encode())
@@ -541,9 +579,52 @@ def write_table(ref: DatasetRef, table: pa.Table, *, max_rows_per_shard: int = 1
 
 def read_shard(ref: DatasetRef, name: str) -> pa.Table:
     """One shard of a (possibly not yet committed) version: resume logic reads what an earlier attempt wrote."""
-    fs, path = filesystem(shard_uri(ref, name))
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f)
+    return _read_parquet(shard_uri(ref, name), None)
+
+
+def _read_parquet(uri: str, entry: dict | None, columns: Sequence[str] | None = None) -> pa.Table:
+    with open_parquet(uri, entry) as pf:
+        try:
+            return pf.read(columns=list(columns) if columns else None)
+        except Exception as e:
+            raise StorageError(f"{uri}: unreadable: {type(e).__name__}: {e}") from e
+
+
+class open_parquet:
+    """Open one Parquet file for reading, checked: its size against the manifest entry (a stat), its footer (which
+    the open reads anyway), page checksums on; every failure is a StorageError that names the file.
+
+        with datasets.open_parquet(uri, entry) as pf:   # entry: the manifest's {"name", "rows", "bytes", ...}
+            for batch in pf.iter_batches(...): ...
+    """
+
+    def __init__(self, uri: str, entry: dict | None = None):
+        self.uri, self.entry, self._f = uri, entry, None
+
+    def __enter__(self) -> pq.ParquetFile:
+        fs, path = filesystem(self.uri)
+        try:
+            size = fs.size(path)
+        except FileNotFoundError:
+            raise StorageError(f"{self.uri}: missing (its manifest lists it)") from None
+        want = (self.entry or {}).get("bytes")
+        if want is not None and size != want:
+            raise StorageError(f"{self.uri}: size {size} bytes, its manifest says {want}")
+        self._f = fs.open(path, "rb")
+        try:
+            pf = pq.ParquetFile(self._f, page_checksum_verification=True)
+        except Exception as e:
+            self._f.close()
+            raise StorageError(f"{self.uri}: unreadable footer: {type(e).__name__}: {e}") from e
+        rows = (self.entry or {}).get("rows")
+        if rows is not None and pf.metadata.num_rows != rows:
+            self._f.close()
+            raise StorageError(f"{self.uri}: {pf.metadata.num_rows} rows, its manifest says {rows}")
+        return pf
+
+    def __exit__(self, *exc) -> None:
+        if self._f is not None:
+            self._f.close()
 
 
 def read_table_uncommitted(ref: DatasetRef) -> pa.Table:
@@ -553,9 +634,16 @@ def read_table_uncommitted(ref: DatasetRef) -> pa.Table:
 
 
 def files(ref: DatasetRef) -> list[str]:
-    """The shard URIs of a committed version, as its manifest lists them."""
-    manifest = read_manifest(ref)
-    return [_join(ref.uri, f["name"]) for f in manifest["files"]]
+    """The shard URIs of a committed version, as its manifest lists them, resolved against ``ref.root`` (the root it
+    is read from now, whatever root wrote it). Readers of a manifest's files (catalog views, the dashboard's sandbox)
+    go through this or ``manifest_files``."""
+    return manifest_files(read_manifest(ref), ref.uri)
+
+
+def manifest_files(manifest: dict, folder: str | None = None) -> list[str]:
+    """The file URIs a manifest lists, under ``folder`` (default: the ``uri`` read_manifest/iter_manifests set)."""
+    folder = folder or manifest["uri"]
+    return [_join(folder, f["name"]) for f in manifest.get("files", [])]
 
 
 # storage/layers.py reads a layer's wide table; it registers itself here when the storage package is imported
@@ -566,13 +654,10 @@ _WIDE_READER: list[Callable[[DatasetRef, Sequence[str] | None], pa.Table]] = []
 def read_table(ref: DatasetRef, columns: Sequence[str] | None = None) -> pa.Table:
     """Read a committed version into memory (for small tables: reports, cluster centroids, eval results); a layer
     reads as its wide table (its columns joined with those of the versions it lies on)."""
-    if read_manifest(ref).get("layer"):
+    manifest = read_manifest(ref)
+    if manifest.get("layer"):
         return _WIDE_READER[0](ref, columns)
-    tables = []
-    for uri in files(ref):
-        fs, path = filesystem(uri)
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f, columns=list(columns) if columns else None))
+    tables = [_read_parquet(_join(ref.uri, f["name"]), f, columns) for f in manifest["files"]]
     if not tables:
         return pa.table({})
     return pa.concat_tables(tables, promote_options="permissive")
@@ -589,7 +674,8 @@ def iter_manifests(root: str) -> Iterable[dict]:
                 m = json.load(f)
         except (OSError, json.JSONDecodeError):
             continue  # a manifest being replaced right now; the next rebuild sees it
-        m.setdefault("uri", posixpath.dirname(path))
+        # where it was found, under the root as given (older manifests hold the absolute URI they were written at)
+        m["uri"] = _join(root, posixpath.relpath(posixpath.dirname(path), base))
         yield m
 
 

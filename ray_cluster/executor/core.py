@@ -1,7 +1,7 @@
 """The executor's core, shared by every kind (``source.py``, ``shards.py``, ``sql.py``, ``whole.py``, ``llm.py``):
 a stage's resources, what its version hashes (``code_of``), the secrets its workers get, and the opening and
-closing of the one sequence every kind runs: ``_prepare`` (derive the version, skip it when committed, refuse a root
-the workers could not share) and ``_commit`` (check the rows the workers reported against the shards the driver
+closing of the one sequence every kind runs: ``_prepare`` (derive the version, skip it when committed and verified,
+recompute it when it fails verification, refuse a root the workers could not share) and ``_commit`` (check the rows the workers reported against the shards the driver
 sees, then write the manifest). Imports no kind module.
 
 The underscore names are the executor package's internals, shared by its kind modules (``core._commit``), not API.
@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_cluster import runtime
-from storage import datasets, layers
+from ray_cluster.executor import yieldcheck
+from storage import datasets, layers, verify
 from storage.code_identity import CodeIdentity, code_identity
 from storage.datasets import DatasetRef, StorageError
 
@@ -98,12 +99,44 @@ def _prepare(stage: Any, inputs: list[DatasetRef | None], params: Any, profile: 
     the stage's workers could not share. Returns (inputs present, roles, version, already committed)."""
     present, roles = _present(stage, inputs)
     dst = datasets.derive(present, stage.name, code_of(stage), params, dataset=target["dataset"])
-    if datasets.is_committed(dst):
-        log.info(f"{stage.name}: {dst} already committed, skipping")
+    if _reuse(stage, dst):
         return present, roles, dst, True
     if workers:
         check_shared_root(dst.root, profile)
     return present, roles, dst, False
+
+
+def _reuse(stage: Any, dst: DatasetRef) -> bool:
+    """Whether ``dst`` is committed and may be reused as it is. A committed version (and its committed side
+    outputs) is re-hashed in full first (storage/verify.py): one that fails is un-committed (manifest moved aside,
+    bad files' markers withdrawn) and recomputed, never skipped. An uncommitted one about to resume has the shards
+    an earlier attempt left re-hashed: the torn or mismatching ones are rewritten, and named here."""
+    siblings = [dst.sibling(s) for s in (*getattr(stage, "outputs", ()), *getattr(stage, "checkpoints", ()))]
+    bad: dict[DatasetRef, list] = {}
+    if datasets.is_committed(dst):
+        if not datasets.integrity():
+            log.info(f"{stage.name}: {dst} already committed, skipping")
+            return True
+        bad = {ref: verify.verify_version(ref) for ref in [dst, *siblings] if datasets.is_committed(ref)}
+        bad = {ref: problems for ref, problems in bad.items() if problems}
+        if not bad:
+            log.info(f"{stage.name}: {dst} already committed and verified, skipping")
+            return True
+        if dst not in bad:  # a side output is bad: the main manifest (the stage's commit) must go too
+            bad[dst] = []
+        for ref, problems in bad.items():
+            verify.reject(ref, problems)
+        listed = "; ".join(str(p) for problems in bad.values() for p in problems)
+        log.warning(f"{stage.name}: {dst} is committed but fails verification ({listed}); recomputing it")
+    if datasets.integrity():
+        redo = {}
+        for ref in [dst, *siblings]:
+            if ref not in bad and not datasets.is_committed(ref):  # a rejected one was just hashed in full
+                redo.update(verify.check_resume(ref))
+        if redo:
+            log.warning(f"{stage.name}: resuming {dst}: rewriting "
+                        + "; ".join(f"{uri} ({why})" for uri, why in sorted(redo.items())))
+    return False
 
 
 def _commit(stage: Any, dst: DatasetRef, parents: list[DatasetRef], params: Any, stats: dict,
@@ -118,6 +151,7 @@ def _commit(stage: Any, dst: DatasetRef, parents: list[DatasetRef], params: Any,
                 f"cannot see under {dst.uri} (e.g. {sorted(lost)[:3]}): the storage root is not shared with the "
                 "cluster's workers. Nothing was committed."
             )
+    stats = {**stats, **yieldcheck.check(stage, dst, parents, params, _read_uncommitted, layer)}  # issue 35
     kwargs = dict(parents=parents, params=params, code=code_of(stage), extra={"stats": stats},
                   inputs=inputs)
     manifest = layers.commit_layer(dst, layer, **kwargs) if layer else datasets.commit(dst, **kwargs)
