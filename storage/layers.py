@@ -47,6 +47,11 @@ DOC_ID = "doc_id"  # the column whose order a layer's alignment record hashes (i
 # what a layer shard was computed from: its parent shard's row count and the hash of the parent's doc_ids in order,
 # stamped in the shard's own Parquet footer (it travels with the file) and copied into the manifest's file entry
 OF_ROWS, OF_DOC_IDS = "of_rows", "of_doc_ids"
+# over a full version: a digest of the parent shard's doc_id min/max footer statistics per row group, so a swap of two
+# shards with the same row count is caught on open from the footer alone (doc_ids are sha1 hashes: two shards' ranges
+# coincide with negligible probability); the doc_id hash in verify_alignment is the proof
+OF_ID_STATS = "of_id_stats"
+RECORD = (OF_ROWS, OF_DOC_IDS, OF_ID_STATS)
 STAMP_KEY = b"quarry.aligned"
 
 
@@ -86,7 +91,7 @@ def link(ref: DatasetRef, manifests: dict | None = None) -> Link:
     layer = m.get("layer") or {}
     own = tuple(f["name"] for f in m.get("schema", []) if f["name"] != POS)
     view = tuple((f["name"], f["type"]) for f in (m.get("view_schema") or m.get("schema") or []) if f["name"] != POS)
-    aligned = {f["name"]: {k: f[k] for k in (OF_ROWS, OF_DOC_IDS) if k in f} for f in m.get("files", [])
+    aligned = {f["name"]: {k: f[k] for k in RECORD if k in f} for f in m.get("files", [])
                if OF_ROWS in f}
     return Link(ref, layer.get("kind", "full"), own, tuple(layer.get("hide", ())),
                 tuple(f["name"] for f in m.get("files", [])), view, aligned)
@@ -192,13 +197,30 @@ def fingerprint(ref: DatasetRef, name: str) -> dict:
     return fp.record()
 
 
-def _footer(ref: DatasetRef, name: str) -> tuple[int, dict | None]:
-    """A shard's row count and alignment stamp, from its Parquet footer only (a few KB; no data page is read)."""
+def _footer(ref: DatasetRef, name: str) -> tuple[int, dict | None, str | None]:
+    """A shard's row count, alignment stamp and doc_id statistics digest, from its Parquet footer only (a few KB; no
+    data page is read)."""
     fs, path = datasets.filesystem(datasets.shard_uri(ref, name))
     with fs.open(path, "rb") as f:
         meta = pq.ParquetFile(f).metadata
     stamp = (meta.metadata or {}).get(STAMP_KEY)
-    return meta.num_rows, (json.loads(stamp) if stamp else None)
+    return meta.num_rows, (json.loads(stamp) if stamp else None), _id_stats(meta)
+
+
+def _id_stats(meta: pq.FileMetaData) -> str | None:
+    """sha256 of (rows, min, max) of the doc_id column per row group; None without the column or its statistics."""
+    names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+    if DOC_ID not in names:
+        return None
+    j, parts = names.index(DOC_ID), []
+    for g in range(meta.num_row_groups):
+        st = meta.row_group(g).column(j).statistics
+        if st is None or not st.has_min_max:
+            if meta.row_group(g).num_rows:
+                return None
+            continue
+        parts.append([meta.row_group(g).num_rows, str(st.min), str(st.max)])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
 def stamp(table: pa.Table, record: dict) -> pa.Table:
@@ -212,32 +234,54 @@ def _alignment_at_commit(ref: DatasetRef, parent: DatasetRef, name: str) -> dict
     """The record a layer shard's manifest entry gets: the stamp its writer put in the footer (what it really read),
     else (a shard written by other code) the parent shard's fingerprint now. Refuses a stamp whose row count the
     parent's footer no longer matches: nothing misaligned is committed."""
-    _, record = _footer(ref, name)
+    _, record, _ = _footer(ref, name)
+    have, _, id_stats = _footer(parent, name)
     if record is None:
-        return fingerprint(parent, name)
-    have = _footer(parent, name)[0]
-    if have != record.get(OF_ROWS):
+        record = fingerprint(parent, name)
+    elif have != record.get(OF_ROWS):
         raise MisalignedLayer(f"{ref}/{name}: computed from {record.get(OF_ROWS)} rows of {parent}/{name}, which "
                               f"now holds {have}; not committed")
-    return {k: record[k] for k in (OF_ROWS, OF_DOC_IDS) if k in record}
+    out = {k: record[k] for k in (OF_ROWS, OF_DOC_IDS) if k in record}
+    if id_stats is not None and link(parent).kind == "full":
+        out[OF_ID_STATS] = id_stats
+    return out
 
 
 def check_counts(links: list[Link], names: Sequence[str]) -> None:
-    """Every layer of a chain against the shards it lies on, for the shards ``names``: the row count it recorded
-    against the parent shard's footer now (one footer read per layer and shard). A difference raises
-    ``MisalignedLayer`` naming the layer, the shard and both counts; layers without records are not checked."""
-    for i, lk in enumerate(links[:-1]):
-        for name in names:
+    """Every layer of a chain against the shards it lies on, for the shards ``names``, from footers only (one read
+    per version of the chain and shard): the layer shard's own stamp against its manifest entry (a swapped layer
+    file), the row count it recorded against the parent shard's now, and over a full version the parent's doc_id
+    statistics digest (a swap of two shards with equal row counts). A difference raises ``MisalignedLayer`` naming
+    the layer, the shard and what differs; layers without records (committed before issue 34) are not checked."""
+    for name in names:
+        footers: dict[int, tuple] = {}
+        for i, lk in enumerate(links[:-1]):
             rec = lk.aligned.get(name)
             if not rec:
                 continue
-            below = links[i + 1].ref
-            have = _footer(below, name)[0]
-            if have != rec[OF_ROWS]:
-                raise MisalignedLayer(
-                    f"layer {lk.ref} shard {name}: computed from {rec[OF_ROWS]} rows of {below}/{name}, which now "
-                    f"holds {have} (a shard below it was swapped, restored or truncated); refusing to join it by "
-                    "row position")
+            for j in (i, i + 1):
+                if j not in footers:
+                    footers[j] = _footer(links[j].ref, name)
+            problem = _misaligned(rec, footers[i][1], footers[i + 1], links[i + 1].ref, name)
+            if problem:
+                raise MisalignedLayer(f"layer {lk.ref} shard {name}: {problem}; refusing to join it by row position "
+                                      "(`quarry verify` checks every shard's doc_ids)")
+
+
+def _misaligned(rec: dict, mine: dict | None, below: tuple, below_ref: DatasetRef, name: str) -> str | None:
+    """What differs between a layer shard's record and the footers (its own stamp, the parent's), or None; a row
+    count difference is said first in the message ("computed from N rows")."""
+    if mine is not None and {k: mine.get(k) for k in (OF_ROWS, OF_DOC_IDS) if k in rec} != \
+            {k: rec[k] for k in (OF_ROWS, OF_DOC_IDS) if k in rec}:
+        return (f"its file's own stamp {mine} is not its manifest's {rec} (the layer's shard file was swapped or "
+                "replaced)")
+    if below[0] != rec[OF_ROWS]:
+        return (f"computed from {rec[OF_ROWS]} rows of {below_ref}/{name}, which now holds {below[0]} (a shard "
+                "below it was swapped, restored or truncated)")
+    if OF_ID_STATS in rec and below[2] is not None and below[2] != rec[OF_ID_STATS]:
+        return (f"computed from {below_ref}/{name} whose doc_id footer statistics digest was {rec[OF_ID_STATS]}, "
+                f"now {below[2]} (same row count, other documents: a shard below it was swapped or replaced)")
+    return None
 
 
 def verify_alignment(ref: DatasetRef, *, hashes: bool = True) -> list[str]:
@@ -245,48 +289,48 @@ def verify_alignment(ref: DatasetRef, *, hashes: bool = True) -> list[str]:
     shard's own footer against its manifest entry (a swapped layer file), the recorded row count against the parent
     shard's footer, and (``hashes``) the recorded doc_id hash against the parent's doc_ids read now (one column per
     row-defining version of the chain, read once). Returns one line per problem, naming the layer, the shard and
-    what differs; [] when every layer lines up. Layers committed before these records are skipped."""
+    what differs; [] when every layer lines up. A shard is reported at the lowest layer that breaks (every layer
+    above it reads through it). Layers committed before these records are skipped."""
     links = chain(ref)
     problems: list[str] = []
     ids: dict[tuple[str, str], dict | Exception] = {}
+    broken: set[str] = set()
     for i in reversed(range(len(links) - 1)):  # bottom up: a broken lower layer is reported by itself
-        lk, below = links[i], links[i + 1]
+        lk = links[i]
         # a columns layer keeps its parent's rows: the doc_ids below it are those of the first selection or full
         rowdef = next(j for j in range(i + 1, len(links)) if links[j].kind != "columns")
         for name in lk.files:
             rec = lk.aligned.get(name)
-            if not rec:
+            if not rec or name in broken:
                 continue
-            where = f"layer {lk.ref} shard {name}"
-            try:
-                mine = _footer(lk.ref, name)[1]
-                have = _footer(below.ref, name)[0]
-            except OSError as e:
-                problems.append(f"{where}: cannot read its footer or the one below it: {type(e).__name__}: {e}")
-                continue
-            if mine is not None and {k: mine.get(k) for k in rec} != rec:
-                problems.append(f"{where}: the file's own stamp {mine} is not its manifest's {rec} (the layer's "
-                                "shard file was swapped or replaced)")
-            if have != rec[OF_ROWS]:
-                problems.append(f"{where}: computed from {rec[OF_ROWS]} rows of {below.ref}/{name}, which now "
-                                f"holds {have}")
-                continue
-            if not hashes or OF_DOC_IDS not in rec:
-                continue
-            key = (str(links[rowdef].ref), name)
-            if key not in ids:
-                try:
-                    ids[key] = fingerprint(links[rowdef].ref, name)
-                except (StorageError, OSError) as e:  # a layer further down is broken: reported on its own
-                    ids[key] = e
-            got = ids[key]
-            if isinstance(got, Exception):
-                continue
-            if got.get(OF_DOC_IDS) != rec[OF_DOC_IDS]:
-                problems.append(f"{where}: computed from {below.ref}/{name} whose {rec[OF_ROWS]} doc_ids hashed "
-                                f"{rec[OF_DOC_IDS]}; they now hash {got.get(OF_DOC_IDS)} (same row count, other "
-                                "documents or another order: a shard below it was swapped or replaced)")
+            problem = _verify_shard(links, i, rowdef, name, rec, ids, hashes)
+            if problem:
+                problems.append(f"layer {lk.ref} shard {name}: {problem}")
+                broken.add(name)
     return problems
+
+
+def _verify_shard(links: list[Link], i: int, rowdef: int, name: str, rec: dict, ids: dict, hashes: bool) -> str | None:
+    """What differs for shard ``name`` of layer links[i] (footers first, then the doc_id hash), or None."""
+    below = links[i + 1]
+    try:
+        problem = _misaligned(rec, _footer(links[i].ref, name)[1], _footer(below.ref, name), below.ref, name)
+    except OSError as e:
+        return f"cannot read its footer or the one below it: {type(e).__name__}: {e}"
+    if problem or not hashes or OF_DOC_IDS not in rec:
+        return problem  # when the footers already differ, the doc_id hash would say nothing more
+    key = (str(links[rowdef].ref), name)
+    if key not in ids:
+        try:
+            ids[key] = fingerprint(links[rowdef].ref, name)
+        except (StorageError, OSError) as e:  # a layer further down is broken: reported on its own
+            ids[key] = e
+    got = ids[key]
+    if isinstance(got, Exception) or got.get(OF_DOC_IDS) == rec[OF_DOC_IDS]:
+        return None
+    return (f"computed from {below.ref}/{name} whose {rec[OF_ROWS]} doc_ids hashed {rec[OF_DOC_IDS]}; they now hash "
+            f"{got.get(OF_DOC_IDS)} (same row count, other documents or another order: a shard below it was swapped "
+            "or replaced)")
 
 
 class SourceRows:
