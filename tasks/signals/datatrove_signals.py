@@ -40,11 +40,28 @@ REASON_COLUMNS = (
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DatatroveSignalsParams:
-    """default_language: datatrove word-tokenizer language for docs whose `lang` is null or has no tokenizer."""
+    """default_language: datatrove word-tokenizer language for docs whose `lang` is null or has no tokenizer.
+
+    doc_timeout_s: wall-time budget of one document through the four filters. datatrove's filters are pure Python
+        over spaCy, quadratic on some shapes (8 KB of ``:`` took 5 s, 32 KB 85 s); they then run in a child process
+        (tasks/common/budget.py) and a document past the budget gets ``dt_budget_timeout`` in every reason column
+        (the row stays; a rule that drops on a non-null reason drops it). 10 s is ~1000x a normal web page's time
+        (benchmarks/signals.py). None: run in this process, unbounded (trusted input only).
+    max_doc_chars: a longer document is not run at all: ``dt_budget_too_large``. 1M characters is ~10x the longest
+        page FineWeb keeps in practice (Penedo et al. 2024 keep pages of a few KB to ~100 KB).
+    """
 
     default_language: str = "en"  # datatrove's filters default to Languages.english
     text_column: str = "text"
     lang_column: str = "lang"
+    doc_timeout_s: float | None = 10.0
+    max_doc_chars: int | None = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.doc_timeout_s is not None and not self.doc_timeout_s > 0:
+            raise ValueError(f"doc_timeout_s must be > 0 or None, got {self.doc_timeout_s!r}")
+        if self.max_doc_chars is not None and self.max_doc_chars < 1:
+            raise ValueError(f"max_doc_chars must be >= 1 or None, got {self.max_doc_chars!r}")
 
 
 @lru_cache(maxsize=16)
@@ -84,11 +101,53 @@ def _reason(filt, doc) -> str | None:
     return reason or "dropped"
 
 
-@implements("datatrove_signals")
-def datatrove_signals(batch: pa.Table, params: DatatroveSignalsParams = DatatroveSignalsParams()) -> pa.Table:
-    """Add the four `dt_*_reason` columns and `dt_c4_text_length` (kind a: pure per batch)."""
+def _doc_signals(item: tuple[str, str]) -> tuple:
+    """The four reasons and the C4-rewritten length of one (text, language): the per-document kernel, run here or
+    in the budget child."""
     from datatrove.data import Document
 
+    text, language = item
+    rep, qual, c4, fw = _filters(language)
+    c4_doc = Document(text=text, id="0")  # C4QualityFilter rewrites doc.text when it keeps the doc
+    c4_reason = _reason(c4, c4_doc)
+    fw_text = c4_doc.text if c4_reason is None else text
+    return (
+        _reason(rep, Document(text=text, id="0")),
+        _reason(qual, Document(text=text, id="0")),
+        c4_reason,
+        _reason(fw, Document(text=fw_text, id="0")),
+        len(c4_doc.text) if c4_reason is None else None,
+    )
+
+
+def _warm() -> None:
+    """Load the English filters and spaCy's tokenizer before any document's deadline starts."""
+    _doc_signals(("Warm up. The tokenizer loads here.", "en"))
+
+
+_WORKER = None  # one budget child per worker process, kept for the next batch
+
+
+def _budgeted(items: list[tuple[str, str]], timeout_s: float) -> list[tuple]:
+    global _WORKER
+    from tasks.common.budget import TIMEOUT, DeadlineWorker
+
+    if _WORKER is None:
+        _WORKER = DeadlineWorker(f"{__name__}:_doc_signals", warm=f"{__name__}:_warm")
+    out = []
+    for ok, value in _WORKER.map(items, timeout_s):
+        if ok:
+            out.append(value)
+        else:
+            reason = "dt_budget_timeout" if value == TIMEOUT else "dt_error_child"
+            out.append((reason,) * len(REASON_COLUMNS) + (None,))
+    return out
+
+
+@implements("datatrove_signals")
+def datatrove_signals(batch: pa.Table, params: DatatroveSignalsParams = DatatroveSignalsParams()) -> pa.Table:
+    """Add the four `dt_*_reason` columns and `dt_c4_text_length` (kind a: pure per batch). Every row stays: a null
+    text, an over-long one or one past its time budget gets a `dt_null_text` / `dt_budget_*` reason."""
     if params.text_column not in batch.column_names:
         raise ValueError(f"datatrove_signals needs a {params.text_column!r} column")
     texts = batch.column(params.text_column).to_pylist()
@@ -98,24 +157,24 @@ def datatrove_signals(batch: pa.Table, params: DatatroveSignalsParams = Datatrov
         else [None] * batch.num_rows
     )
     known = _known_languages()
-    cols: dict[str, list] = {c: [] for c in (*REASON_COLUMNS, "dt_c4_text_length")}
-    for i, (text, lang) in enumerate(zip(texts, langs, strict=True)):
+    rows: list[tuple | None] = [None] * batch.num_rows
+    todo: list[int] = []
+    for i, text in enumerate(texts):
         if text is None:
-            for c in REASON_COLUMNS:
-                cols[c].append("dt_null_text")
-            cols["dt_c4_text_length"].append(None)
-            continue
-        language = lang if lang in known else params.default_language
-        rep, qual, c4, fw = _filters(language)
-        cols["dt_gopher_repetition_reason"].append(_reason(rep, Document(text=text, id=str(i))))
-        cols["dt_gopher_quality_reason"].append(_reason(qual, Document(text=text, id=str(i))))
-        c4_doc = Document(text=text, id=str(i))  # C4QualityFilter rewrites doc.text when it keeps the doc
-        c4_reason = _reason(c4, c4_doc)
-        cols["dt_c4_quality_reason"].append(c4_reason)
-        cols["dt_c4_text_length"].append(len(c4_doc.text) if c4_reason is None else None)
-        fw_text = c4_doc.text if c4_reason is None else text
-        cols["dt_fineweb_quality_reason"].append(_reason(fw, Document(text=fw_text, id=str(i))))
-    out = batch.drop_columns([c for c in cols if c in batch.column_names])
-    for c in REASON_COLUMNS:
-        out = out.append_column(c, pa.array(cols[c], pa.string()))
-    return out.append_column("dt_c4_text_length", pa.array(cols["dt_c4_text_length"], pa.int64()))
+            rows[i] = ("dt_null_text",) * len(REASON_COLUMNS) + (None,)
+        elif params.max_doc_chars is not None and len(text) > params.max_doc_chars:
+            rows[i] = ("dt_budget_too_large",) * len(REASON_COLUMNS) + (None,)
+        else:
+            todo.append(i)
+    items = [(texts[i], langs[i] if langs[i] in known else params.default_language) for i in todo]
+    if params.doc_timeout_s is None:
+        results = [_doc_signals(it) for it in items]
+    else:
+        results = _budgeted(items, params.doc_timeout_s) if items else []
+    for i, r in zip(todo, results, strict=True):
+        rows[i] = r
+    names = (*REASON_COLUMNS, "dt_c4_text_length")
+    out = batch.drop_columns([c for c in names if c in batch.column_names])
+    for k, c in enumerate(REASON_COLUMNS):
+        out = out.append_column(c, pa.array([r[k] for r in rows], pa.string()))
+    return out.append_column("dt_c4_text_length", pa.array([r[-1] for r in rows], pa.int64()))
