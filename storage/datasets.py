@@ -275,6 +275,21 @@ def _write_parquet(table: pa.Table, f: Any) -> None:
     pq.write_table(table, f, compression="zstd", row_group_size=row_group_rows(table), write_page_checksum=True)
 
 
+def footer_digest(f: Any, size: int) -> str | None:
+    """xxh64 of a Parquet file's footer (metadata + length + magic): what every open reads, so checking it there
+    costs one small read and catches a flipped footer byte that would otherwise decode into wrong statistics or
+    offsets. None: the file is too short to have one."""
+    if size < 12:
+        return None
+    f.seek(size - 8)
+    tail = f.read(8)
+    n = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or n + 8 > size:
+        return None
+    f.seek(size - 8 - n)
+    return xxhash.xxh64(f.read(n) + tail).hexdigest()
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -502,9 +517,11 @@ def commit(
             rows = meta.num_rows
             if schema is None:
                 schema = meta.schema.to_arrow_schema()
+            footer = footer_digest(f, st.size)
         entry = {"name": name, "rows": rows, "bytes": st.size}
         if st.recorded is not None:
             entry["xxh64"] = st.recorded[1]
+            entry["footer_xxh64"] = footer
         files.append(entry)
         num_rows += rows
     manifest = {
@@ -611,6 +628,11 @@ class open_parquet:
         if want is not None and size != want:
             raise StorageError(f"{self.uri}: size {size} bytes, its manifest says {want}")
         self._f = fs.open(path, "rb")
+        want = (self.entry or {}).get("footer_xxh64")
+        if want is not None and footer_digest(self._f, size) != want:
+            self._f.close()
+            raise StorageError(f"{self.uri}: footer checksum differs from its manifest's (a changed footer byte)")
+        self._f.seek(0)
         try:
             pf = pq.ParquetFile(self._f, page_checksum_verification=True)
         except Exception as e:

@@ -78,6 +78,9 @@ def check_file(ref: DatasetRef, entry: dict, *, full: bool = True) -> Problem | 
             return problem("checksum", f"xxh64 {digest}, the manifest says {entry['xxh64']}")
     try:
         with fs.open(path, "rb") as f:
+            if entry.get("footer_xxh64") and datasets.footer_digest(f, size) != entry["footer_xxh64"]:
+                return problem("footer", "footer checksum differs from the manifest's")
+            f.seek(0)
             rows = pq.ParquetFile(f).metadata.num_rows
     except Exception as e:
         return problem("footer", f"unreadable Parquet footer ({type(e).__name__}: {e})")
