@@ -127,8 +127,8 @@ def _stages(*stages: Stage) -> dict[str, Stage]:
 
 
 STAGES: dict[str, Stage] = _stages(
-    Stage("ingest", "source", ingest.read_file_tables, ingest.IngestParams, "ingest", outputs=("ingest_quarantine",),
-          list_inputs=ingest.input_files, summarize=ingest.summarize_file, reduce=ingest.ingest_stats,
+    Stage("ingest", "source", ingest.read_files, ingest.IngestParams, "ingest", outputs=("ingest_quarantine",),
+          list_inputs=ingest.input_files, reduce=ingest.ingest_stats,
           artifacts=ingest.ingest_artifacts, packages=("resiliparse", "trafilatura", "warcio", "fastwarc"), doc="files -> documents (+ quarantine rows with reason and position)"),
     Stage("heldout", "map", select.split_by_doc_id, select.HeldoutParams, "heldout", ("src",),
           layer="rows", reads=_reads(also=("doc_id",)), doc="documents held out by doc id before curation (evaluation text)"),

@@ -18,10 +18,12 @@ ids, and ``name:`` declares it when the folder's name is not the corpus's.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import os
 import posixpath
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
@@ -65,6 +67,12 @@ class IngestSource:
     # a larger one is quarantined and skipped without being held. None: RECORD_BYTES_PER_DOC_BYTE x max_doc_bytes
     max_record_bytes: int | None = None
     encoding_errors: Literal["quarantine", "replace"] = "quarantine"  # non-UTF-8 records
+    # a file whose share of bad records passes this, once bad_share_min_records were read, is quarantined whole: one
+    # row naming the file with the counts, the rest never read (a binary or endless file named .jsonl stops early
+    # instead of making a row per garbage line). None: never. Akin to BigQuery's maxBadRecords and Spark's
+    # FAILFAST, but per file and by share; 0.9 leaves real files with many rejected records (empty texts) alone
+    max_bad_share: float | None = 0.9
+    bad_share_min_records: int = 1000  # records read before the share is judged (and checked again every this many)
     exclude: tuple[str, ...] = field(default_factory=tuple)  # glob patterns of files to skip inside a folder
 
     def __post_init__(self) -> None:
@@ -73,6 +81,10 @@ class IngestSource:
         # limit -1 / 0 read nothing (`kept >= limit` holds at once): a silently empty source, never what was meant
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or absent for no limit), got {self.limit}")
+        if self.max_bad_share is not None and not 0 <= self.max_bad_share < 1:
+            raise ValueError(f"max_bad_share must be >= 0 and < 1 (absent: 0.9; null: never), got {self.max_bad_share}")
+        if self.bad_share_min_records < 1:
+            raise ValueError(f"bad_share_min_records must be >= 1, got {self.bad_share_min_records}")
         if self.max_doc_bytes < 1:
             raise ValueError(f"max_doc_bytes must be >= 1, got {self.max_doc_bytes}")
         for name in ("text_field", "domain"):
@@ -171,8 +183,45 @@ def origin(spec: IngestSource, uri: str) -> Origin:
 # ------------------------------------------------------------------------------------------------- input files
 
 
-def _folder_files(fs: Any, path: str) -> list[str]:
-    return sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith("."))
+def _folder_files(fs: Any, path: str) -> list[tuple[str, dict]]:
+    """(path, info) of every file below ``path``; the info (one listing call, no stat per file) carries the size
+    the shard planner packs by and the type that tells a special file ("other") from a regular one."""
+    return sorted((p, info) for p, info in fs.find(path, detail=True).items() if not posixpath.basename(p).startswith("."))
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe): reading it blocks until a writer appears"),
+            (stat.S_ISCHR, "a character device (such as /dev/urandom): its stream may never end"),
+            (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"))  # a directory is left to the open, which names it
+
+
+def not_regular(uri: str) -> str | None:
+    """Why a local path is not an ingestible regular file (a FIFO, device, socket, symlink loop), else None.
+
+    One ``os.stat`` (which never blocks, unlike opening a FIFO); object stores and other remote filesystems hold
+    only regular objects (None). A path that does not exist is left to the open, which names it."""
+    if "://" in uri and not uri.startswith(("file://", "local://")):
+        return None
+    path = _strip_scheme(uri)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop (ELOOP: too many levels of symbolic links)"
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
+def _missing(i: int, src_path: str, path: str) -> Exception:
+    """The error for a source path that does not exist: a symlink loop or a dangling link says so."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return FileNotFoundError(f"ingest source {i} is a symlink loop (ELOOP: too many levels of symbolic links): {src_path}")
+        if os.path.islink(path):
+            return FileNotFoundError(f"ingest source {i} is a dangling symlink (to {os.readlink(path)!r}): {src_path}")
+    return FileNotFoundError(f"ingest source {i} not found: {src_path}")
 
 
 def _glob_root(path: str) -> str:
@@ -186,6 +235,8 @@ class InputPlan(NamedTuple):
     files: list[tuple[int, str]]  # (source index, file URI), each file once, in a stable order
     repeats: list[dict]  # the files listed again, left out
     sources: tuple[IngestSource, ...]  # the sources with their ``name`` and ``root`` set (what workers read with)
+    sizes: list[int] = []  # bytes of each file of ``files`` (as stored: compressed), what shards are packed by
+    refused: list[dict] = []  # the special files listed (FIFOs, devices, sockets, symlink loops): never opened
 
 
 def plan_sources(sources: Sequence[IngestSource]) -> InputPlan:
@@ -195,6 +246,8 @@ def plan_sources(sources: Sequence[IngestSource]) -> InputPlan:
     files: list[tuple[int, str]] = []
     repeats: list[dict] = []
     pinned: list[IngestSource] = []
+    sizes: list[int] = []
+    refused: list[dict] = []
     first: dict[str, tuple[int, str]] = {}  # resolved path -> (source, URI) of its first listing
     keys: dict[tuple[str, str], tuple[int, str]] = {}  # (name, path inside the source) -> (source, URI)
     for i, src in enumerate(sources):
@@ -203,12 +256,14 @@ def plan_sources(sources: Sequence[IngestSource]) -> InputPlan:
         local = protocol in ("file", "local")
         if fs.exists(path):
             root = path
-            found = _folder_files(fs, path) if fs.isdir(path) else [path]
+            found = _folder_files(fs, path) if fs.isdir(path) else [(path, fs.info(path))]
         elif any(ch in path for ch in _GLOB_CHARS):
             root = _glob_root(path)
             found = []
             for p, info in sorted(fs.glob(path, detail=True).items()):
-                found.extend(_folder_files(fs, p) if info.get("type") == "directory" else [p])
+                found.extend(_folder_files(fs, p) if info.get("type") == "directory" else [(p, info)])
+        elif local:
+            raise _missing(i, src.path, path)
         else:
             raise FileNotFoundError(f"ingest source {i} not found: {src.path}")
         if src.root is not None:
@@ -218,12 +273,18 @@ def plan_sources(sources: Sequence[IngestSource]) -> InputPlan:
             raise ValueError(f"ingest source {i} ({src.path}) has no root folder to name it; set `root:` or `name:`")
         src = replace(src, name=src.name if src.name is not None else default_name(root_uri), root=root_uri)
         pinned.append(src)
-        found = [p for p in found if not any(fnmatch.fnmatch(posixpath.basename(p), pat) for pat in src.exclude)]
+        found = [(p, info) for p, info in found if not any(fnmatch.fnmatch(posixpath.basename(p), pat) for pat in src.exclude)]
         if not found:
             raise FileNotFoundError(f"ingest source {i} matched no files: {src.path}")
-        for p in found:
+        for p, info in found:
             uri = p if local else f"{protocol}://{p}"
-            key = os.path.realpath(p) if local else uri
+            # a FIFO, device, socket or symlink loop is listed (its quarantine row names it) but never opened: a FIFO
+            # blocks its reader until a writer appears, /dev/urandom never ends, a loop cannot be resolved
+            why = not_regular(uri) if local and info.get("type") != "file" else None
+            if why is not None:
+                refused.append({"source": i, "file": uri, "reason": f"not a regular file: {why}"})
+                _log.warning(f"ingest source {i} ({src.path}): {uri} is not a regular file ({why}); not read, quarantined")
+            key = os.path.realpath(p) if local and why is None else uri
             if key in first:
                 j, earlier = first[key]
                 repeats.append({"source": i, "file": uri, "first_source": j, "first_file": earlier})
@@ -239,7 +300,8 @@ def plan_sources(sources: Sequence[IngestSource]) -> InputPlan:
                                  f"{uri}); set a different `name:` on one of them")
             first[key] = keys[(src.name, rel)] = (i, uri)
             files.append((i, uri))
-    return InputPlan(files, repeats, tuple(pinned))
+            sizes.append(int(info.get("size") or 0))
+    return InputPlan(files, repeats, tuple(pinned), sizes, refused)
 
 
 def plan_inputs(sources: Sequence[IngestSource]) -> tuple[list[tuple[int, str]], list[dict]]:

@@ -38,7 +38,7 @@ from tasks.ingest.formats.parquet import read_parquet
 from tasks.ingest.formats.warc import read_warc
 from tasks.ingest.formats.whole import read_html, read_text
 from tasks.ingest.records import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, quarantine, storable
-from tasks.ingest.sources import IngestSource, Origin, detect_format, origin, plan_sources
+from tasks.ingest.sources import IngestSource, Origin, detect_format, not_regular, origin, plan_sources
 
 _READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "text": read_text, "html": read_html, "warc": read_warc}
 
@@ -46,8 +46,9 @@ _READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "text": read_text, "ht
 def read_source(stream: IO[bytes], source: str, spec: IngestSource) -> Iterator[tuple[str, dict]]:
     """Rows ("document" | "quarantine", row) of one file read from URI ``source``; stops after ``spec.limit``
     documents. Nothing in the file raises: a record that cannot be read is a quarantine row, a file that cannot be
-    read at all is one. The rows' doc_ids follow the file's place in its source (``sources.origin``): below
-    ``spec.root`` when it is set, else the file is a source of its own."""
+    read at all is one, and so is a file whose share of bad records passes ``spec.max_bad_share`` (``_bad_share``).
+    The rows' doc_ids follow the file's place in its source (``sources.origin``): below ``spec.root`` when it is
+    set, else the file is a source of its own."""
     where = origin(spec, source)
     if not storable(source):
         yield "quarantine", quarantine(where, "file", "file name is not valid UTF-8 (its documents could not name it)")
@@ -58,16 +59,7 @@ def read_source(stream: IO[bytes], source: str, spec: IngestSource) -> Iterator[
         yield "quarantine", quarantine(where, "file", str(e))
         return
     kept = seen = 0
-    rows = _READERS[fmt](stream, where, spec)
-    while True:
-        try:
-            kind, row = next(rows)
-        except StopIteration:
-            break
-        except Exception as e:  # an I/O error mid-file (or a reader bug): say so rather than lose the rest in silence
-            seen += 1
-            yield "quarantine", quarantine(where, "file", f"reading stopped after {seen - 1} records: {type(e).__name__}: {str(e)[:300]}")
-            break
+    for kind, row in _bad_share(_unraised(_READERS[fmt](stream, where, spec), where), where, spec):
         seen += 1
         if kind == "document":
             if spec.limit is not None and kept >= spec.limit:
@@ -78,10 +70,72 @@ def read_source(stream: IO[bytes], source: str, spec: IngestSource) -> Iterator[
         yield "quarantine", quarantine(where, "file", "no records in file (empty or only blank lines)")
 
 
+def _unraised(rows: Iterator[tuple[str, dict]], where: Origin) -> Iterator[tuple[str, dict]]:
+    """A reader's rows; an I/O error mid-file (or a reader bug) ends them with a row that says so rather than lose
+    the rest in silence."""
+    seen = 0
+    while True:
+        try:
+            kind, row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:
+            yield "quarantine", quarantine(where, "file", f"reading stopped after {seen} records: {type(e).__name__}: {str(e)[:300]}")
+            return
+        seen += 1
+        yield kind, row
+
+
+def _bad_share(rows: Iterator[tuple[str, dict]], where: Origin, spec: IngestSource) -> Iterator[tuple[str, dict]]:
+    """``rows``, unless bad records (quarantine rows) pass ``spec.max_bad_share`` of them: a binary, endless or
+    wrongly named file (200 MB of garbage lines, /dev/urandom as .jsonl) then becomes one row naming the file with
+    the counts instead of a row per garbage record, and the rest is never read.
+
+    The first ``bad_share_min_records`` rows are held (a bounded number) and judged together: past the share, the
+    file is quarantined whole (its few good records dropped with it, the row says how many). Past them the rows
+    stream, and the share so far is judged again every ``bad_share_min_records`` records: a file that turns to
+    garbage stops there with a row for the unread rest. A file with fewer records is never judged."""
+    cap, n = spec.max_bad_share, spec.bad_share_min_records
+    if cap is None:
+        yield from rows
+        return
+    held: list[tuple[str, dict]] | None = []
+    seen = bad = 0
+    for kind, row in rows:
+        seen += 1
+        bad += kind == "quarantine"
+        if held is not None:
+            held.append((kind, row))
+            if seen < n:
+                continue
+            if bad > cap * seen:
+                excerpt = next((r["raw_excerpt"] for k, r in held if k == "quarantine" and r["raw_excerpt"]), None)
+                yield "quarantine", quarantine(where, "file", (
+                    f"file quarantined whole: {bad} of its first {seen} records bad ({bad / seen:.0%} > "
+                    f"max_bad_share={cap}); {seen} records read, none kept ({seen - bad} good among them), the rest "
+                    "of the file not read"), excerpt)
+                return
+            yield from held
+            held = None
+            continue
+        yield kind, row
+        if seen % n == 0 and bad > cap * seen:
+            yield "quarantine", quarantine(where, "file", (
+                f"reading stopped after record {seen}: {bad} of {seen} records bad ({bad / seen:.0%} > "
+                f"max_bad_share={cap}); those {seen} records are accounted for above, the rest of the file not read"))
+            return
+    if held:
+        yield from held
+
+
 def read_file(uri: str, spec: IngestSource) -> Iterator[tuple[str, dict]]:
-    """``read_source`` of a file on any fsspec filesystem; a file that cannot be opened is one quarantine row."""
+    """``read_source`` of a file on any fsspec filesystem; a file that cannot be opened is one quarantine row, and
+    so is a special file (FIFO, device, socket, symlink loop), which is never opened."""
     import fsspec
 
+    if (why := not_regular(uri)) is not None:
+        yield "quarantine", quarantine(origin(spec, uri), "file", f"not a regular file: {why}; not read")
+        return
     try:
         f = fsspec.open(uri, "rb").open()
     except Exception as e:
@@ -113,62 +167,132 @@ def rows_to_tables(rows: list[tuple[str, dict]]) -> tuple[pa.Table, pa.Table]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the ``ingest`` stage (kind ``source``): the executor lists the files, reads each on a worker, writes the shards
+# the ``ingest`` stage (kind ``source``): the executor lists the files, packs them into work items by size, reads
+# each item on a worker and writes its shards as the rows come
+
+
+# A shard of input files is cut at this many input bytes (as stored): small files are packed together up to it (and
+# up to docs_per_shard files), so 20,000 files of 1 KB make one work item and a few output shards, not 20,000 of
+# each; a file larger than it is a work item of its own. 128 MiB is DuckDB's and Spark's usual input split size
+# (spark.sql.files.maxPartitionBytes), and what one worker reads in seconds.
+DEFAULT_BYTES_PER_SHARD = 128 * 2**20
+BATCH_ROWS = 5_000  # rows turned into Arrow at a time while a work item is read (memory: one batch of dicts)
+QUARANTINE_ROWS_PER_SHARD = 20_000  # quarantine rows are written out every this many, whatever a file holds
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class IngestParams:
-    """The ``ingest`` recipe section: the sources, and how many documents go into one shard."""
+    """The ``ingest`` recipe section: the sources, how many documents go into one shard, and how many input bytes
+    one work item packs."""
 
     # the length bounds are read by the recipe schema too, so its errors name `ingest.sources` / `...docs_per_shard`
     sources: Annotated[tuple[IngestSource, ...], annotated_types.MinLen(1)]
-    docs_per_shard: Annotated[int, annotated_types.Gt(0)] = 50_000  # a large input file is split into shards of this many documents
+    docs_per_shard: Annotated[int, annotated_types.Gt(0)] = 50_000  # output shards hold at most this many documents
+    bytes_per_shard: Annotated[int, annotated_types.Gt(0)] = DEFAULT_BYTES_PER_SHARD  # input bytes per work item
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("ingest needs at least one source")
         if self.docs_per_shard < 1:
             raise ValueError(f"docs_per_shard must be >= 1, got {self.docs_per_shard}")
+        if self.bytes_per_shard < 1:
+            raise ValueError(f"bytes_per_shard must be >= 1, got {self.bytes_per_shard}")
 
     def version_params(self) -> dict:
-        return {"sources": list(self.sources), "docs_per_shard": self.docs_per_shard}
+        return {"sources": list(self.sources), "docs_per_shard": self.docs_per_shard,
+                "bytes_per_shard": self.bytes_per_shard}
+
+
+def pack(sizes: list[int], max_files: int, max_bytes: int) -> list[list[int]]:
+    """Consecutive file indexes grouped into work items of at most ``max_files`` files and ``max_bytes`` bytes (a
+    larger file alone): one pass, constant work per file. Listing order is kept, so the plan (and every shard name)
+    is the same on a rerun over the same files: what resume relies on."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if current and (len(current) >= max_files or total + size > max_bytes):
+            groups.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += size
+    if current:
+        groups.append(current)
+    return groups
 
 
 def input_files(params: IngestParams) -> tuple[list[tuple[dict, str]], dict]:
-    """(reader settings, file URI) per input file, what the executor hands each worker; and the repeats left out
-    (recorded in the manifest's stats). Each file's settings are its source's with ``name`` and ``root`` resolved,
+    """(reader settings, file URI) per input file, and the listing's stats: the repeats left out, the special files
+    refused, and ``groups``, the work items (file indexes packed by size, see ``pack``) that the executor pops. Each
+    file's settings are its source's with ``name`` and ``root`` resolved (one dict per source, shared by its files),
     so a worker gives the file's records the doc_ids of their place in the source."""
     plan = plan_sources(params.sources)
-    return [(dataclasses.asdict(plan.sources[s]), uri) for s, uri in plan.files], {"repeated_inputs": plan.repeats}
+    specs = [dataclasses.asdict(s) for s in plan.sources]
+    stats: dict = {"repeated_inputs": plan.repeats}
+    if plan.refused:
+        stats["refused_inputs"] = plan.refused
+    stats["groups"] = pack(plan.sizes, params.docs_per_shard, params.bytes_per_shard)
+    return [(specs[s], uri) for s, uri in plan.files], stats
+
+
+def _new_summary(uri: str) -> dict:
+    return {"file": uri, "documents": 0, "quarantined": 0, "bytes": 0, "domains": {}}
+
+
+def summarize_row(summary: dict, kind: str, row: dict) -> None:
+    """Count one row into its file's summary (what ``ingest_stats`` adds up)."""
+    if kind == "document":
+        summary["documents"] += 1
+        summary["bytes"] += row["raw_bytes"]
+        summary["domains"][row["domain"]] = summary["domains"].get(row["domain"], 0) + 1
+    else:
+        summary["quarantined"] += 1
 
 
 @implements("ingest")
+def read_files(files: list[tuple[str, dict]], batch_rows: int = BATCH_ROWS) -> Iterator[tuple[pa.Table, pa.Table, list[dict]]]:
+    """The ``ingest`` stage's work on one work item (one file, or many small ones): (documents, quarantine rows,
+    summaries of the files finished) in batches of about ``batch_rows`` rows across files, so a file of a million
+    bad records or a hundred thousand tiny files are held one batch at a time. Yields at least once."""
+    rows: list[tuple[str, dict]] = []
+    done: list[dict] = []
+    yielded = False
+    for uri, spec in files:
+        summary = _new_summary(uri)
+        for kind, row in read_file(uri, IngestSource(**spec)):
+            summarize_row(summary, kind, row)
+            rows.append((kind, row))
+            if len(rows) >= batch_rows:
+                yield (*rows_to_tables(rows), done)
+                rows, done, yielded = [], [], True
+        done.append(summary)
+    if rows or done or not yielded:
+        yield (*rows_to_tables(rows), done)
+
+
 def read_file_tables(uri: str, spec: dict) -> tuple[pa.Table, pa.Table]:
-    """The ``ingest`` stage's work on one input file: (documents, quarantine rows)."""
-    return rows_to_tables(list(read_file(uri, IngestSource(**spec))))
+    """One input file whole: (documents, quarantine rows). For tests and tools; the stage streams (``read_files``)."""
+    docs, bad = zip(*((d, b) for d, b, _ in read_files([(uri, spec)])), strict=True)
+    return pa.concat_tables(docs), pa.concat_tables(bad)
 
 
-def summarize_file(docs: pa.Table, bad: pa.Table) -> dict:
-    from collections import Counter
-
-    import pyarrow.compute as pc
-
-    return {
-        "documents": docs.num_rows,
-        "quarantined": bad.num_rows,
-        "bytes": int(pc.sum(docs["raw_bytes"]).as_py() or 0),
-        "domains": dict(Counter(docs["domain"].to_pylist())),
-    }
+# the manifest lists each file's counts up to this many files (then the files with quarantine rows first): a million
+# small files would otherwise make a manifest of a hundred megabytes
+PER_FILE_LISTED = 10_000
 
 
 def ingest_stats(results: list[dict], elapsed: float) -> dict:
+    """The manifest stats of an ingest from its per-file summaries."""
     from collections import Counter
 
     domains: Counter = Counter()
     for r in results:
         domains.update(r["domains"])
     docs = sum(r["documents"] for r in results)
-    return {
+    listed = results
+    if len(results) > PER_FILE_LISTED:
+        listed = sorted(results, key=lambda r: r["quarantined"] == 0)[:PER_FILE_LISTED]  # stable: files in order
+    stats = {
         "files": len(results),
         "documents": docs,
         "quarantined": sum(r["quarantined"] for r in results),
@@ -176,8 +300,12 @@ def ingest_stats(results: list[dict], elapsed: float) -> dict:
         "domains": dict(domains),
         "seconds": round(elapsed, 3),
         "docs_per_s": round(docs / elapsed, 1) if elapsed else None,
-        "per_file": [{"file": r["file"], "documents": r["documents"], "quarantined": r["quarantined"]} for r in results],
+        "files_per_s": round(len(results) / elapsed, 1) if elapsed else None,
+        "per_file": [{"file": r["file"], "documents": r["documents"], "quarantined": r["quarantined"]} for r in listed],
     }
+    if len(listed) < len(results):
+        stats["per_file_omitted"] = len(results) - len(listed)
+    return stats
 
 
 def ingest_artifacts(manifest: dict) -> list[tuple[str, list[dict], str]]:
