@@ -3,7 +3,8 @@ it was written (storage/datasets.py computes them in the write, with no second r
 
 * ``verify_version(ref)``: every problem of one committed version (missing file, size, checksum, unreadable footer,
   row count), each naming the file and what differs. ``full=False`` is the cheap open-time check (stat + footer).
-* ``verify_root(root, selector)``: the same over ``dataset[/stage[/version]]`` (``quarry verify``).
+* ``verify_root(root, selector)``: the same over ``dataset[/stage[/version]]`` (``quarry verify``), plus, for a
+  layer, ``layers.verify_alignment`` (does it still line up with the rows below it).
 * ``reject(ref, problems)``: make a version that failed verification recomputable: its manifest is moved aside
   (``_manifest.json.rejected-<time>``, kept for a post-mortem) and the checksum markers of its bad files withdrawn,
   so the stage's next run rewrites exactly those files and commits again. Nothing is deleted.
@@ -32,7 +33,7 @@ CHUNK = 8 * 2**20  # read size for the full checksum: large sequential reads, bo
 
 @dataclass(frozen=True)
 class Problem:
-    """One bad file of a version: ``kind`` is missing | size | checksum | footer | rows | manifest."""
+    """One bad file of a version: ``kind`` is missing | size | checksum | footer | rows | manifest | alignment."""
 
     ref: str
     name: str
@@ -119,10 +120,27 @@ def select(root: str, selector: str | None = None) -> list[DatasetRef]:
 
 
 def verify_root(root: str, selector: str | None = None, *, full: bool = True) -> tuple[list[DatasetRef], list[Problem]]:
-    """(versions checked, problems found) for ``quarry verify``."""
+    """(versions checked, problems found) for ``quarry verify``: each version's files, and for a layer whether it
+    still lines up with the rows below it (``layers.verify_alignment``; doc_id hashes only when ``full``)."""
     refs = select(root, selector)
-    problems = [p for ref in refs for p in verify_version(ref, full=full)]
+    problems = []
+    for ref in refs:
+        own = verify_version(ref, full=full)
+        problems += own
+        if not own and datasets.read_manifest(ref).get("layer"):
+            problems += alignment(ref, hashes=full)
     return refs, problems
+
+
+def alignment(ref: DatasetRef, *, hashes: bool = True) -> list[Problem]:
+    """A layer's alignment with the versions it lies on (storage/layers.py), as Problems of kind ``alignment``."""
+    from storage import layers  # layers builds on datasets; imported here so this module stays below it
+
+    try:
+        lines = layers.verify_alignment(ref, hashes=hashes)
+    except Exception as e:  # a file below is missing or unreadable: verify_version of that version names it
+        lines = [f"cannot check: {type(e).__name__}: {e}"]
+    return [Problem(str(ref), "", ref.uri, "alignment", line) for line in lines]
 
 
 def reject(ref: DatasetRef, problems: list[Problem]) -> str | None:
