@@ -116,6 +116,9 @@ class _RecipeBase(BaseModel):
     description: str = ""
     storage_root: str | None = Field(default=None, min_length=1)  # None: $QUARRY_ROOT, else ./data under the cwd
     cluster: str = Field(default="local", min_length=1)  # a profile in ray_cluster/profiles
+    # another recipe (path, relative to this file) whose dataset this one continues: without it, a second recipe
+    # writing the same dataset under the same root is refused (flows/leasing.py, storage/pointers.py claim)
+    same_dataset_as: str | None = Field(default=None, min_length=1)
     experiment: ExperimentConfig | None = None
 
     @model_validator(mode="after")
@@ -343,6 +346,8 @@ def _resolve_paths(data: dict, base: Path) -> dict:
             raise RecipeError("decontaminate.eval_dir: not set, and the recipe has no evaluate.eval_dir to take it from")
     if isinstance(data.get("storage_root"), str):
         data["storage_root"] = _resolve(_expand(data["storage_root"], "storage_root"), base)
+    if isinstance(data.get("same_dataset_as"), str):
+        data["same_dataset_as"] = _resolve(data["same_dataset_as"], base)
     return data
 
 

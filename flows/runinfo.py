@@ -34,6 +34,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 import datasets_cfg
+from flows import leasing
 from storage import datasets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,6 +208,7 @@ def tracked(
             **fields, recipe=str(path), recipe_hash=recipe_hash(path),
             profile=os.environ.get("QUARRY_PROFILE") or cfg.cluster,
         ) as committed,  # fmt: skip
+        leasing.holding(cfg, path, committed, recipe_hash(path), fields.get("flow_run_id")),  # claim + gc lease
     ):
         try:
             yield cfg

@@ -57,6 +57,7 @@ class Lease:
     pid: int = field(default_factory=os.getpid)
     host: str = HOST_TAG
     started_at: float = field(default_factory=_now)
+    committed: list[str] = field(default_factory=list)  # versions this run committed (not written to the file)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
