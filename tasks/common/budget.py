@@ -136,8 +136,21 @@ class DeadlineWorker:
         return out
 
 
+def _die_with_parent() -> None:
+    """A parent killed mid-document must not leave its child computing for a day: Linux PR_SET_PDEATHSIG (1)
+    sends SIGKILL (9) to the child then; elsewhere the child ends at its next read (EOF)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
 def _serve(target: str, warm: str) -> None:
     """The child: keep the real stdout for frames, send library chatter to stderr, answer batches until EOF."""
+    _die_with_parent()
     out_fd = os.dup(1)
     os.dup2(2, 1)
     in_fd = sys.stdin.fileno()
