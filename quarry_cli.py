@@ -93,40 +93,31 @@ def run(
     console.print(f"[green]{flow} finished:[/green] {result}")
 
 
-def _print_table(table, fmt: str, output: Path | None) -> None:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+def _print_table(table, fmt: str = "table", output: Path | None = None, *, force: bool = False,
+                 max_rows: int = 0) -> None:
+    """Print or write a result (flows/render.py: values are data, never markup; long and wide results capped)."""
+    from flows import render
 
-    if fmt == "parquet":
-        if output is None:
-            raise typer.BadParameter("--format parquet needs --output FILE")
-        pq.write_table(table, output)
-        console.print(f"wrote {table.num_rows} rows to {output}")
-        return
-    if fmt == "csv":
-        sink = open(output, "wb") if output else sys.stdout.buffer
-        pacsv.write_csv(table, sink)
-        if output:
-            sink.close()
-        return
-    if fmt == "json":
-        text = "\n".join(json.dumps(r, default=str, ensure_ascii=False) for r in table.to_pylist())
-        (output.write_text(text + "\n") if output else print(text))
-        return
-    rich_table = Table(show_lines=False)
-    for name in table.column_names:
-        rich_table.add_column(name, overflow="fold", max_width=60)
-    for row in table.to_pylist():
-        rich_table.add_row(*[_cell(v) for v in row.values()])
-    console.print(rich_table)
-    console.print(f"[dim]{table.num_rows} rows[/dim]")
+    try:
+        render.emit(table, fmt, console, output=output, force=force, max_rows=max_rows)
+    except render.RenderError as e:
+        raise _fail(str(e), 2) from None
 
 
-def _cell(v) -> str:
-    if v is None:
-        return "[dim]null[/dim]"
-    s = str(v) if not isinstance(v, float) else f"{v:.6g}"
-    return s if len(s) <= 200 else s[:197] + "..."
+def _catalog(root: str | None, **kwargs):
+    """The catalog at ``root``; a path with no committed version under it (a mistyped --root or QUARRY_ROOT) is a
+    one-line error, not an empty catalog that answers every query with 0 rows."""
+    from storage import catalog
+
+    path = _root(root)
+    con = catalog.connect(path, **kwargs)
+    if con.execute("select count(*) from versions").fetchone()[0] == 0:
+        from storage import datasets as ds
+
+        fs, local = ds.filesystem(path)
+        why = "no committed version under it" if fs.exists(local) else "no such directory"
+        raise _fail(f"no catalog at {path} ({why}); --root or $QUARRY_ROOT names the storage root", 2)
+    return con
 
 
 @app.command()
@@ -135,23 +126,31 @@ def sql(
         ..., help='DuckDB SQL over `versions` and the `{dataset}__{stage}` views ("-" reads it from stdin)'
     ),
     root: str | None = typer.Option(None, help="storage root (default $QUARRY_ROOT or ./data)"),
-    format: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet"),
-    output: Path | None = typer.Option(None, "--output", "-o", help="write to a file (required for parquet)"),
+    format: str = typer.Option(
+        "table", "--format", "-f", help="table | line (each row whole, one column a line) | markdown | csv | "
+        "json (JSON Lines: one object a line) | json-array (one JSON array) | parquet (needs -o)"
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="write every row to this file (not overwritten "
+                                       "unless --force); says what it wrote"),
+    force: bool = typer.Option(False, "--force", help="let -o overwrite an existing file"),
+    max_rows: int = typer.Option(40, "--max-rows", help="rows the table, line and markdown formats show "
+                                 "(0 = every row; csv, json and -o files always get every row)"),
 ) -> None:
     """Query the catalog: e.g. quarry sql "select drop_reason, count(*) from tiny__quality_filter group by 1".
 
-    A pinned version is the quoted view "tiny__ingest@0123456789ab" (any unique prefix of the version)."""
+    A pinned version is the quoted view "tiny__ingest@0123456789ab" (a unique prefix of the version, at least 4
+    characters). A table too wide for the terminal elides its middle columns; --format line shows every column."""
+    import re
+
     import duckdb
 
     from storage import catalog
 
-    if format not in ("table", "csv", "json", "parquet"):
-        raise typer.BadParameter("--format must be table, csv, json or parquet")
     if query == "-":
         query = sys.stdin.read()
     if not query.strip():
         raise typer.BadParameter("empty query")
-    con = catalog.connect(_root(root))
+    con = _catalog(root)
     try:
         table = catalog.query(con, query)
     except catalog.UnknownVersion as e:
@@ -159,9 +158,11 @@ def sql(
     except duckdb.Error as e:
         hint = ""
         if isinstance(e, duckdb.CatalogException):  # a wrong name: say where the names are, do not list them all
-            hint = "\n`quarry views` lists the views and their columns"
+            short = re.search(r'"[a-z][a-z0-9_]*__[a-z][a-z0-9_]*@([0-9a-f]{0,3})"', query)
+            hint = ("\na pinned version needs at least 4 characters of the version: \"dataset__stage@0123\""
+                    if short else "\n`quarry views` lists the views and their columns")  # fmt: skip
         raise _fail(f"SQL error: {e}{hint}") from None
-    _print_table(table, format, output)
+    _print_table(table, format, output, force=force, max_rows=max_rows)
 
 
 @app.command()
@@ -177,6 +178,10 @@ def export(
     when complete (written under a temporary name, then renamed)."""
     from storage import export as exporting
 
+    # the README's shell form '"tiny__curated@0123"' keeps SQL's double quotes: they are not part of the name
+    view = view.strip()
+    if len(view) > 1 and view[0] == view[-1] == '"':
+        view = view[1:-1]
     try:
         rows, fmt = exporting.export_view(_root(root), view, out, format)
     except exporting.ExportError as e:
@@ -193,7 +198,7 @@ def views(
     """List the views you can query (and their columns); the same as SQL `show tables` / `describe <view>`."""
     from storage import catalog
 
-    table = catalog.views(catalog.connect(_root(root)))
+    table = catalog.views(_catalog(root))
     rows = [r for r in table.to_pylist() if pattern is None or pattern in r["name"]]
     out = Table(show_lines=columns)
     for name in ("name", "reads") + (("columns",) if columns else ()):
@@ -229,20 +234,20 @@ def datasets(
         return
     from storage import catalog
 
-    con = catalog.connect(_root(root))
+    con = _catalog(root)
     if lineage:
         try:
             table = catalog.lineage(con, lineage)
         except catalog.UnknownVersion as e:
             raise _fail(str(e), 2) from None
-        _print_table(table, "table", None)
+        _print_table(table)
         return
     table = catalog.query(
         con,
         "select dataset, stage, version, num_rows, num_files, created_at, parents, flow_run_name from versions "
         "order by dataset, created_at",
     )
-    _print_table(table, "table", None)
+    _print_table(table)
 
 
 def _recipe_datasets(path: Path) -> set[str]:
