@@ -189,7 +189,8 @@ def emit(table, fmt: str, console: Console, *, output: Path | None = None, force
             tmp.replace(output)
         finally:
             tmp.unlink(missing_ok=True)
-        console.print(f"wrote {table.num_rows:,} rows, {table.num_columns} columns to {output} ({fmt})",
+        cols = "1 column" if table.num_columns == 1 else f"{table.num_columns} columns"
+        console.print(f"wrote {_rows(table.num_rows)}, {cols} to {output} ({fmt})",
                       markup=False, highlight=False)  # fmt: skip
         return
     if fmt == "csv":
