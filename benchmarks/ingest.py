@@ -8,6 +8,14 @@ Two workloads:
 * JSONL -> Parquet: the C4, Wikipedia, code, arXiv and StackExchange JSONL samples into a documents Parquet file.
   quarry: read_jsonl + Arrow + zstd Parquet; datatrove: JsonlReader + ParquetWriter.
 
+A third, ``--small-files``: N small JSONL files (3 records, ~150 bytes each, in folders of 1,000) through the real
+``ingest`` stage (the executor, serial profile: one core), at N = 20,000 and 100,000 (``--million`` adds 1,000,000):
+listing + planning seconds, work items, shards written, files/s and peak memory. Files/s should hold steady as N
+grows (constant cost per file: no listing or planning that grows with the number of files already seen).
+
+    python benchmarks/ingest.py --small-files            # 20k and 100k
+    python benchmarks/ingest.py --small-files --million  # and 1M (~10 minutes, 4 GB of inodes)
+
 Prints docs/s, MB/s (input bytes, one core), the CPU seconds the case used (process time: the number to compare on
 a machine shared with other work, where wall time also counts waiting for the core) and peak memory (ru_maxrss of
 this process, so the later row includes the earlier ones' high-water mark; each side is run in a fresh subprocess to
@@ -119,13 +127,68 @@ CASES = {
 }
 
 
+def small_files(n: int) -> dict:
+    """N small files through the ingest stage (serial profile), in a fresh temporary folder."""
+    from ray_cluster import executor, runtime
+    from storage import datasets
+    from tasks import registry
+    from tasks.ingest.sources import IngestSource
+    from tasks.ingest.stage import IngestParams, input_files
+
+    if n > 100:  # one-time costs (imports, the code identity, pyarrow's first conversion) outside the timing
+        small_files(100)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("QUARRY_BENCH_TMP")) as tmp:
+        src = Path(tmp) / "small"
+        for i in range(n):
+            if i % 1000 == 0:
+                (src / f"d{i // 1000:04d}").mkdir(parents=True)
+            lines = "".join(json.dumps({"text": f"small document {3 * i + k} of file {i}"}) + "\n" for k in range(3))
+            (src / f"d{i // 1000:04d}" / f"f{i:07d}.jsonl").write_text(lines)
+        params = IngestParams(sources=(IngestSource(path=str(src)),))
+        t = time.perf_counter()
+        files, listing = input_files(params)
+        listed = time.perf_counter() - t
+        t = time.perf_counter()
+        ref = executor.run(registry.stage("ingest"), [], params, runtime.load_profile("serial"),
+                           root=str(Path(tmp) / "store"), dataset="small")
+        seconds = time.perf_counter() - t
+        stats = datasets.read_manifest(ref)["stats"]
+        return {"files": stats["files"], "docs": stats["documents"], "listing_seconds": listed, "seconds": seconds,
+                "work_items": stats["work_items"], "shards": len(datasets.existing_shards(ref)),
+                "bytes": stats["bytes"]}
+
+
 def _child(name: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cpu = time.process_time()
-    r = CASES[name]()
+    r = small_files(int(name.split(":")[1])) if name.startswith("small:") else CASES[name]()
     r["cpu_seconds"] = time.process_time() - cpu
     r["peak_mb"] = _peak_mb()
     print(json.dumps(r))
+
+
+def _run_child(name: str) -> dict | None:
+    # taskset pins the child to one core: these are per-core numbers
+    cmd = [sys.executable, __file__, "--case", name]
+    if os.path.exists("/usr/bin/taskset"):
+        cmd = ["taskset", "-c", "0", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0:
+        print(f"{name}: failed\n{out.stderr[-2000:]}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main_small_files(sizes: list[int]) -> None:
+    print(f"{'files':>9s} {'list s':>7s} {'items':>6s} {'shards':>7s} {'ingest s':>9s} {'files/s':>9s} {'docs/s':>9s} "
+          f"{'cpu s':>7s} {'peak MB':>8s}")
+    for n in sizes:
+        r = _run_child(f"small:{n}")
+        if r is None:
+            continue
+        print(f"{r['files']:9d} {r['listing_seconds']:7.2f} {r['work_items']:6d} {r['shards']:7d} {r['seconds']:9.1f} "
+              f"{r['files'] / r['seconds']:9.0f} {r['docs'] / r['seconds']:9.0f} {r['cpu_seconds']:7.1f} {r['peak_mb']:8.0f}",
+              flush=True)
 
 
 def main() -> None:
@@ -133,15 +196,8 @@ def main() -> None:
         sys.exit(f"shared data not found at {SHARED}")
     results = {}
     for name in CASES:
-        # taskset pins the child to one core: these are per-core numbers
-        cmd = [sys.executable, __file__, "--case", name]
-        if os.path.exists("/usr/bin/taskset"):
-            cmd = ["taskset", "-c", "0", *cmd]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if out.returncode != 0:
-            print(f"{name}: failed\n{out.stderr[-2000:]}")
-            continue
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        if (r := _run_child(name)) is not None:
+            results[name] = r
     print(f"\n{'case':30s} {'docs':>6s} {'docs/s':>9s} {'MB/s/core':>10s} {'cpu s':>7s} {'peak MB':>8s}")
     for name, r in results.items():
         print(f"{name:30s} {r['docs']:6d} {r['docs'] / r['seconds']:9.1f} {r['bytes'] / 1e6 / r['seconds']:10.2f} "
@@ -156,5 +212,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--case":
         _child(sys.argv[2])
+    elif "--small-files" in sys.argv:
+        main_small_files([20_000, 100_000] + ([1_000_000] if "--million" in sys.argv else []))
     else:
         main()

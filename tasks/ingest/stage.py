@@ -137,7 +137,8 @@ def read_file(uri: str, spec: IngestSource) -> Iterator[tuple[str, dict]]:
         yield "quarantine", quarantine(origin(spec, uri), "file", f"not a regular file: {why}; not read")
         return
     try:
-        f = fsspec.open(uri, "rb").open()
+        # a local path opens without fsspec's URL parsing (a third of the cost of a small file)
+        f = open(uri, "rb") if "://" not in uri else fsspec.open(uri, "rb").open()  # noqa: SIM115 (closed below)
     except Exception as e:
         yield "quarantine", quarantine(origin(spec, uri), "file", f"cannot open file: {type(e).__name__}: {str(e)[:300]}")
         return

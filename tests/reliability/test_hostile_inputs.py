@@ -333,9 +333,15 @@ def test_hostile_corpus_through_the_ingest_stage_accounts_for_every_record(tmp_p
         "bomb.jsonl.gz": (gzip.compress(jsonl([GOOD[0]]) + b'{"text": "' + b"x" * (4 << 20) + b'"}\n', 1), 2),
         "rowgroup.parquet": (corrupt_row_group(parquet(table, 2), 2), 8),
         "len.warc": (b"".join(_warc_docs(2)).replace(b"Content-Length: ", b"Content-Length: 1", 1), 2),
+        # issue 35: 1,200 garbage lines are one row naming the file (max_bad_share), a FIFO one row, never opened
+        "garbage.jsonl": (b"\xff\xfe not json at all\n" * 1200, 1),
+        "fifo.jsonl": (None, 1),
     }
     for name, (data, _) in corpus.items():
-        (tmp_path / name).write_bytes(data)
+        if data is None:
+            os.mkfifo(tmp_path / name)
+        else:
+            (tmp_path / name).write_bytes(data)
     sources = [IngestSource(path=str(tmp_path / name), max_doc_bytes=256 * 1024) for name in corpus]
     ref = stages.ingest(sources, root=str(tmp_path / "store"), dataset="hostile", docs_per_shard=100, profile=SERIAL)
     docs = datasets.read_table(ref)
