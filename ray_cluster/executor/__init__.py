@@ -5,8 +5,9 @@
 Every stage goes through the same derive -> skip-if-committed -> compute -> check -> commit sequence; the kind says
 how it computes:
 
-* ``source``  external files -> document shards (+ a quarantine side output), one work item per input file:
-  ``list_inputs(params) -> ([(spec, uri)], stats)`` on the driver, ``fn(uri, spec) -> (docs, bad)`` per file;
+* ``source``  external files -> document shards (+ a quarantine side output), small files packed into one work item:
+  ``list_inputs(params) -> ([(spec, uri)], stats)`` on the driver (``stats["groups"]``: the work items), and
+  ``fn([(uri, spec)]) -> iterator of (docs, bad, file summaries)`` per item, written as the batches come;
 * ``map``     ``fn(batch, params, **side)`` over every shard of the first input (side inputs: small tables);
 * ``actor``   ``fn(params, **side)`` builds a model once per actor, then maps batches (a Ray Data actor pool);
 * ``sql_map`` ``fn(params)`` is SQL over ``batch``, run per batch in a sandboxed DuckDB (rules are data, not code);
