@@ -14,9 +14,12 @@ import numpy as np
 import pyarrow as pa
 
 from ray_cluster import runtime
-from ray_cluster.executor import core
-from storage import datasets, layers
+from ray_cluster.executor import core, limited_sql
+from storage import datasets, layers, provenance
 from storage.datasets import DatasetRef
+
+SQL_TIMEOUT_S = 300.0  # per batch, for params without sql_timeout_s; a filter's rules take milliseconds
+SQL_MEMORY_GB = 2.0
 
 
 def sandboxed_duckdb(memory_limit: str | None = None, temp_directory: str | None = None):
@@ -42,12 +45,26 @@ def sql_over_batch(sql_fn: Callable[[Any], str], params: Any, batch: pa.Table) -
     statements = duckdb.extract_statements(sql_fn(params))
     if len(statements) != 1:
         raise ValueError(f"a stage's SQL must be exactly one statement, got {len(statements)}")
-    con = sandboxed_duckdb()
+    # user SQL gets a time and a memory bound (params' sql_timeout_s / sql_memory_gb): see limited_sql for why a
+    # child process; past a bound, each of the stage's parts (a filter's rules) runs alone to name the culprit
+    limits = {"timeout_s": getattr(params, "sql_timeout_s", SQL_TIMEOUT_S),
+              "memory_gb": getattr(params, "sql_memory_gb", SQL_MEMORY_GB)}
     try:
-        con.register("batch", batch)
-        return con.sql(statements[0]).to_arrow_table()
-    finally:
-        con.close()
+        return limited_sql.run_sql(statements[0].query, batch, **limits)
+    except limited_sql.SqlLimitError as e:
+        culprit = "the stage's SQL"
+        for label, part in getattr(params, "sql_parts", lambda: [])():
+            try:
+                limited_sql.run_sql(part, batch, **limits)
+            except limited_sql.SqlLimitError:
+                culprit = label
+                break
+            except duckdb.Error:  # a part that does not run alone is not the one past the bound
+                continue
+        recipe = provenance.run_context().get("recipe")
+        where = f" (recipe {recipe})" if recipe else ""
+        knob = "sql_timeout_s" if e.kind == "timeout" else "sql_memory_gb"
+        raise limited_sql.SqlLimitError(f"{culprit}{where} {e}; raise {knob} if it is meant to", e.kind) from None
 
 
 @functools.lru_cache(maxsize=8)

@@ -61,6 +61,11 @@ class QualityFilterParams:
     rules: str | tuple[str | tuple[str, str], ...] = "gopher"
     line_rules: str | None = None
     text_column: str = "text"
+    # Bounds on evaluating the rules over one batch (rows_per_call rows), enforced by the engine in a child process
+    # (ray_cluster/executor/limited_sql.py): the bundled rule sets take milliseconds and a few MB per 1,000 rows,
+    # so a rule past a minute or a GB is a mistake or an attack (`range(20000000000)`, `list(range(600000000))`).
+    sql_timeout_s: float = 60.0
+    sql_memory_gb: float = 1.0
 
     def __post_init__(self) -> None:
         # Rule-set names, rule names and the rule list's shape fail here; each predicate's syntax is checked where
@@ -73,6 +78,16 @@ class QualityFilterParams:
             raise ValueError(f"rule set {self.line_rules!r} has no line_rules")
         if not self.text_column:
             raise ValueError("text_column must not be empty")
+        for knob, top in (("sql_timeout_s", 86_400.0), ("sql_memory_gb", 1_024.0)):
+            v = getattr(self, knob)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= top:
+                raise ValueError(f"{knob} must be a number in (0, {top:g}], got {_short(v)}")
+
+    def sql_parts(self) -> list[tuple[str, str]]:
+        """(label, SQL over `batch`) of each rule alone: the engine runs them one by one, after the whole filter
+        ran past sql_timeout_s or sql_memory_gb, to name the rule (and the file it comes from) in the error."""
+        return [(f"quality_filter rule {name!r} ({origin})", rules_to_sql([(name, pred)], "batch"))
+                for name, pred, origin in rule_origins(self.rules)]
 
 
 @lru_cache(maxsize=32)
@@ -122,6 +137,18 @@ def resolve_rules(rules: str | tuple | list) -> list[Rule]:
     if not out:
         raise ValueError("no rules given")
     return out
+
+
+def rule_origins(rules: str | tuple | list) -> list[tuple[str, str, str]]:
+    """resolve_rules with where each rule was written: its rule-set file, or the recipe's `quality_filter.rules[i]`."""
+    items = [rules] if isinstance(rules, str) else list(rules)
+    origin: list[str] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str) and _NAME.match(item):
+            origin += [str(RULES_DIR / f"{item}.yaml")] * len(load_rule_set(item)["rules"])
+        else:
+            origin.append(f"quality_filter.rules[{i}]" if not isinstance(rules, str) else "quality_filter.rules")
+    return [(name, pred, where) for (name, pred), where in zip(resolve_rules(rules), origin, strict=True)]
 
 
 def rules_to_sql(rules: list[Rule], source: str) -> str:
