@@ -6,7 +6,8 @@ document; the training text becomes ``document <think> thinking </think>``.
 
 Backends: ``local`` (bundled SmolLM2-135M on CPU), ``openai`` (any OpenAI-compatible endpoint), ``vllm`` (Ray
 Data's LLM processor). A re-run reuses every document already augmented with the same (teacher, template, params)
-by any earlier augment version of the dataset; a killed run resumes from committed shards.
+by any earlier augment version of the dataset, keyed on the exact text read (never the doc_id); a killed run
+resumes from committed shards.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """One document row in, one augmented row out, whatever the engine: the chat messages, the parsing of a completion into
-thinking + sample, and the provenance columns (AUG_SCHEMA) with `aug_key`, which hashes (doc_id, teacher, generation
-parameters) so a re-run reuses documents already augmented the same way (`pending_docs`). The reliability suite
+thinking + sample, and the provenance columns (AUG_SCHEMA) with `aug_key`, which hashes (the text the row read,
+teacher, generation parameters) so a re-run reuses documents already augmented the same way (`pending_docs`). Never
+the doc_id: a source file replaced at the same path, or a text redacted by pii, keeps its doc_id but is other input,
+and reusing by id would carry the old text's generation into the new version (issue 34). The reliability suite
 compares engines' rows column by column, so this contract lives in one place."""
 
 from __future__ import annotations
@@ -82,15 +84,21 @@ def generation_params_json(params: AugmentParams) -> str:
     return json.dumps(generation_params(params), sort_keys=True, ensure_ascii=False)
 
 
-def aug_key(doc_id: str, teacher: str, params_json: str) -> str:
-    """Deterministic id of "this document augmented this way"."""
-    return hashlib.sha256(json.dumps([doc_id, teacher, params_json]).encode()).hexdigest()[:24]
+def text_sha(text: str | None) -> str:
+    """The content the teacher would read: sha256 of the row's text (a null text hashes as its own token)."""
+    return "null" if text is None else hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def aug_key(content_sha: str, teacher: str, params_json: str) -> str:
+    """Deterministic id of "this exact text augmented this way" (``content_sha``: ``text_sha`` of the input)."""
+    return hashlib.sha256(json.dumps([content_sha, teacher, params_json]).encode()).hexdigest()[:24]
 
 
 def aug_keys(batch: pa.Table, params: AugmentParams) -> pa.Array:
-    """aug_key of every row of a documents table (no model is loaded)."""
+    """aug_key of every row of a documents table, from its ``text`` (no model is loaded)."""
+    check_input(batch)
     teacher, pj = teacher_id(params), generation_params_json(params)
-    return pa.array([aug_key(str(d), teacher, pj) for d in batch.column("doc_id").to_pylist()], pa.string())
+    return pa.array([aug_key(text_sha(t), teacher, pj) for t in batch.column("text").to_pylist()], pa.string())
 
 
 def pending_docs(
@@ -190,7 +198,7 @@ def aug_row(p: Prepared, c: Completion | None, params: AugmentParams, teacher: s
         "aug_finish_reason": reason,
         "aug_latency_s": float(c.latency_s),
         "aug_error": error,
-        "aug_key": aug_key(p.doc_id, teacher, params_json),
+        "aug_key": aug_key(text_sha(p.full_text), teacher, params_json),
     }
 
 

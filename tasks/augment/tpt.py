@@ -4,7 +4,7 @@ A teacher LLM reads each document (truncated to `max_input_tokens` of the teache
 prompt template (tasks/augment/templates/tpt_*.txt: the paper's template verbatim, and the "random focus" ablation) and
 writes a thinking trajectory t. Every input document gives exactly one output row carrying its provenance (teacher,
 template, sampling parameters, seed, token counts, finish reason, latency); failed or empty generations keep their
-row with `aug_error` set and `aug_text` null. `aug_key` hashes (doc_id, teacher, template, generation parameters) so
+row with `aug_error` set and `aug_text` null. `aug_key` hashes (the text read, teacher, template, generation parameters) so
 the engine can skip documents already augmented the same way (`pending_docs`).
 
 The stage's entry module: the registry and callers import from here; each room lives in its own module.

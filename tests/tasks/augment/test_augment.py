@@ -211,7 +211,7 @@ def test_vllm_halves_round_trip_an_engine_row():
     assert out["aug_finish_reason"] == "length" and out["aug_completion_tokens"] == 16
     assert out["aug_text"] == row["text"] + "\n\n<think>\nEnergy comes from ATP.\n</think>"
     assert (
-        out["aug_teacher"] == "smollm2" and out["aug_key"] == aug_keys(pa.table({"doc_id": ["d1"]}), params)[0].as_py()
+        out["aug_teacher"] == "smollm2" and out["aug_key"] == aug_keys(pa.table({"doc_id": ["d1"], "text": [row["text"]]}), params)[0].as_py()
     )
     failed = vllm_postprocess(engine | {"__inference_error__": "ValueError: prompt too long"}, params)
     assert failed["aug_finish_reason"] == "error" and "prompt too long" in failed["aug_error"]

@@ -75,7 +75,7 @@ def test_auto_picks_llama_cpp_and_loads_the_gguf_never_dequantized(augmenter, tm
 def test_gguf_weights_are_validated_and_change_the_aug_key():
     with pytest.raises(ValueError, match="gguf_weights must be one of"):
         AugmentParams(gguf_weights="fp8")
-    docs = pa.table({"doc_id": ["a"]})
+    docs = pa.table({"doc_id": ["a"], "text": ["x"]})
     as_is, bf16 = AugmentParams(gguf_weights="as_is"), AugmentParams(gguf_weights="bf16")
     assert aug_keys(docs, as_is) != aug_keys(docs, bf16)  # other numerics, other text: never reused across them
 
@@ -178,4 +178,5 @@ def test_transformers_is_the_fallback_when_llama_cpp_is_missing(monkeypatch, cap
         aug = Augmenter(params)
     assert isinstance(aug.backend, lb.LocalBackend) and "llama_cpp is not importable" in caplog.text
     assert aug.teacher.endswith(" via transformers " + importlib.metadata.version("transformers"))
-    assert aug_keys(pa.table({"doc_id": ["a"]}), params) != aug_keys(pa.table({"doc_id": ["a"]}), AugmentParams())
+    one = pa.table({"doc_id": ["a"], "text": ["x"]})
+    assert aug_keys(one, params) != aug_keys(one, AugmentParams())
