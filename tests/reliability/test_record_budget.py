@@ -114,3 +114,27 @@ def test_the_threshold_is_validated(monkeypatch):
         yieldcheck.threshold(LineDedupParams())
     monkeypatch.delenv(yieldcheck.ENV)
     assert yieldcheck.threshold(LineDedupParams()) == yieldcheck.DEFAULT_MAX_REMOVED_SHARE
+
+
+def test_a_quadratic_document_through_the_datatrove_stage_is_flagged_and_the_stage_completes(tmp_path):
+    pytest.importorskip("spacy", reason="datatrove's English word tokenizer needs spacy")
+    from tasks.signals.datatrove_signals import REASON_COLUMNS, DatatroveSignalsParams, datatrove_signals
+
+    records = [{"id": "colons", "text": ":" * 15_000}, {"id": "big", "text": "word " * 5_000}]
+    records += [{"id": f"d{i}", "text": f"An ordinary sentence number {i}. It is followed by another one."}
+                for i in range(8)]
+    ing = _ingest(tmp_path, records, "dt")
+    params = DatatroveSignalsParams(doc_timeout_s=1.0, max_doc_chars=20_000)
+    datatrove_signals(pa.table({"text": ["Warm up."]}), params)  # the budget zygote's start (spaCy) is per process
+    t0 = time.monotonic()
+    out = stages.run("datatrove_signals", [ing], params, h.serial())
+    # unbudgeted, 15 KB of ':' runs for minutes; budgeted: 1 s, a fork, 9 ordinary documents, the executor
+    assert time.monotonic() - t0 < 60
+    table = datasets.read_table(out, columns=["doc_id", "text", *REASON_COLUMNS])
+    assert table.num_rows == len(records) == datasets.read_manifest(ing)["num_rows"]
+    rows = {r["text"][:5]: r for r in table.to_pylist()}
+    assert all(rows["word "][c] == "dt_budget_too_large" for c in REASON_COLUMNS)  # 25,000 > 20,000 characters
+    assert all(rows[":::::"][c] == "dt_budget_timeout" for c in REASON_COLUMNS)  # 15 KB of ':' takes ~10 s+
+    normal = [r for r in table.to_pylist() if r["text"].startswith("An ")]
+    assert len(normal) == 8 and not {r[c] for r in normal for c in REASON_COLUMNS} & {
+        "dt_budget_timeout", "dt_budget_too_large"}
