@@ -177,6 +177,11 @@ def rows_to_tables(rows: list[tuple[str, dict]]) -> tuple[pa.Table, pa.Table]:
 # each; a file larger than it is a work item of its own. 128 MiB is DuckDB's and Spark's usual input split size
 # (spark.sql.files.maxPartitionBytes), and what one worker reads in seconds.
 DEFAULT_BYTES_PER_SHARD = 128 * 2**20
+# ... but never fewer work items than a cluster can run side by side when the input allows: the budget shrinks to
+# total bytes / WORK_ITEMS, not under OPEN_COST_BYTES (a file's fixed cost, in bytes). Spark's split size, the same
+# formula (FilePartition.maxSplitBytes: min(maxPartitionBytes, max(openCostInBytes, bytes / parallelism))); both are
+# constants, not the cluster's size, because the plan must not change between a run and its resume elsewhere.
+WORK_ITEMS, OPEN_COST_BYTES = 16, 4 * 2**20
 BATCH_ROWS = 5_000  # rows turned into Arrow at a time while a work item is read (memory: one batch of dicts)
 QUARANTINE_ROWS_PER_SHARD = 20_000  # quarantine rows are written out every this many, whatever a file holds
 
@@ -232,7 +237,8 @@ def input_files(params: IngestParams) -> tuple[list[tuple[dict, str]], dict]:
     stats: dict = {"repeated_inputs": plan.repeats}
     if plan.refused:
         stats["refused_inputs"] = plan.refused
-    stats["groups"] = pack(plan.sizes, params.docs_per_shard, params.bytes_per_shard)
+    budget = min(params.bytes_per_shard, max(OPEN_COST_BYTES, -(-sum(plan.sizes) // WORK_ITEMS)))
+    stats["groups"] = pack(plan.sizes, params.docs_per_shard, budget)
     return [(specs[s], uri) for s, uri in plan.files], stats
 
 
