@@ -307,22 +307,90 @@ def list_deployments(api_url: str | None = None) -> list[dict]:
         return sorted(out, key=lambda r: r["name"])
 
 
+class TriggerError(ValueError):
+    """Why a run could not be started, in one line (an unknown deployment, a bad parameter, no server)."""
+
+
 def trigger(name: str, parameters: dict[str, Any] | None = None, api_url: str | None = None) -> str:
     """Create a flow run of deployment ``flow/name`` with parameter overrides; returns the flow run id.
 
-    The run's parameters (deployment defaults + overrides) are validated first, so a missing recipe or an unknown
-    profile is an error here (``RecipeError``) instead of a failed run on the worker."""
+    The run's parameters (deployment defaults + overrides) are validated first, so a missing recipe, an unknown
+    profile or a parameter the flow does not take is a ``TriggerError`` here instead of a failed run on the worker."""
+    import httpx
+    import pydantic
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
+    import datasets_cfg
     from flows import runinfo
 
-    with using_api(api_url), get_client(sync_client=True) as client:
-        dep = client.read_deployment_by_name(name)
-        merged = {**(dep.parameters or {}), **(parameters or {})}
-        if "recipe" in merged:
-            runinfo.validate_params(merged, base=REPO)  # the worker runs flows from the repository root
-        run = client.create_flow_run_from_deployment(dep.id, parameters=parameters or {})
-        return str(run.id)
+    if name.count("/") != 1 or not all(name.split("/")):
+        raise TriggerError(f"deployment {name!r} is not flow/name (e.g. ingest/tiny)")
+    try:
+        with using_api(api_url), get_client(sync_client=True) as client:
+            try:
+                dep = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                known = sorted(f"{f}/{d}" for f, d in _registered(client))
+                raise TriggerError(
+                    f"no deployment {name!r} on this server (registered: {', '.join(known) or 'none'}); "
+                    "`quarry deploy` registers prefect.yaml's"
+                ) from None
+            accepted = set((dep.parameter_openapi_schema or {}).get("properties") or {})
+            unknown = sorted(set(parameters or {}) - accepted) if accepted else []
+            if unknown:
+                raise TriggerError(f"{name} takes no parameter {', '.join(map(repr, unknown))} "
+                                   f"(it takes {', '.join(sorted(accepted))})")  # fmt: skip
+            merged = {**(dep.parameters or {}), **(parameters or {})}
+            if "recipe" in merged:
+                try:
+                    runinfo.validate_params(merged, base=REPO)  # the worker runs flows from the repository root
+                except datasets_cfg.RecipeError as e:
+                    raise TriggerError(f"{name}: {str(e).splitlines()[0]}") from None
+                except pydantic.ValidationError as e:
+                    err = e.errors()[0]
+                    raise TriggerError(f"{name}: parameter {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            run = client.create_flow_run_from_deployment(dep.id, parameters=parameters or {})
+            return str(run.id)
+    except RuntimeError as e:  # using_api: no server known
+        raise TriggerError(str(e)) from None
+    except httpx.HTTPError as e:  # the server is not there (stopped, wrong --api-url)
+        raise TriggerError(f"cannot reach the Prefect API ({type(e).__name__}: {e}); `quarry server status`") from None
+
+
+def _registered(client) -> list[tuple[str, str]]:
+    flows = {f.id: f.name for f in client.read_flows()}
+    return [(flows.get(d.flow_id, "?"), d.name) for d in client.read_deployments()]
+
+
+def ui_url(flow_run_id: str, api_url: str | None = None) -> str | None:
+    """The run's page in the Prefect UI (the UI serves next to the API: http://host:port/runs/flow-run/<id>)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    with using_api(api_url):
+        base = PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
+
+
+_VERSION_ROW = re.compile(r"^\| `([^`]+)` \| ([^|]+) \| `(.+)` \|$")
+
+
+def summary_lines(result: dict, artifacts: list[dict], url: str | None) -> list[str]:
+    """What `quarry trigger` prints after a run: its name, state and page, one line per artifact (the UI has the
+    tables), and each committed version with the command that opens it."""
+    lines = [f"{result.get('name')}: {result.get('state')}" + (f"  {url}" if url else "")]
+    for a in sorted(artifacts, key=lambda a: str(a["key"])):
+        data = a["data"]
+        size = f"{len(data)} rows" if isinstance(data, list) else a["type"]
+        lines.append(f"  artifact {a['key']} ({size}): {a.get('description') or ''}".rstrip(": "))
+        if a["key"] == "versions" and isinstance(data, str):
+            for row in data.splitlines():
+                m = _VERSION_ROW.match(row)
+                if m:
+                    lines.append(f"    {m.group(1)}  {m.group(2).strip()} rows  {m.group(3)}")
+                elif row.startswith("Nothing new"):
+                    lines.append(f"    {row}")
+    return lines
 
 
 def wait(flow_run_id: str, timeout: float = 600.0, api_url: str | None = None, poll: float = 2.0) -> str:
