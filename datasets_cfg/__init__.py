@@ -18,14 +18,15 @@ A recipe is untrusted data. Loading one never runs code, never expands without b
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from tasks import registry
 from tasks.filter.quality_filter import check_predicate, resolve_rules
@@ -42,6 +43,27 @@ MAX_ECHO = 60  # characters of an offending value that an error message may quot
 
 class RecipeError(ValueError):
     """A recipe that does not validate; the message names the file and the offending key."""
+
+
+# A dataset (or experiment) name is a folder under the root, and so are the names derived from it; a file name may
+# have 255 bytes (NAME_MAX on Linux and macOS, and S3 tools that mirror keys to disk). A 300-character name used to
+# pass and fail with ENAMETOOLONG after the flow had started and retried.
+NAME_MAX_BYTES = 255
+DERIVED_NAME_SUFFIXES = ("_qc_positive", "_qc_negative")  # flows/curate.py: the quality classifier's two datasets
+MAX_NAME_CHARS = 200  # the pattern is ASCII: 200 + the longest suffix (12) stays 43 bytes under NAME_MAX
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"  # a folder name and a SQL identifier (views are `{dataset}__{stage}`)
+
+
+def _name_fits(name: str) -> str:
+    if len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"{len(name)} characters; at most {MAX_NAME_CHARS}: the name is a folder under the root "
+                         f"(with `{{name}}{DERIVED_NAME_SUFFIXES[0]}` beside it), and a file name may have "
+                         f"{NAME_MAX_BYTES} bytes")
+    return name
+
+
+# the pattern first (a cheap, bounded check: only ASCII letters, digits, `_`), then the length with its reason
+Name = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(_name_fits)]
 
 
 class ExperimentVariant(BaseModel):
@@ -75,7 +97,7 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: Name
     variants: dict[str, ExperimentVariant] = Field(min_length=1)
     model_sizes: list[str] = Field(default_factory=lambda: ["tiny"], min_length=1)  # tasks.train.trainer.MODEL_PRESETS
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -112,7 +134,7 @@ class _RecipeBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    dataset: Name
     description: str = ""
     storage_root: str | None = Field(default=None, min_length=1)  # None: $QUARRY_ROOT, else ./data under the cwd
     cluster: str = Field(default="local", min_length=1)  # a profile in ray_cluster/profiles
@@ -323,7 +345,8 @@ def _resolve_paths(data: dict, base: Path) -> dict:
             sec[key] = [dict(s) if isinstance(s, dict) else s for s in sec[key]]
             for i, src in enumerate(sec[key]):
                 if isinstance(src, dict) and isinstance(src.get("path"), str):
-                    src["path"] = _resolve(_expand(src["path"], f"{section}.{key}.{i}.path"), base)
+                    where = f"{section}.{key}.{i}.path"
+                    src["path"] = _resolve(_expand(src["path"], where), base, where)
     for section, fields in _PATH_FIELDS.items():
         if isinstance(data.get(section), dict):
             data[section] = params = dict(data[section])
@@ -331,13 +354,13 @@ def _resolve_paths(data: dict, base: Path) -> dict:
                 if isinstance(params.get(f), str):
                     params[f] = _expand(params[f], f"{section}.{f}")
     if isinstance(data.get("evaluate"), dict) and isinstance(data["evaluate"].get("eval_dir"), str):
-        data["evaluate"]["eval_dir"] = _resolve(data["evaluate"]["eval_dir"], base)
+        data["evaluate"]["eval_dir"] = _resolve(data["evaluate"]["eval_dir"], base, "evaluate.eval_dir")
     dc = data.get("decontaminate")
     if isinstance(dc, dict):  # decontaminate checks what evaluate scores: its eval files and tasks, unless it names its own
         data["decontaminate"] = dc = dict(dc)
         for key in ("eval_dir", "cache_dir"):
             if isinstance(dc.get(key), str):
-                dc[key] = _resolve(dc[key], base)
+                dc[key] = _resolve(dc[key], base, f"decontaminate.{key}")
         evaluate = data.get("evaluate") if isinstance(data.get("evaluate"), dict) else {}
         for key in ("eval_dir", "tasks"):
             if dc.get(key) is None and evaluate.get(key) is not None:
@@ -345,16 +368,32 @@ def _resolve_paths(data: dict, base: Path) -> dict:
         if dc.get("eval_dir") is None:
             raise RecipeError("decontaminate.eval_dir: not set, and the recipe has no evaluate.eval_dir to take it from")
     if isinstance(data.get("storage_root"), str):
-        data["storage_root"] = _resolve(_expand(data["storage_root"], "storage_root"), base)
+        data["storage_root"] = _resolve(_expand(data["storage_root"], "storage_root"), base, "storage_root")
     if isinstance(data.get("same_dataset_as"), str):
-        data["same_dataset_as"] = _resolve(data["same_dataset_as"], base)
+        data["same_dataset_as"] = _resolve(data["same_dataset_as"], base, "same_dataset_as")
     return data
 
 
-def _resolve(path: str, base: Path) -> str:
-    if not path or "://" in path or os.path.isabs(path):  # "" stays "": the params reject it, not "the recipe's folder"
+def _resolve(path: str, base: Path, key: str) -> str:
+    """``path`` relative to the recipe's folder, absolute; a symlink loop on the way is an error naming ``key``
+    (it used to be a RuntimeError from Path.resolve, or, for an absolute path, "not found" once the flow ran)."""
+    if not path or "://" in path:  # "" stays "": the params reject it, not "the recipe's folder"
         return path
-    return str((base / path).resolve())
+    full = path if os.path.isabs(path) else str(base / path)
+    loop = RecipeError(f"{key}: {_clip(path, 200)} runs into a symlink loop (ELOOP: too many levels of symbolic links)")
+    try:
+        os.stat(full)  # the kernel walks every component: a loop anywhere on the way (even below a glob) is ELOOP
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise loop from None
+    if os.path.isabs(path):
+        return path
+    try:
+        return str(Path(full).resolve())
+    except (RuntimeError, OSError) as e:  # Python 3.11-3.12: RuntimeError("Symlink loop"); 3.13: OSError(ELOOP)
+        if isinstance(e, RuntimeError) or e.errno == errno.ELOOP:
+            raise loop from None
+        raise RecipeError(f"{key}: {_clip(path, 200)}: {e.strerror}") from None
 
 
 # ---------------------------------------------------------------------------------------------------- secrets
