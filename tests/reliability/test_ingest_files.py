@@ -20,7 +20,7 @@ from ray_cluster import runtime
 from storage import datasets
 from tasks.ingest.records import doc_id
 from tasks.ingest.sources import IngestSource
-from tasks.ingest.stage import IngestParams, pack, read_file, read_source
+from tasks.ingest.stage import WORK_ITEMS, IngestParams, pack, read_file, read_source
 from tests import stages
 from tests.reliability._inputs import jsonl, traced_peak
 
@@ -190,12 +190,13 @@ def small_files(tmp_path):
 
 
 def test_many_small_files_pack_into_few_shards_with_the_same_doc_ids(tmp_path, small_files):
-    """One shard per file made 20,000 files crawl at 14 shards/s; packed by size, 1,500 files make 2 work items and
-    a handful of shards, and every doc_id is still sha1(name/relative path#position) of the original file."""
+    """One shard per file made 20,000 files crawl at 14 shards/s; packed by size, 1,500 files make ~16 work items
+    (a small input is cut into WORK_ITEMS) and as many shards, and every doc_id is still
+    sha1(name/relative path#position) of the original file."""
     folder, expected = small_files
     ref, docs, bad = ingest(tmp_path, [IngestSource(path=str(folder))], docs_per_shard=1000)
     stats = datasets.read_manifest(ref)["stats"]
-    assert stats["files"] == 1500 and stats["work_items"] == 2
+    assert stats["files"] == 1500 and WORK_ITEMS <= stats["work_items"] <= WORK_ITEMS + 1
     assert docs.num_rows == sum(expected.values()) and bad.num_rows == len(expected) - sum(expected.values())
     assert len(datasets.existing_shards(ref)) <= -(-docs.num_rows // 1000) + stats["work_items"]
     got = {(p.removeprefix("small/"), pos): d for p, pos, d in
@@ -208,17 +209,20 @@ def test_many_small_files_pack_into_few_shards_with_the_same_doc_ids(tmp_path, s
 
 
 def test_a_killed_packed_ingest_resumes_to_the_same_output(tmp_path, small_files):
-    """Work item 1 fails after item 0 wrote its shards; the rerun keeps item 0's shards and ends identical to an
-    uninterrupted run (RELIABILITY.md guarantee 1), with nothing written twice."""
+    """Work items 5.. fail after items 0-4 wrote their shards; the rerun keeps those shards and ends identical to
+    an uninterrupted run (RELIABILITY.md guarantee 1), with nothing written twice."""
     folder, _ = small_files
-    params = IngestParams(sources=(IngestSource(path=str(folder)),), docs_per_shard=1000, bytes_per_shard=60_000)
+    params = IngestParams(sources=(IngestSource(path=str(folder)),), docs_per_shard=100)
     root = str(tmp_path / "store")
     with pytest.raises(Exception, match="injected failure"):
-        stages.run("ingest", [], params, SERIAL, root=root, dataset="files", fail_from_shard=1)
+        stages.run("ingest", [], params, SERIAL, root=root, dataset="files", fail_from_shard=5)
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("part-*.parquet")}
+    assert written
     ref = stages.run("ingest", [], params, SERIAL, root=root, dataset="files")
     clean = stages.run("ingest", [], params, SERIAL, root=str(tmp_path / "clean"), dataset="files")
     assert ref.version == clean.version
     assert datasets.existing_shards(ref) == datasets.existing_shards(clean)
+    assert all(p.stat().st_mtime_ns == t for p, t in written.items())  # the first attempt's shards were kept
     for side in (None, "ingest_quarantine"):
         a, b = (r.sibling(side) if side else r for r in (ref, clean))
         assert datasets.read_table(a).sort_by("doc_id").equals(datasets.read_table(b).sort_by("doc_id"))
