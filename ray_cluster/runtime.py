@@ -14,12 +14,21 @@ class, ``concurrency`` actors), the model is loaded once per actor, and ``work(i
 
 ``engine: serial`` in a profile runs the same functions in-process (debugging, and places Ray cannot go);
 ``engine: dask`` sends them to a Dask cluster (CPU stages only).
+
+Stopping: inside a flow (``stop_signals``) SIGTERM/SIGINT only *record* a stop while a stage computes; the stage
+raises it at its next safe point (between shards; the driver polls ``ray.wait`` every ``POLL_S`` instead of blocking
+in C++), so no exception lands inside numba's compiler, Prefect's engine internals (which can swallow it) or Ray's
+core worker. A watchdog stops the children and exits ``128 + signal`` after ``STOP_GRACE_S`` if no safe point comes.
+A local Ray started here listens on loopback only (``_loopback_ray``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -80,6 +89,121 @@ def load_profile(name_or_path: str | None) -> Profile:
         raise ValueError(f"invalid profile {path}: {e}") from e
 
 
+# ------------------------------------------------------------------------------------------------ stopping
+
+STOP_GRACE_S = float(os.environ.get("QUARRY_STOP_GRACE_S", "30"))  # a stop with no safe point: forced after this
+POLL_S = 0.5  # the Ray driver wakes this often to look for a stop (ray.wait blocks in C++, where no handler runs)
+_stops: list[int] = []  # stop signals received, in order
+_deferring = [0]  # > 0 while a stage computes: a signal is recorded for the next safe point, not raised
+
+
+def _stop_exception(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+
+def stop_requested() -> int | None:
+    """The first stop signal received in this process, or None."""
+    return _stops[0] if _stops else None
+
+
+def check_stop() -> None:
+    """A safe point: raise the stop a signal asked for (``SystemExit(143)`` for SIGTERM, ``KeyboardInterrupt`` for
+    SIGINT). Shards finished so far are written; a re-run resumes from them."""
+    if _stops:
+        raise _stop_exception(_stops[0])
+
+
+def _force(signum: int) -> None:
+    from services import supervise
+
+    supervise.stop_descendants(grace_s=1.0)
+    os._exit(128 + signum)
+
+
+def _watchdog(signum: int) -> None:
+    time.sleep(STOP_GRACE_S)
+    _force(signum)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGTERM/SIGINT for a flow body: a signal that lands while a stage computes is recorded and raised at the
+    stage's next safe point; elsewhere it goes on to the handler this replaced (Prefect's bridge, which marks the run
+    crashed, or the CLI's). Either way it is recorded, so a stop that something swallows (Prefect runs internal calls
+    on the main thread and keeps their exceptions) is raised again at the next stage (``flows.run.stage``) and at the
+    end of the flow. A watchdog bounds it all; a second signal stops at once. Only the main thread can do this."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    outer = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: Any) -> None:
+        if _stops and signum in _stops:
+            _force(signum)
+        first = not _stops
+        _stops.append(signum)
+        if first:
+            threading.Thread(target=_watchdog, args=(signum,), daemon=True, name="quarry-stop-watchdog").start()
+        if _deferring[0]:
+            return
+        previous = outer[signum]
+        if callable(previous):
+            previous(signum, frame)
+        if previous is not signal.SIG_IGN:
+            raise _stop_exception(signum)
+
+    installed = {sig: signal.signal(sig, handler) for sig, h in outer.items() if h is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for sig, h in installed.items():
+            signal.signal(sig, h)
+
+
+@contextlib.contextmanager
+def _safe_points() -> Iterator[None]:
+    """A stage's compute: signals are recorded, ``check_stop`` raises them between shards."""
+    check_stop()
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
+
+
+@contextlib.contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """``ray.init`` installs its own SIGTERM handlers in the driver (``sys.exit(15)``; for a local head node one
+    that kills Ray's processes and exits 1, after which the core worker aborts: exit 134). Put back the ones we had:
+    SIGTERM then unwinds the run and Ray's atexit ``ray.shutdown`` stops its processes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, h in saved.items():
+            if h is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(sig, h)
+
+
+def _loopback_ray() -> dict[str, Any]:
+    """ray.init options for a Ray this process starts for itself: every port on 127.0.0.1.
+
+    Ray binds its gRPC servers (GCS, raylet, core workers), the dashboard agent, the runtime-env agent and the
+    Prometheus ``/metrics`` exporter to the *node IP*, and to every interface unless that IP is a loopback address.
+    ``_node_ip_address="127.0.0.1"`` alone is turned back into the host's address (``resolve_ip_for_localhost``)
+    unless Ray runs in its single-machine mode, ``ENABLE_RAY_CLUSTER`` false (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+    the mode Ray uses on macOS/Windows; read at import, so also set on the imported module). A profile with an
+    ``address`` (a cluster) is not touched."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray's own processes, started below, read it too
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    return {"_node_ip_address": "127.0.0.1", "include_dashboard": False}
+
+
 @contextlib.contextmanager
 def connected(profile: Profile) -> Iterator[None]:
     """Make sure Ray is up for this profile; a Ray started here stays up for later stages of the same process."""
@@ -98,6 +222,7 @@ def connected(profile: Profile) -> Iterator[None]:
         if profile.address in (None, "local") and not in_job:
             kwargs["address"] = "local"
             kwargs["num_cpus"] = profile.num_cpus or os.cpu_count()
+            kwargs.update(_loopback_ray())
 
             def _quiet_workers() -> None:  # pickled by value: runs in every worker of this local Ray
                 import logging
@@ -116,7 +241,8 @@ def connected(profile: Profile) -> Iterator[None]:
                 runtime_env["excludes"] = ["tests/", "data/", ".venv/", ".git/"]
         if runtime_env:
             kwargs["runtime_env"] = runtime_env
-        ray.init(**kwargs)
+        with _keep_signal_handlers():
+            ray.init(**kwargs)
     yield
 
 
@@ -257,7 +383,6 @@ def run_shards(
     job API), a log or a manifest.
     """
     import functools
-    import json
 
     if not items:
         return []
@@ -265,12 +390,22 @@ def run_shards(
         work = functools.partial(_with_env, dict(secrets), work)
         if setup is not None:
             setup = functools.partial(_with_env, dict(secrets), setup)
+    with _safe_points():
+        return _run_shards(items, work, resources, profile, setup, desc)
+
+
+def _run_shards(items: Sequence[dict], work: Callable[..., dict], resources: StageResources, profile: Profile | None,
+                setup: Callable[[], Any] | None, desc: str) -> list[dict]:
+    import functools
+    import json
+
     engine = profile.engine if profile else "ray"
     if engine == "serial":
         state = setup() if setup else None
         results = []
         with _progress(desc, len(items)) as advance:
             for it in items:
+                check_stop()
                 results.append(_guarded(work, dict(it), state) if setup else _guarded(work, dict(it)))
                 advance()
         return _raise_failures(desc, items, results)
@@ -303,6 +438,7 @@ def run_shards(
     with _progress(desc, len(items)) as advance:
         results = []
         for row in ds.iter_rows():
+            check_stop()
             results.append(json.loads(row["result"]))
             advance()
     return _raise_failures(desc, items, results)
@@ -328,12 +464,20 @@ def _run_tasks(items: Sequence[dict], work: Callable[[dict], dict], resources: S
     )
     pending = [task.remote(dict(it)) for it in items]
     results = []
-    with _progress(desc, len(items)) as advance:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            # the same JSON shape as the other engines (numpy scalars become numbers, other objects strings)
-            results.extend(json.loads(_encode(r)) for r in ray.get(done))
-            advance()
+    try:
+        with _progress(desc, len(items)) as advance:
+            while pending:
+                check_stop()
+                done, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+                # the same JSON shape as the other engines (numpy scalars become numbers, other objects strings)
+                results.extend(json.loads(_encode(r)) for r in ray.get(done))
+                for _ in done:
+                    advance()
+    except BaseException:
+        for ref in pending:  # a stop (or a failure) leaves no shard running: its half-written output is never used
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        raise
     return results
 
 
@@ -347,10 +491,18 @@ def _run_dask(items: Sequence[dict], work: Callable, setup: Callable | None, pro
         address = cluster.scheduler_address
     try:
         with Client(address) as client:
+            from dask.distributed import as_completed
+
             if setup is None:
                 futures = [client.submit(work, dict(it), pure=False, retries=3) for it in items]
             else:
                 futures = [client.submit(_dask_stateful, setup, work, dict(it), pure=False, retries=3) for it in items]
+            try:
+                for _ in as_completed(futures):
+                    check_stop()  # a safe point per finished shard
+            except BaseException:
+                client.cancel(futures)
+                raise
             return client.gather(futures)
     finally:
         if cluster is not None:
