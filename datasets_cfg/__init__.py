@@ -18,16 +18,16 @@ A recipe is untrusted data. Loading one never runs code, never expands without b
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from datasets_cfg.names import Name, resolve_path
 from tasks import registry
 from tasks.filter.quality_filter import check_predicate, resolve_rules
 from tasks.train.config import MODEL_PRESETS
@@ -45,25 +45,6 @@ class RecipeError(ValueError):
     """A recipe that does not validate; the message names the file and the offending key."""
 
 
-# A dataset (or experiment) name is a folder under the root, and so are the names derived from it; a file name may
-# have 255 bytes (NAME_MAX on Linux and macOS, and S3 tools that mirror keys to disk). A 300-character name used to
-# pass and fail with ENAMETOOLONG after the flow had started and retried.
-NAME_MAX_BYTES = 255
-DERIVED_NAME_SUFFIXES = ("_qc_positive", "_qc_negative")  # flows/curate.py: the quality classifier's two datasets
-MAX_NAME_CHARS = 200  # the pattern is ASCII: 200 + the longest suffix (12) stays 43 bytes under NAME_MAX
-NAME_PATTERN = r"^[a-z][a-z0-9_]*$"  # a folder name and a SQL identifier (views are `{dataset}__{stage}`)
-
-
-def _name_fits(name: str) -> str:
-    if len(name) > MAX_NAME_CHARS:
-        raise ValueError(f"{len(name)} characters; at most {MAX_NAME_CHARS}: the name is a folder under the root "
-                         f"(with `{{name}}{DERIVED_NAME_SUFFIXES[0]}` beside it), and a file name may have "
-                         f"{NAME_MAX_BYTES} bytes")
-    return name
-
-
-# the pattern first (a cheap, bounded check: only ASCII letters, digits, `_`), then the length with its reason
-Name = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(_name_fits)]
 
 
 class ExperimentVariant(BaseModel):
@@ -375,25 +356,10 @@ def _resolve_paths(data: dict, base: Path) -> dict:
 
 
 def _resolve(path: str, base: Path, key: str) -> str:
-    """``path`` relative to the recipe's folder, absolute; a symlink loop on the way is an error naming ``key``
-    (it used to be a RuntimeError from Path.resolve, or, for an absolute path, "not found" once the flow ran)."""
-    if not path or "://" in path:  # "" stays "": the params reject it, not "the recipe's folder"
-        return path
-    full = path if os.path.isabs(path) else str(base / path)
-    loop = RecipeError(f"{key}: {_clip(path, 200)} runs into a symlink loop (ELOOP: too many levels of symbolic links)")
     try:
-        os.stat(full)  # the kernel walks every component: a loop anywhere on the way (even below a glob) is ELOOP
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise loop from None
-    if os.path.isabs(path):
-        return path
-    try:
-        return str(Path(full).resolve())
-    except (RuntimeError, OSError) as e:  # Python 3.11-3.12: RuntimeError("Symlink loop"); 3.13: OSError(ELOOP)
-        if isinstance(e, RuntimeError) or e.errno == errno.ELOOP:
-            raise loop from None
-        raise RecipeError(f"{key}: {_clip(path, 200)}: {e.strerror}") from None
+        return resolve_path(path, base)
+    except ValueError as e:
+        raise RecipeError(f"{key}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------- secrets

@@ -12,7 +12,8 @@ import os
 import pytest
 import yaml
 
-from datasets_cfg import DERIVED_NAME_SUFFIXES, MAX_NAME_CHARS, NAME_MAX_BYTES, RecipeError, load
+from datasets_cfg import RecipeError, load
+from datasets_cfg.names import DERIVED_NAME_SUFFIXES, MAX_NAME_CHARS, NAME_MAX_BYTES
 
 
 def _recipe(tmp_path, **over) -> str:
