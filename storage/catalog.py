@@ -101,11 +101,15 @@ def versions_table(root: str, manifests: list[dict] | None = None) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def connect(root: str | None = None, database: str = ":memory:", *, sandbox: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(root: str | None = None, database: str = ":memory:", *, sandbox: bool = False,
+            allow_root: bool = False) -> duckdb.DuckDBPyConnection:
     """Open DuckDB with the ``versions`` table and one view per dataset/stage over its latest committed version.
 
     ``sandbox=True`` gives a connection that cannot read or write arbitrary files or attach databases once the
-    catalog is built: for user-supplied SQL (filters, dashboards), which is data, not code.
+    catalog is built: for user-supplied SQL (filters, dashboards), which is data, not code. ``allow_root`` also lets
+    it read any file under the root (manifests, globs over shards; ``quarry sql``). DuckDB lets an allowed path be
+    *written* too (``COPY ... TO`` a committed shard with ``use_tmp_file false`` overwrites it): run user SQL through
+    ``check_read_only`` first.
     """
     root = root or datasets.default_root()
     con = duckdb.connect(database)
@@ -116,6 +120,8 @@ def connect(root: str | None = None, database: str = ":memory:", *, sandbox: boo
         # or attached.
         files = [r[0] for r in con.execute("SELECT unnest(files) FROM versions").fetchall()]
         con.execute(f"SET allowed_paths = {_quote_list(files)}")
+        if allow_root:
+            con.execute(f"SET allowed_directories = {_quote_list([root.rstrip('/') + '/'])}")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con
@@ -264,6 +270,19 @@ def pin_versions(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
         cur.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
         made.append(name)
     return made
+
+
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")  # DESCRIBE, SHOW, SUMMARIZE, FROM-first and VALUES parse as SELECT
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse SQL with a statement that is not a query (COPY, EXPORT, ATTACH, CREATE, INSTALL/LOAD, SET, CALL...):
+    the sandbox's allowed paths can be written, so what a sandboxed user query may *do* is decided here."""
+    for st in duckdb.extract_statements(sql):
+        kind = st.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            raise PermissionError(f"{kind} statements are refused on the sandboxed catalog; only queries "
+                                  f"({', '.join(READ_ONLY_STATEMENTS)}) run")
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:

@@ -81,7 +81,8 @@ class QualityFilterParams:
         for knob, top in (("sql_timeout_s", 86_400.0), ("sql_memory_gb", 1_024.0)):
             v = getattr(self, knob)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= top:
-                raise ValueError(f"{knob} must be a number in (0, {top:g}], got {_short(v)}")
+                got = repr(v) if isinstance(v, (int, float)) else _short(v)
+                raise ValueError(f"{knob} must be a number in (0, {top:g}], got {got}")
 
     def sql_parts(self) -> list[tuple[str, str]]:
         """(label, SQL over `batch`) of each rule alone: the engine runs them one by one, after the whole filter
