@@ -128,7 +128,8 @@ def _leftover_temporaries(root: str) -> list[str]:
         folder, name = os.path.split(path)
         if folder in manifests and name.startswith("_tmp.") and name.endswith("._manifest.json"):
             with open(path) as f:
-                if json.load(f) == manifests[folder]:
+                # the file names no location of its own (issue 34): readers add the folder they read it from
+                if {**json.load(f), "uri": folder} == manifests[folder]:
                     TOTALS["link_window_residue"] += 1
                     continue
         if folder == root.rstrip("/") and name.startswith("_tmp.probe-"):
