@@ -37,6 +37,7 @@ def profile_for(name: str) -> runtime.Profile:
 def stage(name: str, inputs: list[DatasetRef | None], params: Any, profile: runtime.Profile,
           root: str | None = None, dataset: str | None = None, fail_from_shard: int | None = None) -> DatasetRef:
     """One registry stage: skipped when committed, resumed when partial; its artifacts go to the flow run."""
+    runtime.check_stop()  # a stop requested meanwhile (and perhaps swallowed by the engine) starts no new stage
     spec = registry.stage(name)
     leasing.lease_inputs(inputs)  # before the read: gc keeps what a live run reads
     ref = executor.run(spec, inputs, params, profile, root=root, dataset=dataset, fail_from_shard=fail_from_shard)

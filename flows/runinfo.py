@@ -230,8 +230,14 @@ def tracked_flow(fn: Callable) -> Callable:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         given = bound.arguments
-        with tracked(given["recipe"], given.get("profile"), given.get("storage_root")):
-            return fn(*args, **kwargs)
+        from ray_cluster import runtime
+
+        # SIGTERM/SIGINT stop the run at a stage's next safe point; a stop that Prefect's engine swallowed is
+        # raised at the end all the same (RELIABILITY.md, guarantee 7)
+        with runtime.stop_signals(), tracked(given["recipe"], given.get("profile"), given.get("storage_root")):
+            result = fn(*args, **kwargs)
+        runtime.check_stop()
+        return result
 
     # Prefect takes a parameter's description in the UI form from the docstring's "Args:" section: write it from
     # RunParams' fields, the one place these descriptions live
