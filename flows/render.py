@@ -121,6 +121,16 @@ def table_lines(table, *, width: int | None, max_rows: int = MAX_ROWS) -> tuple[
     return out, notes
 
 
+def text_table(headers: list[str], rows: list[list], *, show_lines: bool = False) -> Table:
+    """A Rich table of plain text cells (names, refs, reasons: data, so never markup); cells fold, not cut."""
+    out = Table(show_lines=show_lines)
+    for name in headers:
+        out.add_column(Text(name), overflow="fold")
+    for row in rows:
+        out.add_row(*[Text("NULL", style="dim") if v is None else Text(str(v)) for v in row])
+    return out
+
+
 def line_text(table, *, max_rows: int = MAX_ROWS) -> tuple[str, list[str]]:
     """DuckDB's ``.mode line``: one ``column = value`` line per column, a blank line between rows; values whole."""
     total = table.num_rows

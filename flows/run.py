@@ -44,8 +44,15 @@ def stage(name: str, inputs: list[DatasetRef | None], params: Any, profile: runt
     leasing.staged(ref, spec.outputs)  # the views (and `latest`) now show what this run committed or reused
     if spec.artifacts is not None:
         for key, rows, description in spec.artifacts(datasets.read_manifest(ref)):
-            publish_table(key, rows, description)
+            publish_table(artifact_key(key, name), rows, description)
     return ref
+
+
+def artifact_key(key: str, stage_name: str) -> str:
+    """One artifact key per stage: the funnel every filter stage reports is ``filter-funnel-pii`` etc., not four
+    versions of one ``filter-funnel`` (Prefect keys are lowercase letters, digits and dashes)."""
+    slug = stage_name.replace("_", "-")
+    return key if key.startswith(slug) else f"{key}-{slug}"
 
 
 def section(name: str, src: DatasetRef, params: Any, profile: runtime.Profile) -> DatasetRef:

@@ -172,9 +172,11 @@ def _log(message: str) -> None:
     logging.getLogger("quarry").info(message)
 
 
-def versions_markdown(run: str, committed: list[str], root: str) -> str:
-    """The ``versions`` artifact: each version the run committed, its rows, and the command that opens it."""
-    root_arg = "" if root == datasets.default_root() else f" --root {shlex.quote(root)}"
+def versions_markdown(run: str, committed: list[str], root: str, default_root: str | None = None) -> str:
+    """The ``versions`` artifact: each version the run committed, its rows, and the command that opens it (with
+    ``--root`` unless ``root`` is the default one outside the run, ``default_root``)."""
+    default_root = default_root or datasets.default_root()
+    root_arg = "" if root == default_root else f" --root {shlex.quote(root)}"
     lines = [f"### Versions committed by {run}", ""]
     if not committed:
         lines.append("Nothing new: every version this run needed was already committed.")
@@ -202,6 +204,7 @@ def tracked(
     path = _recipe_path(recipe)
     fields = _prefect_fields()
     _tag_run(fields.get("flow_run_id"), [f"flow:{fields.get('flow')}", f"dataset:{cfg.dataset}"])
+    default_root = datasets.default_root()  # before a storage_root parameter becomes the run's $QUARRY_ROOT
     with (
         _environ(QUARRY_PROFILE=profile, QUARRY_ROOT=storage_root),
         datasets.using_run(
@@ -214,7 +217,7 @@ def tracked(
             yield cfg
         finally:
             if fields.get("flow_run_id"):
-                markdown = versions_markdown(fields.get("flow_run_name") or "this run", committed, cfg.root)
+                markdown = versions_markdown(fields.get("flow_run_name") or "this run", committed, cfg.root, default_root)
                 with contextlib.suppress(Exception):  # the run's outcome is its own, not the artifact's
                     create_markdown_artifact(
                         key=ARTIFACT_KEY, markdown=markdown, description=f"versions committed by {fields['flow']}"
