@@ -163,3 +163,57 @@ def test_an_old_root_without_pointers_falls_back_to_newest_once_then_gc_adopts_i
     pointers.move(new, "commit")
     assert datasets.latest(root, "toy", "ingest") == new  # from here on the pointer decides, not created_at
     assert _view_rows(root, "toy__ingest") == 2
+
+
+class _SlowLLM(h._LLMHandler):
+    """The harness's deterministic teacher, slowed down so a run is still augmenting while gc runs."""
+
+    seen_keys: list[str] = []
+
+    def do_POST(self):
+        time.sleep(0.5)
+        super().do_POST()
+
+
+def test_gc_beside_a_running_flow_keeps_what_it_reads_and_the_run_completes(recipes, prefect_api):
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.curate import curate
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowLLM)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root, recipe = recipes["root"], recipes["a"]
+    data = yaml.safe_load(recipe.read_text())
+    data["augment"] = {"backend": "openai", "base_url": f"http://127.0.0.1:{server.server_address[1]}/v1",
+                       "model": "smollm2", "api_key_env": h.API_KEY_ENV, "max_new_tokens": 8,
+                       "max_input_tokens": 64, "concurrency": 2, "retries": 1, "backoff_s": 0.01}
+    recipe.write_text(yaml.safe_dump(data))
+    kept_a = curate(str(recipe))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": PREFECT_API_URL.value(),
+           h.API_KEY_ENV: "sk-reliability", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "flows.augment", str(recipe)], cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not _SlowLLM.seen_keys and run.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert _SlowLLM.seen_keys, "the run never reached augment"
+        curate(str(recipes["b"]))  # another run moves the pointers to B: A's kept is now "superseded" ...
+        assert str(datasets.latest(root, DATASET, "kept")) != kept_a
+        plan = {r["ref"]: r for r in quarry_cli.gc_plan(root)}
+        assert plan[kept_a]["keep"] and "leased by run" in plan[kept_a]["reason"], plan[kept_a]  # ... the run reads it
+        _gc(root, "--yes", "--grace-s", "0")  # nor is its uncommitted augment version abandoned
+        assert run.poll() is None, "the run ended before gc ran: slow the teacher down"
+        out, _ = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        server.shutdown()
+    assert run.returncode == 0, out[-3000:]
+    augmented = datasets.latest(root, DATASET, "augment")
+    assert datasets.read_manifest(augmented)["num_rows"] == recipes["kept_a"]
+    assert datasets.read_manifest(augmented)["parents"] == [kept_a]
