@@ -9,6 +9,7 @@ Results become ``{dataset}__evaluate``: model version, data version, task, metri
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import replace
 
@@ -36,9 +37,19 @@ def evaluate(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, stora
     heldout = datasets.latest(cfg.root, cfg.dataset, "heldout") if cfg.heldout else None
     with runtime.connected(profile):
         result = stage("evaluate", [model, heldout], cfg.evaluate, profile)
+        warn_truncated(result)
         if cfg.evaluate.eval_dir:  # beside the scores: how many items of each task the model saw in training
             stage("eval_contamination", [model, training_docs(model)], contamination_params(cfg), profile)
         return str(result)
+
+
+def warn_truncated(ref: DatasetRef) -> None:
+    """The stage's workers warn in their own logs; the run's console and Prefect log say it too: per task, how
+    many examples were scored on a left-truncated prompt (column n_truncated of ``{dataset}__evaluate``)."""
+    for task, n in (datasets.read_manifest(ref)["stats"].get("truncated") or {}).items():
+        logging.getLogger("quarry").warning(
+            f"evaluate {ref.version}: task {task}: {n} example(s) exceed the model's context and were scored on a "
+            f"left-truncated prompt (n_truncated in {ref.dataset}__evaluate)")
 
 
 def training_docs(model: DatasetRef) -> DatasetRef:
