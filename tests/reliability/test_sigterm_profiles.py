@@ -15,6 +15,7 @@ SIGTERM handler (kill the node, ``sys.exit(1)``) and the core worker aborted: ex
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,8 @@ psutil = pytest.importorskip("psutil")
 C4 = SHARED_DATA / "web" / "c4_sample" / "c4_sample.jsonl"
 BOUND_S = 60  # the stop watchdog forces an exit after QUARRY_STOP_GRACE_S (20 here); the rest is Prefect's teardown
 DATASET = "sigt"
+RAY_START_TIMEOUT = "The current node timed out during startup"  # node.py: raylet_start_wait_time_s = 30
+STAGE_STARTED = re.compile(r"minhash_signatures: .*?\b[1-9][0-9]*/[0-9]+ shards")  # a shard of the stage is done
 pytestmark = [pytest.mark.skipif(not C4.is_file(), reason="shared C4 sample missing"),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process-group checks (Linux)")]
 
@@ -144,9 +147,13 @@ def test_signal_mid_stage_stops_the_run_and_a_rerun_resumes(recipe, api_url, ref
     env = _env(api_url, root, profile)
     proc = _start(recipe, env, log)
     snapshot: dict[int, float] = {}
+    retried = False
     try:
         deadline = time.monotonic() + 400
-        while "minhash_signatures: 1/" not in log.read_text(errors="replace"):
+        while not STAGE_STARTED.search(log.read_text(errors="replace")):
+            if proc.poll() is not None and RAY_START_TIMEOUT in log.read_text(errors="replace") and not retried:
+                retried, proc = True, _start(recipe, env, log)  # Ray's fixed 30 s node start, missed under load
+                continue
             assert proc.poll() is None, f"run ended ({proc.returncode}) before the stage:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"the stage never started:\n{log.read_text()[-3000:]}"
             time.sleep(0.05)
