@@ -18,7 +18,6 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -135,6 +134,9 @@ def sql(
     force: bool = typer.Option(False, "--force", help="let -o overwrite an existing file"),
     max_rows: int = typer.Option(40, "--max-rows", help="rows the table, line and markdown formats show "
                                  "(0 = every row; csv, json and -o files always get every row)"),
+    allow_file_access: bool = typer.Option(False, "--allow-file-access", help="an unsandboxed connection: read and "
+                                           "write any file (COPY, read_csv('/elsewhere'), ATTACH); by default only "
+                                           "files under the root are readable and only queries run"),
 ) -> None:
     """Query the catalog: e.g. quarry sql "select drop_reason, count(*) from tiny__quality_filter group by 1".
 
@@ -150,14 +152,21 @@ def sql(
         query = sys.stdin.read()
     if not query.strip():
         raise typer.BadParameter("empty query")
-    con = _catalog(root)
+    # sandboxed by default: a query (shared in a doc, pasted from a chat) must not read ~/.aws or write over a shard
+    con = _catalog(root, sandbox=not allow_file_access, allow_root=not allow_file_access)
     try:
+        if not allow_file_access:
+            catalog.check_read_only(query)
         table = catalog.query(con, query)
     except catalog.UnknownVersion as e:
         raise _fail(str(e)) from None
+    except PermissionError as e:
+        raise _fail(f"SQL refused: {e}; -o FILE writes a result, --allow-file-access lifts the sandbox") from None
     except duckdb.Error as e:
         hint = ""
-        if isinstance(e, duckdb.CatalogException):  # a wrong name: say where the names are, do not list them all
+        if isinstance(e, duckdb.PermissionException):
+            hint = "\nthe sandbox reads only files under the root; --allow-file-access lifts it"
+        elif isinstance(e, duckdb.CatalogException):  # a wrong name: say where the names are, do not list them all
             short = re.search(r'"[a-z][a-z0-9_]*__[a-z][a-z0-9_]*@([0-9a-f]{0,3})"', query)
             hint = ("\na pinned version needs at least 4 characters of the version: \"dataset__stage@0123\""
                     if short else "\n`quarry views` lists the views and their columns")  # fmt: skip
@@ -182,6 +191,8 @@ def export(
     view = view.strip()
     if len(view) > 1 and view[0] == view[-1] == '"':
         view = view[1:-1]
+    if "@" in view and len(view.rsplit("@", 1)[1]) < 4:
+        raise _fail(f"export: {view}: a pinned version needs at least 4 characters of the version")
     try:
         rows, fmt = exporting.export_view(_root(root), view, out, format)
     except exporting.ExportError as e:
@@ -199,13 +210,12 @@ def views(
     from storage import catalog
 
     table = catalog.views(_catalog(root))
+    from flows import render
+
     rows = [r for r in table.to_pylist() if pattern is None or pattern in r["name"]]
-    out = Table(show_lines=columns)
-    for name in ("name", "reads") + (("columns",) if columns else ()):
-        out.add_column(name, overflow="fold")
-    for r in rows:
-        out.add_row(r["name"], r["reads"] or "", *((", ".join(r["columns"]),) if columns else ()))
-    console.print(out)
+    console.print(render.text_table(["name", "reads"] + (["columns"] if columns else []),
+                                    [[r["name"], r["reads"] or "", *([", ".join(r["columns"])] if columns else [])]
+                                     for r in rows], show_lines=columns))  # fmt: skip
     console.print(f"[dim]{len(rows)} relations; a pinned version: \"{{dataset}}__{{stage}}@{{version}}\"[/dim]")
 
 
@@ -244,7 +254,8 @@ def datasets(
         return
     table = catalog.query(
         con,
-        "select dataset, stage, version, num_rows, num_files, created_at, parents, flow_run_name from versions "
+        "select dataset, stage, version, num_rows, parents, num_files, date_trunc('second', created_at) created_at, "
+        "flow_run_name from versions "
         "order by dataset, created_at",
     )
     _print_table(table)
@@ -320,6 +331,7 @@ def verify(
 def gc(
     root: str | None = typer.Option(None, help="storage root"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would be deleted and why; delete nothing"),
     grace_s: float = typer.Option(6 * 3600, help="an uncommitted version is abandoned after this many seconds "
                                   "without a write (and with no live run leasing its dataset)"),
 ) -> None:
@@ -337,15 +349,18 @@ def gc(
     if not doomed:
         console.print("nothing to delete")
         return
-    table = Table(show_lines=False)
-    for name in ("version", "rows", "size", "why"):
-        table.add_column(name, overflow="fold")
-    for r in doomed:
-        table.add_row(r["ref"], str(r["num_rows"]), _size(r["bytes"]), r["reason"])
-    console.print(table)
+    from flows import render
+
+    console.print(render.text_table(["version", "rows", "size", "why"],
+                                    [[r["ref"], r["num_rows"], _size(r["bytes"]), r["reason"]] for r in doomed]))
     total = _size(sum(r["bytes"] for r in doomed))
+    if dry_run:
+        console.print(f"dry run: would delete these {len(doomed)} versions ({total})", markup=False)
+        return
     if not yes and not typer.confirm(f"delete these {len(doomed)} versions ({total})?"):
-        raise typer.Exit(1)
+        # a piped answer is not echoed: end the prompt's line first
+        console.print(("" if sys.stdin.isatty() else "\n") + "nothing deleted", markup=False)
+        return
     pointers.adopt(root)  # an old root's newest-created_at choice becomes its pointer: it stays put from now on
     leased, refs = policy.lease_reasons(leases.live(root))  # a run that started since the plan: leave it be
     gone = [r for r in doomed if r["ref"].split("/")[0] not in leased and r["ref"] not in refs]
@@ -423,24 +438,30 @@ def deploy(
 def trigger(
     deployment: str = typer.Argument(..., help="flow/name, e.g. ingest/tiny"),
     param: list[str] | None = typer.Option(None, "--param", "-p", help="key=value (value parsed as YAML)"),
-    wait: bool = typer.Option(True, help="wait for the run to end and print its result and artifacts"),
+    wait: bool = typer.Option(True, help="wait for the run to end and print a summary: state, page, artifacts"),
     timeout: float = typer.Option(3600, help="seconds to wait"),
     api_url: str | None = typer.Option(None, help="Prefect API (default: the server from `quarry server up`)"),
+    as_json: bool = typer.Option(False, "--json", help="print the run and every artifact's data as JSON instead"),
 ) -> None:
     """Start a run of a registered deployment (what the UI's "Run" does), optionally waiting for it."""
     from services import deployments
 
     try:
         params = deployments.parse_params(param or [])
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
-    run_id = deployments.trigger(deployment, params, api_url)
-    console.print(f"flow run {run_id}")
+        run_id = deployments.trigger(deployment, params, api_url)
+    except ValueError as e:  # TriggerError too: an unknown deployment, a missing recipe, an unknown profile
+        raise _fail(f"trigger: {e}", 2) from None
+    url = deployments.ui_url(run_id, api_url)
+    console.print(f"flow run {run_id}" + (f"  {url}" if url else ""), markup=False, highlight=False)
     if not wait:
         return
     state = deployments.wait(run_id, timeout=timeout, api_url=api_url)
-    result = {**deployments.flow_run_result(run_id, api_url), "artifacts": deployments.run_artifacts(run_id, api_url)}
-    print(json.dumps(result, indent=2, default=str))
+    result, artifacts = deployments.flow_run_result(run_id, api_url), deployments.run_artifacts(run_id, api_url)
+    if as_json:
+        print(json.dumps({**result, "artifacts": artifacts}, indent=2, default=str))
+    else:
+        for line in deployments.summary_lines(result, artifacts, url):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     if state != "COMPLETED":
         raise typer.Exit(1)
 

@@ -134,8 +134,12 @@ def test_export_refuses_an_unknown_view_a_bad_format_or_an_existing_file(store, 
 
 
 def test_gc_keeps_versions_of_a_recipe_recorded_in_manifests_and_says_why_and_how_big(store):
+    dry = _cli("gc", "--root", store["root"], "--dry-run")
+    assert dry.exit_code == 0 and "dry run: would delete these 2 versions" in dry.output
+    assert datasets.is_committed(store["old"]) and datasets.is_committed(store["orphan"])
     out = _cli("gc", "--root", store["root"], input="n\n")
-    assert out.exit_code == 1  # answered no
+    assert out.exit_code == 0 and out.output.endswith("nothing deleted\n")  # answered no: not an error
+    assert datasets.is_committed(store["old"])
     doomed = {line.split()[1] for line in out.output.splitlines() if line.startswith("│ ") and "/" in line}
     assert doomed == {str(store["old"]), str(store["orphan"])}, out.output
     assert "superseded by toy/ingest/" in out.output and "no recipe writes orphan" in out.output

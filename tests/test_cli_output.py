@@ -48,8 +48,8 @@ def store(tmp_path_factory):
     datasets.write_table(ref, pa.table(cols))
     text = DatasetRef(root, "toy", "text", datasets.make_version("toy", "text", "1"))
     values = _bracket_strings(120)
-    datasets.write_table(text, pa.table({"i": list(range(len(values)) ) + [len(values)],
-                                         "t": values + [None]}))  # fmt: skip
+    datasets.write_table(text, pa.table({"i": list(range(len(values))) + [len(values)], "t": values + [None],
+                                         "odd[/]name": [0] * (len(values) + 1)}))  # fmt: skip
     return {"root": root, "wide": ref, "values": values}
 
 
@@ -67,6 +67,12 @@ def test_cell_values_are_printed_as_they_are_never_as_markup(store):
     assert out.exit_code == 0, out.output
     assert _table_cells(out.output) == [["a[b]c", "NULL", "[/]"]]
     assert "1 row" in out.output and "Traceback" not in out.output
+
+
+def test_views_print_column_names_as_they_are(store):
+    out = _cli("views", "--root", store["root"], "toy__text")
+    assert out.exit_code == 0, out.output
+    assert "odd[/]name" in out.output and "Traceback" not in out.output
 
 
 def test_a_text_column_full_of_brackets_round_trips_byte_for_byte_through_the_table(store):
@@ -173,6 +179,8 @@ def test_pinned_versions_by_prefix_and_the_quoted_form_export_accepts(store, tmp
     out = _cli("sql", "--root", store["root"], f'select count(*) n from "toy__wide@{v[:4]}"', "-f", "json")
     assert out.exit_code == 0 and json.loads(out.output) == {"n": 100}
     short = _cli("sql", "--root", store["root"], f'select count(*) n from "toy__wide@{v[:3]}"')
+    assert short.exit_code == 1 and "at least 4 characters of the version" in short.output
+    short = _cli("export", "--root", store["root"], f"toy__wide@{v[:3]}", tmp_path / "s.parquet")
     assert short.exit_code == 1 and "at least 4 characters of the version" in short.output
     quoted = _cli("export", "--root", store["root"], f'"toy__wide@{v[:6]}"', tmp_path / "w.parquet")
     assert quoted.exit_code == 0, quoted.output
