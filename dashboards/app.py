@@ -9,9 +9,13 @@ committed shards, no writes). A file starts with a comment header:
     -- title: Filter funnel and drop reasons
     -- order: 6
     -- description: ...
-    -- chart: bar x=reason y=documents [color=..] [offset=..] [facet=.. [resolve=x,y]] [melt=var:value keep=c1,c2]
+    -- chart: bar x=reason y=documents [color=..] [offset=..] [facet=.. [resolve=x,y]] [melt=var:value keep=c1,c2
+    --        [values=c3,c4]] [where=<boolean column>] [error=<stderr column>] [log=<facet values>] [y2=<column>]
     --        (bar | line | point | table | graph source=.. target=..)
     -- empty: run `quarry run curate datasets_cfg/tiny.yaml`
+    -- none: no contamination found (shown instead of a chart whose y column is all zero)
+
+A y axis whose values are all whole numbers gets integer ticks (a count of 1 is not drawn with 0.2 steps).
 
 and names the stages it reads by placeholder, resolved against the selected dataset's views (so every panel reads
 the stage it names, and says so under its title):
@@ -52,6 +56,7 @@ class Panel:
     chart_args: dict[str, str]
     empty: str
     sql: str
+    none: str = ""  # said instead of a chart when every y value is 0 (an empty-looking plot with one 0.0 tick)
 
 
 @dataclass
@@ -93,6 +98,7 @@ def load_panels(sql_dir: Path = SQL_DIR) -> list[Panel]:
                 chart_args=dict(a.split("=", 1) for a in args if "=" in a),
                 empty=header.get("empty", "run the flow that produces this table"),
                 sql=text,
+                none=header.get("none", ""),
             )
         )
     return sorted(panels, key=lambda p: (p.order, p.name))
@@ -252,36 +258,88 @@ def lineage_dot(df, src: str = "parent", dst: str = "child") -> str:
     return "\n".join(lines)
 
 
-def _chart(st, panel: Panel, df) -> None:
+def _y_axis(alt, df, y: str, log: bool = False):
+    """The y encoding: integer ticks when every value is a whole number, a log scale where asked."""
+    field = y.split(":")[0]
+    values = df[field].dropna() if field in df.columns else []
+    whole = len(values) > 0 and all(float(v).is_integer() for v in values)
+    axis = alt.Axis(format="d", tickMinStep=1) if whole and not log else alt.Axis()
+    return alt.Y(y, axis=axis, scale=alt.Scale(type="log") if log else alt.Undefined)
+
+
+def chart_spec(panel: Panel, df):
+    """The Altair chart of a panel (None: a table-only panel, or a message to show instead, as a string)."""
     import altair as alt
 
     a = panel.chart_args
-    if panel.chart == "graph":
-        st.graphviz_chart(lineage_dot(df, a.get("source", "parent"), a.get("target", "child")), width="content")
-        return
     if panel.chart not in ("bar", "line", "point") or "x" not in a or "y" not in a:
-        return
+        return None
+    if "where" in a:  # only some rows are comparable on one axis (documents, not LSH edges or training steps)
+        df = df[df[a["where"]].fillna(False).astype(bool)]
     if "melt" in a:  # wide table (one column per domain, say) -> long rows for the chart
         var, value = a["melt"].split(":")
         keep = [c for c in a.get("keep", "").split(",") if c in df.columns]
-        df = df.melt(id_vars=keep, var_name=var, value_name=value).dropna(subset=[value])
+        values = [c for c in a.get("values", "").split(",") if c in df.columns] or None
+        df = df.melt(id_vars=keep, value_vars=values, var_name=var, value_name=value).dropna(subset=[value])
         df[value] = df[value].astype("float64")  # a melted column of mixed int/None columns is object: not a measure
+    y = a["y"].split(":")[0]
+    if panel.none and y in df.columns and not df[y].fillna(0).astype(bool).any():
+        return panel.none
+    if "error" in a:  # the standard error the table shows, as a +-1 stderr bar on each score
+        df = df.assign(_lo=df[y] - df[a["error"]].fillna(0), _hi=df[y] + df[a["error"]].fillna(0))
+    logged = set(a.get("log", "").split(",")) - {""}
+    facet = a.get("facet")
+    if facet and logged:  # one chart per facet value: a log scale for some (perplexity), linear for the others
+        charts = []
+        for value in df[facet].drop_duplicates():
+            part = df[df[facet] == value]
+            charts.append(_one_chart(alt, panel, part, log=value in logged).properties(
+                title=f"{facet}: {value}" + (" (log scale)" if value in logged else ""), width=260, height=160))
+        return alt.concat(*charts, columns=2)
+    chart = _one_chart(alt, panel, df)
+    if facet:
+        independent = {axis: "independent" for axis in a.get("resolve", "x").split(",")}
+        chart = chart.properties(width=260, height=160).facet(facet=facet, columns=2).resolve_scale(**independent)
+    return chart
+
+
+def _one_chart(alt, panel: Panel, df, log: bool = False):
+    a = panel.chart_args
     if panel.chart == "point":  # a scatter on zero-free scales: observed vs predicted reads off the diagonal
         mark = alt.Chart(df).mark_point(filled=True, size=60)
         enc = {"x": alt.X(a["x"], scale=alt.Scale(zero=False)), "y": alt.Y(a["y"], scale=alt.Scale(zero=False)),
-               "tooltip": list(df.columns)}  # fmt: skip
+               "tooltip": [c for c in df.columns if not c.startswith("_")]}  # fmt: skip
     else:
         mark = alt.Chart(df).mark_bar() if panel.chart == "bar" else alt.Chart(df).mark_line(point=len(df) < 60)
-        enc = {"x": alt.X(a["x"], sort=None), "y": alt.Y(a["y"]), "tooltip": list(df.columns)}
+        enc = {"x": alt.X(a["x"], sort=None), "y": _y_axis(alt, df, a["y"], log),
+               "tooltip": [c for c in df.columns if not c.startswith("_")]}  # fmt: skip
     if "color" in a:
         enc["color"] = a["color"]
     if "offset" in a:  # grouped instead of stacked bars (before/after side by side)
         enc["xOffset"] = a["offset"]
     chart = mark.encode(**enc)
-    if "facet" in a:
-        independent = {axis: "independent" for axis in a.get("resolve", "x").split(",")}
-        chart = chart.properties(width=260, height=160).facet(facet=a["facet"], columns=2).resolve_scale(**independent)
-    st.altair_chart(chart, width="content" if "facet" in a else "stretch")
+    if "error" in a:
+        bars = {"x": alt.X(a["x"], sort=None), "y": alt.Y("_lo:Q", title=a["y"]), "y2": "_hi:Q"}
+        if "offset" in a:
+            bars["xOffset"] = a["offset"]
+        chart = alt.layer(chart, alt.Chart(df).mark_errorbar(color="black").encode(**bars))
+    if "y2" in a:  # a second measure on its own right-hand axis (the learning rate beside the loss)
+        second = alt.Chart(df).mark_line(strokeDash=[4, 3], color="#d62728").encode(
+            x=alt.X(a["x"], sort=None), y=alt.Y(a["y2"], axis=alt.Axis(orient="right", titleColor="#d62728")))
+        chart = alt.layer(chart, second).resolve_scale(y="independent")
+    return chart
+
+
+def _chart(st, panel: Panel, df) -> None:
+    a = panel.chart_args
+    if panel.chart == "graph":
+        st.graphviz_chart(lineage_dot(df, a.get("source", "parent"), a.get("target", "child")), width="content")
+        return
+    chart = chart_spec(panel, df)
+    if isinstance(chart, str):
+        st.success(chart)
+    elif chart is not None:
+        st.altair_chart(chart, width="content" if "facet" in a else "stretch")
 
 
 def main() -> None:
@@ -338,6 +396,7 @@ def command(root: str | None = None, *, port: int = 8501, host: str = "127.0.0.1
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.port", str(port), "--server.address", host, "--server.headless", str(headless).lower(),
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        "--client.toolbarMode", "minimal",  # no "Deploy" button: this is a read-only viewer, not a Streamlit app
     ]  # fmt: skip
     if root:
         cmd += ["--", "--root", root]

@@ -203,7 +203,18 @@ def _inputs() -> tuple[Path, Path]:
                                          .splitlines()[60:62], arc, strict=True)):  # fmt: skip
         text = json.loads(line)["text"] + f" {item['query'].removeprefix('Question: ')} {item['choices'][item['gold']]}"
         planted.append(json.dumps({"text": text, "url": f"http://leak.example/{i}"}))
+    spanish = [  # web documents in Spanish with e-mails and phones: a domain with PII in two languages, so a panel that
+        # joined per-domain PII totals onto every language row would count them twice
+        "La biblioteca municipal abre sus puertas de lunes a viernes por la mañana y por la tarde, y los sábados "
+        "organiza talleres de lectura para niños y adultos. Para reservar una sala de estudio, escriba a "
+        f"reservas{i}@biblioteca-ejemplo.es o llame al +34 91 555 01 2{i}. Los socios pueden llevarse hasta seis libros "
+        "durante tres semanas, renovar el préstamo desde la página web y consultar el catálogo completo de la red de "
+        "bibliotecas de la ciudad, que incluye revistas, películas y música de todos los géneros y épocas."
+        for i in range(4)
+    ]
     files = {
+        "spanish_pii.jsonl": "\n".join(json.dumps({"text": t, "url": f"http://es.example/{i}"})
+                                       for i, t in enumerate(spanish)) + "\n",
         "broken.jsonl": '{"text": "a fine document about rivers and their deltas", "url": "http://x.org/1"}\n{not json\n',
         "near_dups.jsonl": "\n".join(near) + "\n",
         "contaminated.jsonl": "\n".join(planted) + "\n",
@@ -214,7 +225,8 @@ def _inputs() -> tuple[Path, Path]:
             tmp = folder / f".{name}.{os.getpid()}"
             tmp.write_text(text)
             tmp.replace(path)
-    return folder / "broken.jsonl", folder / "near_dups.jsonl", folder / "contaminated.jsonl"
+    return (folder / "broken.jsonl", folder / "near_dups.jsonl", folder / "contaminated.jsonl",
+            folder / "spanish_pii.jsonl")
 
 
 def _subdoc_and_quality_score(root: Path, train, signals, fuzzy) -> None:
@@ -243,12 +255,13 @@ def _build_store(root: Path) -> dict:
     from tasks.signals.language_id import LanguageIdParams
     from tasks.signals.quality_signals import QualitySignalsParams
 
-    bad, near, leaked = _inputs()
+    bad, near, leaked, spanish = _inputs()
     sources = [
         IngestSource(path=str(shared_path("web", "c4_sample", "c4_sample.jsonl")), domain="web", limit=40),
         IngestSource(path=str(shared_path("gold", "c4_docs.jsonl")), domain="web", limit=8),  # same URLs: exact dups
         IngestSource(path=str(near), domain="web"),
         IngestSource(path=str(leaked), domain="web"),
+        IngestSource(path=str(spanish), domain="web"),
         IngestSource(path=str(shared_path("clean", "wikipedia_1k", "wikipedia.jsonl")), domain="wikipedia",
                      text_field="eng_Latn", limit=20),
         IngestSource(path=str(shared_path("domains", "arxiv_abstracts", "arxiv_abstracts.jsonl")), domain="arxiv",
@@ -492,12 +505,21 @@ def check_panels(panels: dict[str, dict], sql) -> None:
         == {(r["task"], r["m"]): (r["items"], r["c"]) for r in cont}  # fmt: skip
     assert {r["task"]: r["c"] for r in cont} == {"arc_easy": 0, "copa": 0}  # dropped before kept: not trained on
 
-    # languages and PII per domain
-    langs = sql(f"select domain, coalesce(lang, '(none)') l, count(*) n from {v}__language_id group by all")
-    shown = {(r["domain"], r["lang"]): r["documents"] for r in _rows(panels["pii_language"])}
-    assert shown and all(by(langs, "domain", "l", value="n")[k] == n for k, n in shown.items())
-    ips = {r["domain"]: r["n"] for r in sql(f"select domain, sum(pii_ip)::bigint n from {v}__pii group by 1")}
-    assert {r["domain"]: r["ips"] for r in _rows(panels["pii_language"])} == ips
+    # languages and PII per (domain, language): each document's PII under its own language, so every column sums
+    # to the pii stage's totals (a join of per-domain totals onto language rows counts a domain's PII once per row)
+    pii_rows = _rows(panels["pii_language"])
+    per_lang = sql(f"select l.domain, coalesce(l.lang, '(none)') lang, count(*) documents, sum(p.pii_email)::bigint "
+                   f"emails, sum(p.pii_ip)::bigint ips, sum(p.pii_phone)::bigint phones, sum(p.pii_secret)::bigint "
+                   f"secrets from {v}__language_id l left join {v}__pii p using (doc_id) group by all")  # fmt: skip
+    kinds = ("documents", "emails", "ips", "phones", "secrets")
+    want = {(r["domain"], r["lang"]): tuple(r[k] for k in kinds) for r in per_lang}
+    assert pii_rows and all(want[(r["domain"], r["lang"])] == tuple(r[k] for k in kinds) for r in pii_rows
+                            if r["lang"] != "(other)")  # fmt: skip
+    totals = sql(f"select count(*) documents, sum(pii_email)::bigint emails, sum(pii_ip)::bigint ips, "
+                 f"sum(pii_phone)::bigint phones, sum(pii_secret)::bigint secrets from {v}__pii")[0]  # fmt: skip
+    assert {k: sum(r[k] or 0 for r in pii_rows) for k in kinds} == totals
+    two = [d for d in {r["domain"] for r in pii_rows} if sum(r["domain"] == d for r in pii_rows) > 1]
+    assert "web" in two and want[("web", "es")][1] > 0  # the planted Spanish e-mails: a domain with PII in two languages
     comparison = {(r["model_version"], r["task"]): r for r in _rows(panels["experiment_comparison"])}
     acc = sql(f"select model_version, task, value from {v}__evaluate where metric = 'acc'")
     for r in acc:
@@ -600,6 +622,12 @@ def test_a_panel_reading_the_wrong_stage_fails_the_check(store, sql):
         "signal_histograms": good["signal_histograms"].sql.replace("{view:quality_signals}", "{view:kept}"),
         "dedup_clusters": good["dedup_clusters"].sql.replace("{view:minhash_dedup}", "{view:kept}"),
         "stage_yield": old_yield,
+        "pii_language": (
+            "WITH p AS (SELECT domain, sum(pii_email) AS emails, sum(pii_ip) AS ips, sum(pii_phone) AS phones, "
+            "sum(pii_secret) AS secrets FROM {view:pii} GROUP BY 1), l AS (SELECT domain, coalesce(lang, '(none)') "
+            "AS lang, count(*) AS documents FROM {view:language_id} GROUP BY 1, 2) "
+            "SELECT l.domain, l.lang, l.documents, p.emails, p.ips, p.phones, p.secrets FROM l LEFT JOIN p USING (domain)"
+        ),
     }  # fmt: skip
     for name, bad_sql in bugs.items():
         panels = [dataclasses.replace(p, sql=bad_sql) if p.name == name else p for p in good.values()]
@@ -607,20 +635,58 @@ def test_a_panel_reading_the_wrong_stage_fails_the_check(store, sql):
             check_panels(_panels_as_rendered(con, panels, views), sql)
 
 
-def test_eval_scores_draw_one_chart_per_metric_each_on_its_own_scale(store):
-    root, _ = store
+def _specs(root: str) -> dict:
+    """Each panel's chart as Vega-Lite (a dict), or the message shown instead of it (a string)."""
     con = catalog.connect(root, sandbox=True)
-    panel = next(p for p in app.load_panels() if p.name == "eval_scores")
-    charts = []
+    views = app.dataset_views(con, DATASET)
+    out = {}
+    for p in app.load_panels():
+        result = app.run_panel(con, p, DATASET, views)
+        if result.table is not None:
+            chart = app.chart_spec(p, result.table.to_pandas())
+            out[p.name] = chart if chart is None or isinstance(chart, str) else chart.to_dict()
+    return out
 
-    class _St:
-        def altair_chart(self, chart, **_):
-            charts.append(chart.to_dict())
 
-    app._chart(_St(), panel, app.run_panel(con, panel, DATASET).table.to_pandas())
-    spec = charts[0]
-    assert spec["facet"]["field"] == "metric" and spec["resolve"]["scale"]["y"] == "independent"
-    assert spec["spec"]["encoding"]["xOffset"]["field"] == "model_version"  # two models' scores side by side, not summed
+def _values(spec: dict) -> list[dict]:
+    return next(iter(spec["datasets"].values()))
+
+
+def test_charts_plot_what_their_titles_say_on_honest_axes(store, sql):
+    root, _ = store
+    specs = _specs(root)
+    # stage yield: documents in and out of the document stages only (not LSH edges, hashes or training steps)
+    plotted = {r["stage"] for r in _values(specs["stage_yield"])}
+    text_views = {r["s"] for r in sql("select distinct regexp_replace(table_name, '^dash__', '') s from duckdb_columns() "
+                                      "where table_name like 'dash\\_\\_%' escape '\\' and column_name = 'text'")}  # fmt: skip
+    assert plotted and plotted <= text_views and {"minhash_edges", "train", "exact_dedup_keepers"}.isdisjoint(plotted)
+    assert {r["phase"] for r in _values(specs["stage_yield"])} == {"rows_in", "rows_out"}
+    # counts get whole-number ticks
+    for name in ("quarantine", "dedup_clusters"):
+        assert specs[name]["encoding"]["y"]["axis"] == {"format": "d", "tickMinStep": 1}, name
+    # no contaminated item: a sentence, not a plot with one 0.000000 tick
+    assert sql(f"select sum(contaminated)::bigint n from {DATASET}__eval_contamination")[0]["n"] == 0
+    assert specs["eval_contamination"].startswith("no contamination found")
+    # eval scores: one chart per metric on its own scale, perplexity on a log axis, +-1 stderr bars
+    charts = {c["title"].split(": ", 1)[1].split(" ")[0]: c for c in specs["eval_scores"]["concat"]}
+    assert set(charts) == {r["metric"] for r in sql(f"select distinct metric from {DATASET}__evaluate")}
+    for metric, chart in charts.items():
+        bars, errors = chart["layer"]
+        assert bars["encoding"]["xOffset"]["field"] == "model_version"  # two models side by side, not summed
+        assert errors["mark"]["type"] == "errorbar" and errors["encoding"]["y2"]["field"] == "_hi"
+        assert (bars["encoding"]["y"].get("scale", {}).get("type") == "log") == (metric == "perplexity")
+    rows = next(iter(specs["eval_scores"]["datasets"].values()))
+    assert all(r["_hi"] - r["_lo"] == pytest.approx(2 * r["stderr"]) for r in rows)
+    # the loss chart plots the learning rate its title names, on its own axis
+    loss = specs["training_loss"]
+    assert [layer["encoding"]["y"]["field"] for layer in loss["layer"]] == ["loss", "lr"]
+    assert loss["resolve"]["scale"]["y"] == "independent"
+    assert "learning rate" in next(p.title for p in app.load_panels() if p.name == "training_loss").lower()
+
+
+def test_the_dashboard_hides_streamlits_deploy_button():
+    cmd = app.command("/x")
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "minimal"
 
 
 def test_the_dashboard_connection_cannot_read_other_files_or_write(store):
@@ -672,7 +738,11 @@ def test_dashboard_in_headless_chromium_shows_the_numbers_of_quarry_sql(store, s
         ))  # fmt: skip
         assert set(page) == {p.name for p in app.load_panels()}
         assert not any("failed:" in p["text"] for p in page.values())  # no panel raised
-        assert "no data yet: run python -m flows.watch" in page["watched_files"]["text"]
+        assert "no data yet: run quarry run watch" in page["watched_files"]["text"]
+        assert "no contamination found" in page["eval_contamination"]["text"]
+        deploy = browser.render(f"http://127.0.0.1:{port}/", expect=[titles[0]], screenshot=tmp_path / "top.png",
+                                extract="[...document.querySelectorAll('button')].map(b => b.innerText).join('|')")  # fmt: skip
+        assert "Deploy" not in deploy.split("|")  # the toolbar is minimal: a viewer, not a Streamlit app to deploy
         check_panels(page, sql)
         for name, stage_view in (("filter_funnel", "dash__sentence_dedup"), ("signal_histograms", "dash__quality_signals"),
                                  ("dedup_clusters", "dash__minhash_dedup"), ("training_loss", "dash__train")):  # fmt: skip
