@@ -706,11 +706,14 @@ def ref_from_string(root: str, text: str) -> DatasetRef:
     return DatasetRef(root, dataset, stage, version)
 
 
+# storage/pointers.py, which builds on this module, answers `latest`: it registers itself here when the storage package
+# is imported (storage/__init__.py), as layers does for read_table, so this module never imports it back
+_LATEST: list[Callable[[str, str, str], DatasetRef | None]] = []
+
+
 def latest(root: str, dataset: str, stage: str) -> DatasetRef | None:
     """The current version of a dataset/stage: its pointer (storage/pointers.py), else the newest created_at."""
-    from storage import pointers  # pointers builds on this module
-
-    return pointers.latest(root, dataset, stage)
+    return _LATEST[0](root, dataset, stage)
 
 
 def delete_version(ref: DatasetRef) -> None:
