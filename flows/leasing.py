@@ -3,19 +3,18 @@ each stage it runs: the flow-side half of issue 34's "views follow pointers, gc 
 
 * ``holding(cfg, recipe)``: at the start of a run, claim every dataset the recipe writes for the recipe (another
   recipe is refused unless it says ``same_dataset_as``), then hold a lease on them until the run ends.
-* ``staged(ref, inputs, outputs)``: after a stage, point its dataset/stage (and committed side outputs) at the
-  version the run committed or reused; ``lease_inputs`` before it, so gc keeps what the stage reads.
+* flows/run.py's ``stage`` leases each stage's inputs before it runs (``leases.lease_inputs``) and moves its
+  pointers after (``pointers.staged``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets_cfg
-from storage import datasets, leases, pointers
-from storage.datasets import DatasetRef
+from storage import leases, pointers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,25 +47,3 @@ def holding(cfg: datasets_cfg.RunConfig, recipe: str | Path, committed: list[str
         for name in written(cfg):
             pointers.claim(cfg.root, name, me, same_as=same_as, recipe_hash=recipe_hash)
         yield lease
-
-
-def lease_inputs(inputs: Sequence[DatasetRef | None]) -> None:
-    """Lease a stage's inputs (which may belong to other datasets) before the stage reads them."""
-    lease = leases.current()
-    if lease is not None:
-        lease.add(inputs)
-
-
-def staged(ref: DatasetRef, outputs: Sequence[str] = ()) -> None:
-    """Move the pointers of a stage's version and of its committed side outputs (``commit`` when this run wrote it,
-    ``reuse`` when it was there already). Outside a flow run (no lease) nothing moves: a test or a notebook that
-    runs one stage does not change what the views show."""
-    lease = leases.current()
-    if lease is None:
-        return
-    mine = set(lease.committed)
-    for r in (ref, *(ref.sibling(o) for o in outputs)):
-        if datasets.is_committed(r):
-            pointers.move(r, "commit" if str(r) in mine else "reuse")
-            lease.add([r])
-

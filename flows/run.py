@@ -14,9 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext, TaskRunContext
 
 import datasets_cfg
-from flows import leasing
 from ray_cluster import executor, runtime
-from storage import datasets
+from storage import datasets, leases, pointers
 from storage.datasets import DatasetRef
 from tasks import registry
 
@@ -39,9 +38,9 @@ def stage(name: str, inputs: list[DatasetRef | None], params: Any, profile: runt
     """One registry stage: skipped when committed, resumed when partial; its artifacts go to the flow run."""
     runtime.check_stop()  # a stop requested meanwhile (and perhaps swallowed by the engine) starts no new stage
     spec = registry.stage(name)
-    leasing.lease_inputs(inputs)  # before the read: gc keeps what a live run reads
+    leases.lease_inputs(inputs)  # before the read: gc keeps what a live run reads
     ref = executor.run(spec, inputs, params, profile, root=root, dataset=dataset, fail_from_shard=fail_from_shard)
-    leasing.staged(ref, spec.outputs)  # the views (and `latest`) now show what this run committed or reused
+    pointers.staged(ref, spec.outputs)  # the views (and `latest`) now show what this run committed or reused
     if spec.artifacts is not None:
         for key, rows, description in spec.artifacts(datasets.read_manifest(ref)):
             publish_table(artifact_key(key, name), rows, description)

@@ -153,7 +153,7 @@ def abandoned(root: str, committed: Iterable[str], live: Sequence[Mapping], grac
     leased, _ = lease_reasons(live)
     done = set(committed)
     out = []
-    for path in sorted(fs.glob(datasets._join(base, "*", "*", "*"))):
+    for path in sorted(fs.glob(posixpath.join(base.rstrip("/"), "*", "*", "*"))):
         dataset, stage, version = path.rstrip("/").split("/")[-3:]
         ref = f"{dataset}/{stage}/{version}"
         if ref in done or dataset.startswith("_") or not fs.isdir(path) or dataset in leased:
@@ -173,7 +173,8 @@ def abandoned(root: str, committed: Iterable[str], live: Sequence[Mapping], grac
         if live_writer:
             continue
         age = f"{(now - newest) / 60:.0f} min" if newest is not None else "unknown time"
-        out.append({"ref": ref, "uri": datasets._join(root, ref), "bytes": version_bytes(datasets._join(root, ref)),
+        uri = posixpath.join(root.rstrip("/"), ref)
+        out.append({"ref": ref, "uri": uri, "bytes": version_bytes(uri),
                     "reason": f"uncommitted (no manifest), nothing written for {age}, no live run leases {dataset}"})
     return out
 

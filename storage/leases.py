@@ -30,13 +30,46 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from storage.datasets import DatasetRef, _join, filesystem
-from storage.temporaries import HOST_TAG, pid_alive
+from storage.datasets import DatasetRef, filesystem
+from storage.temporaries import HOST_TAG, pid_alive, tmp_name
 
 DIR = "_leases"
 # A live run renews every TTL_S / 3 (5 min); a run whose host is lost stops blocking gc 15 min later at most.
 TTL_S = float(os.environ.get("QUARRY_LEASE_TTL_S", 15 * 60))
 _CURRENT: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("quarry_lease", default=None)
+
+
+def write_whole(fs, final: str, payload: bytes, *, exclusive: bool = False) -> bool:  # noqa: ANN001 - fsspec fs
+    """Write a small file atomically, as storage/datasets.py writes shards: a temporary name then a rename (local,
+    HDFS), or one PUT (object stores, where an upload becomes visible whole). ``exclusive``: only if ``final`` does
+    not exist yet (``os.link`` fails for the loser of a race; object stores: a check, then the PUT). Returns whether
+    it wrote."""
+    fs.makedirs(posixpath.dirname(final), exist_ok=True)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol not in ("file", "local", "hdfs", "arrow_hdfs"):
+        if exclusive and fs.exists(final):
+            return False
+        fs.pipe_file(final, payload)
+        return True
+    tmp = posixpath.join(posixpath.dirname(final), tmp_name(posixpath.basename(final)))
+    with fs.open(tmp, "wb") as f:
+        f.write(payload)
+    try:
+        if exclusive:
+            os.link(fs._strip_protocol(tmp), fs._strip_protocol(final))
+        else:
+            fs.mv(tmp, final)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def _dir(root: str) -> str:
+    _, base = filesystem(root)
+    return posixpath.join(base.rstrip("/"), DIR)
 
 
 def _now() -> float:
@@ -62,8 +95,7 @@ class Lease:
 
     @property
     def path(self) -> str:
-        _, base = filesystem(self.root)
-        return _join(base, DIR, f"{self.run_id}.json")
+        return posixpath.join(_dir(self.root), f"{self.run_id}.json")
 
     def to_json(self) -> dict:
         now = _now()
@@ -72,11 +104,9 @@ class Lease:
                 "started_at": _iso(self.started_at), "renewed_at": _iso(now), "expires_at": _iso(now + TTL_S)}
 
     def write(self) -> None:
-        from storage.pointers import _write_new
-
         with self._lock:
             fs, _ = filesystem(self.root)
-            _write_new(fs, self.path, json.dumps(self.to_json()).encode())
+            write_whole(fs, self.path, json.dumps(self.to_json()).encode())
 
     def add(self, refs: Iterable[DatasetRef | str | None]) -> None:
         """Lease more versions (a stage's inputs) before reading them; written at once, not at the next renewal."""
@@ -94,6 +124,13 @@ class Lease:
 def current() -> Lease | None:
     """The lease of the run this code runs in (None outside ``holding``)."""
     return _CURRENT.get()
+
+
+def lease_inputs(refs: Iterable[DatasetRef | None]) -> None:
+    """Add versions a stage is about to read (possibly of other datasets) to the current run's lease, if any."""
+    lease = current()
+    if lease is not None:
+        lease.add(refs)
 
 
 @contextlib.contextmanager
@@ -139,9 +176,9 @@ def is_live(entry: dict, now: float | None = None) -> bool:
 
 def read_all(root: str) -> list[dict]:
     """Every lease file under ``root`` with ``live`` set (dead ones are listed too: gc removes them)."""
-    fs, base = filesystem(root)
+    fs, _ = filesystem(root)
     out = []
-    for path in sorted(fs.glob(_join(base, DIR, "*.json"))):
+    for path in sorted(fs.glob(posixpath.join(_dir(root), "*.json"))):
         if posixpath.basename(path).startswith("_"):
             continue  # a renewal's temporary
         try:

@@ -29,12 +29,12 @@ import posixpath
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
 
-from storage import datasets
-from storage.datasets import DatasetRef, _join, _rename_is_atomic, filesystem
+from storage import datasets, leases
+from storage.datasets import DatasetRef, filesystem
+from storage.leases import write_whole
 from storage.provenance import run_context
-from storage.temporaries import HOST_TAG, tmp_name
+from storage.temporaries import HOST_TAG
 
 DIR = "_pointers"
 OWNER = "_owner.json"
@@ -47,37 +47,10 @@ class OwnershipError(RuntimeError):
 
 def _dir(root: str, *parts: str) -> str:
     _, base = filesystem(root)
-    return _join(base, DIR, *parts)
-
-
-def _write_new(fs: Any, final: str, payload: bytes, *, exclusive: bool = False) -> bool:
-    """Write a whole file atomically; ``exclusive``: only if ``final`` does not exist. Returns whether it wrote."""
-    fs.makedirs(posixpath.dirname(final), exist_ok=True)
-    if _rename_is_atomic(fs):
-        tmp = _join(posixpath.dirname(final), tmp_name(posixpath.basename(final)))
-        with fs.open(tmp, "wb") as f:
-            f.write(payload)
-        try:
-            if exclusive:  # link() fails when the target exists: exactly one of two racing claimers wins
-                os.link(fs._strip_protocol(tmp), fs._strip_protocol(final))
-            else:
-                fs.mv(tmp, final)
-                return True
-        except FileExistsError:
-            return False
-        finally:
-            if fs.exists(tmp):
-                fs.rm(tmp)
-        return True
-    if exclusive and fs.exists(final):  # object stores: a check then one PUT (S3 has no portable if-none-match)
-        return False
-    fs.pipe_file(final, payload)
-    return True
+    return posixpath.join(base.rstrip("/"), DIR, *parts)
 
 
 def _run_fields() -> dict:
-    from storage import leases  # leases imports this module's siblings only; late import keeps the graph simple
-
     run = run_context()
     lease = leases.current()
     return {
@@ -101,8 +74,21 @@ def move(ref: DatasetRef, reason: str) -> dict:
     }  # fmt: skip
     fs, _ = filesystem(ref.root)
     name = f"{now:020d}-{uuid.uuid4().hex}.json"
-    _write_new(fs, _join(_dir(ref.root, ref.dataset, ref.stage), name), json.dumps(entry).encode())
+    write_whole(fs, posixpath.join(_dir(ref.root, ref.dataset, ref.stage), name), json.dumps(entry).encode())
     return entry
+
+
+def staged(ref: DatasetRef, outputs: Iterable[str] = ()) -> None:
+    """After a flow's stage: point its dataset/stage and its committed side outputs at the version the run committed
+    (``commit``) or found committed (``reuse``), and lease them. Outside a run (no lease: a notebook, a test driving
+    one stage) nothing moves, so such a run never changes what the views show."""
+    lease = leases.current()
+    if lease is None:
+        return
+    for r in (ref, *(ref.sibling(o) for o in outputs)):
+        if datasets.is_committed(r):
+            move(r, "commit" if str(r) in lease.committed else "reuse")
+            lease.add([r])
 
 
 def history(root: str, dataset: str | None = None, stage: str | None = None) -> list[dict]:
@@ -178,7 +164,7 @@ def claim(root: str, dataset: str, recipe: str, same_as: str | None = None, reci
     entry = {"dataset": dataset, "recipe": recipe, "recipe_hash": recipe_hash, **_run_fields(),
              "claimed_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     entry["recipe"] = recipe  # the run context's recipe may be a resolved absolute path; the claim keeps ours
-    _write_new(fs, _dir(root, dataset, OWNER), json.dumps(entry).encode(), exclusive=True)
+    write_whole(fs, _dir(root, dataset, OWNER), json.dumps(entry).encode(), exclusive=True)
     held = owner(root, dataset)
     if held is None or held["recipe"] in (recipe, same_as):
         return held or entry
