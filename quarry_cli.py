@@ -74,15 +74,23 @@ def _load_flow(name: str):
 def run(
     flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
     recipe: Path = typer.Argument(..., help="a recipe YAML, e.g. datasets_cfg/tiny.yaml"),
+    plan: bool = typer.Option(False, "--plan", help="list the stages the run would run, reuse from the store "
+                              "(version) and skip (why), and the stale versions; run nothing"),
 ) -> None:
     """Run a flow on a recipe (a local ephemeral Prefect API unless PREFECT_API_URL points at a server).
 
     SIGTERM or SIGINT stops the run and every process it started (the ephemeral Prefect server, Ray, Dask)."""
     import datasets_cfg
+    from flows import plan as planning
     from services import supervise
 
     try:
-        datasets_cfg.load(recipe)  # fail fast with the file and key named
+        # fail fast with the file and key named; a section that would do nothing is refused here (flows/plan.py)
+        planning.check_sections(datasets_cfg.load(recipe), recipe, warn=False)
+        if plan:
+            for line in planning.lines(*planning.plan(flow, str(recipe))):
+                console.print(line, markup=False, highlight=False)
+            return
     except datasets_cfg.RecipeError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from typing import Any
 
 from prefect import flow
 
 import datasets_cfg
-from flows import runinfo
-from flows.run import load, section, stage
+from flows import plan, run, runinfo
+from flows.run import load
 from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 from storage import datasets
@@ -26,23 +27,26 @@ from tasks.ingest.stage import IngestParams
 from tasks.select.selection import KeptParams, SelectedParams
 
 
-def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> tuple[DatasetRef, DatasetRef | None]:
-    """The stages of a validated recipe, in order; returns (curated version, held-out version or None)."""
+def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile,
+                  steps: Any = run) -> tuple[DatasetRef, DatasetRef | None]:
+    """The stages of a validated recipe, in order; returns (curated version, held-out version or None). ``steps``
+    runs them (``stage`` and ``section``): the Prefect tasks of flows/run.py, or flows/plan.py's dry runner."""
+    stage, section = steps.stage, steps.section
     docs = stage("ingest", [], cfg.ingest, profile, root=cfg.root, dataset=cfg.dataset)
     heldout = None
     if cfg.heldout:  # evaluation text leaves before curation, so no stage (or model) ever sees it
         heldout = stage("heldout", [docs], replace(cfg.heldout, side="heldout"), profile)
         docs = stage("train_split", [docs], replace(cfg.heldout, side="train"), profile)
-    model = quality_model(cfg, profile)
+    model = quality_model(cfg, profile, steps)
     for name in registry.CURATION:
         if name == "quality_score" and cfg.quality_score is not None:
-            if model is None:
-                raise ValueError(f"{cfg.dataset}: the quality_score section needs a quality_classifier section")
+            if model is None:  # flows/plan.py refuses such a recipe at load; an experiment variant may skip it
+                raise datasets_cfg.RecipeError(f"{cfg.dataset}: quality_score needs a quality_classifier section")
             docs = stage("quality_score", [docs, model], cfg.quality_score, profile)
         elif getattr(cfg, name) is not None:
             docs = section(name, docs, getattr(cfg, name), profile)
     docs = stage("kept", [docs], KeptParams(), profile)
-    if cfg.embed and cfg.hkmeans:  # embedding-space curation (Vo et al. 2024)
+    if cfg.embed and cfg.hkmeans:  # embedding-space curation (Vo et al. 2024); flows/plan.py: what needs what
         emb = stage("embed", [docs], cfg.embed, profile)
         hk = stage("hkmeans", [emb], cfg.hkmeans, profile)
         sd = stage("semdedup", [emb, hk], cfg.semdedup, profile) if cfg.semdedup else None
@@ -52,16 +56,19 @@ def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> tupl
     return docs, heldout
 
 
-def quality_model(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> DatasetRef | None:
+def quality_model(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps: Any = run) -> DatasetRef | None:
     """The recipe's quality classifier: its positive and negative sets ingested as datasets of their own
     (``{dataset}_qc_positive`` / ``_qc_negative``), then trained; held-out accuracy and AUC are printed."""
     qc = cfg.quality_classifier
     if qc is None:
         return None
+    stage = steps.stage
     sets = [stage("ingest", [], IngestParams(sources=sources, docs_per_shard=qc.docs_per_shard), profile,
                   root=cfg.root, dataset=f"{cfg.dataset}_qc_{role}")
             for role, sources in (("positive", qc.positive), ("negative", qc.negative))]
     model = stage("quality_classifier", sets, qc, profile, dataset=cfg.dataset)
+    if getattr(steps, "dry", False):  # a plan: nothing trained
+        return model
     stats = datasets.read_manifest(model)["stats"]
     print(f"quality_classifier {model.version[:12]}: held-out accuracy {stats['quality_classifier_heldout_accuracy']}"
           f", AUC {stats['quality_classifier_heldout_auc']}")
@@ -73,6 +80,7 @@ def quality_model(cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> Data
 def curate(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Run the recipe's curation stages; returns the final dataset version (dataset/stage/version)."""
     cfg, profile = load(recipe)
+    plan.check_sections(cfg, recipe)  # a section that would do nothing: refused, or warned about
     with runtime.connected(profile):
         return str(curate_stages(cfg, profile)[0])
 

@@ -10,21 +10,23 @@ checkpoint with the same data order; per-step metrics become the ``{dataset}__tr
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from prefect import flow
 
 import datasets_cfg
-from flows import runinfo
+from flows import run, runinfo
 from flows.curate import curate
-from flows.run import load, stage
+from flows.run import load
 from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
 from storage import datasets
 from storage.datasets import DatasetRef
 
 
-def train_on(ref: DatasetRef, cfg: datasets_cfg.RunConfig, profile: runtime.Profile) -> DatasetRef:
-    """tokenize -> pack -> train on an already curated version."""
+def train_on(ref: DatasetRef, cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps: Any = run) -> DatasetRef:
+    """tokenize -> pack -> train on an already curated version (``steps``: see flows.curate.curate_stages)."""
+    stage = steps.stage
     missing = [s for s in ("tokenize", "pack", "train") if getattr(cfg, s) is None]
     if missing:
         raise datasets_cfg.RecipeError(f"recipe for {cfg.dataset} has no {missing} section(s)")

@@ -36,12 +36,8 @@ def run(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datase
     listing = dict(listing)
     groups = listing.pop("groups", None) or [[i] for i in range(len(files))]
     uris = [u for _, u in files]
-    # a refused special file (FIFO, device, socket, symlink loop) has no size or mtime to fingerprint (stat of a loop
-    # fails): its name enters the version instead, so one appearing or going still makes a new version
-    refused = {r["file"] for r in listing.get("refused_inputs", ())}
     vparams = params.version_params()
-    hashed = {**vparams, "refused_inputs": sorted(refused)} if refused else vparams
-    ref = datasets.source_ref(root, dataset, stage.name, core.code_of(stage), hashed, [u for u in uris if u not in refused])
+    ref = source_version(stage, params, root, dataset, uris, listing)
     if core._reuse(stage, ref):  # committed and verified (one that fails verification is recomputed)
         return ref
     common = {"ref": core._asdict(ref), "side": list(stage.outputs), "docs_per_shard": params.docs_per_shard,
@@ -61,6 +57,17 @@ def run(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datase
     expected = {name: rows for r in results for name, rows in r["shards"].items()}
     core._commit(stage, ref, [], vparams, stats, expected=expected, inputs=uris)
     return ref
+
+
+def source_version(stage, params, root: str, dataset: str, uris: list[str], listing: dict) -> DatasetRef:
+    """The version a source stage writes for these listed files (``run``, and ``quarry run --plan`` without running)."""
+    # a refused special file (FIFO, device, socket, symlink loop) has no size or mtime to fingerprint (stat of a loop
+    # fails): its name enters the version instead, so one appearing or going still makes a new version
+    refused = {r["file"] for r in listing.get("refused_inputs", ())}
+    vparams = params.version_params()
+    hashed = {**vparams, "refused_inputs": sorted(refused)} if refused else vparams
+    return datasets.source_ref(root, dataset, stage.name, core.code_of(stage), hashed,
+                               [u for u in uris if u not in refused])
 
 
 def _entries(files: list[tuple[dict, str]], members: list[int]) -> dict:
