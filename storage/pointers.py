@@ -158,15 +158,15 @@ def owner(root: str, dataset: str) -> dict | None:
 def claim(root: str, dataset: str, recipe: str, same_as: str | None = None, recipe_hash: str | None = None) -> dict:
     """Claim ``dataset`` for ``recipe`` (a stable recipe identity: its path), or check the claim already there.
 
-    Another recipe may write the dataset only if it says ``same_dataset_as`` the owner; otherwise
-    ``OwnershipError`` names both recipes and the two ways out."""
+    Another recipe may write the dataset only if one of the two says ``same_dataset_as`` the other (or both name
+    the same recipe); otherwise ``OwnershipError`` names both recipes and the two ways out."""
     fs, _ = filesystem(root)
-    entry = {"dataset": dataset, "recipe": recipe, "recipe_hash": recipe_hash, **_run_fields(),
-             "claimed_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
-    entry["recipe"] = recipe  # the run context's recipe may be a resolved absolute path; the claim keeps ours
+    entry = {"dataset": dataset, "recipe_hash": recipe_hash, **_run_fields(), "recipe": recipe,
+             "same_dataset_as": same_as, "claimed_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     write_whole(fs, _dir(root, dataset, OWNER), json.dumps(entry).encode(), exclusive=True)
     held = owner(root, dataset)
-    if held is None or held["recipe"] in (recipe, same_as):
+    # one family of recipes: this one is the owner or names it, or the owner named this one, or both name the same
+    if held is None or ({held["recipe"], held.get("same_dataset_as")} & {recipe, same_as}) - {None}:
         return held or entry
     raise OwnershipError(
         f"dataset {dataset!r} under {root} belongs to recipe {held['recipe']} (claimed {held.get('claimed_at')}); "

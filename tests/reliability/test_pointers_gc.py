@@ -217,3 +217,13 @@ def test_gc_beside_a_running_flow_keeps_what_it_reads_and_the_run_completes(reci
     augmented = datasets.latest(root, DATASET, "augment")
     assert datasets.read_manifest(augmented)["num_rows"] == recipes["kept_a"]
     assert datasets.read_manifest(augmented)["parents"] == [kept_a]
+
+
+def test_either_recipe_of_a_same_dataset_pair_may_run_first_and_a_third_is_refused(tmp_path):
+    """tiny_experiment.yaml says `same_dataset_as: tiny.yaml`: whichever runs first owns the dataset, the other runs."""
+    root = str(tmp_path)
+    assert pointers.claim(root, "t", "exp.yaml", same_as="tiny.yaml")["recipe"] == "exp.yaml"
+    assert pointers.claim(root, "t", "tiny.yaml")["recipe"] == "exp.yaml"
+    assert pointers.claim(root, "t", "b.yaml", same_as="tiny.yaml")["recipe"] == "exp.yaml"
+    with pytest.raises(pointers.OwnershipError, match="belongs to recipe exp.yaml"):
+        pointers.claim(root, "t", "c.yaml")
