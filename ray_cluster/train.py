@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ray_cluster import runtime
+from ray_cluster import progress, runtime
 
 
 def _numeric(summary: dict) -> dict:
@@ -40,6 +40,7 @@ def fit(loop: Callable[[dict], dict], config: dict, res: runtime.StageResources,
     2.60: 15-17 s to start, ~5 s to stop), most of a small experiment cell's time."""
     if profile.engine != "ray":
         return loop(config)
+    loop = progress.forwarding(loop)  # its step lines reach the driver's log (and Prefect's) from the worker
     if res.concurrency <= 1:
         return _numeric(runtime.run_remote(loop, config, resources=res, profile=profile))
     from ray.train import FailureConfig, RunConfig, ScalingConfig

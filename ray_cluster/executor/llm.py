@@ -7,6 +7,7 @@ import time
 
 import pyarrow as pa
 
+from ray_cluster import progress
 from ray_cluster.executor import core
 from storage import datasets, layers
 from storage.datasets import DatasetRef, StorageError
@@ -50,6 +51,7 @@ def run(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datase
         pending: dict[str, list[pa.Table]] = {n: [] for n in todo}
         have = dict.fromkeys(todo, 0)
         batches = iter(out.iter_batches(batch_format="pyarrow", batch_size=None))  # a generator: closable
+        total, every, logged = sum(len(ids) for _, ids in todo.values()), progress.every_s(), time.monotonic()
         try:
             for batch in batches:
                 for name in pc.unique(batch.column(shard_col)).to_pylist():
@@ -65,6 +67,11 @@ def run(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datase
                         table = table.drop_columns([c for c in table.column_names if c.startswith("__")])
                         datasets.write_shard(dst, name, table)
                         expected[name] = table.num_rows
+                if time.monotonic() - logged >= every:  # rows back mid-shard: an engine takes minutes per shard
+                    logged, back, spent = time.monotonic(), sum(have.values()), time.perf_counter() - t0
+                    left = f", about {spent / back * (total - back):.0f} s left" if 0 < back < total else ""
+                    core.log.info(f"{stage.name}: {back:,}/{total:,} rows ({100 * back // max(1, total)} %), "
+                                  f"{len(expected)}/{len(todo)} shards, {spent:.0f} s elapsed{left}")
         finally:
             batches.close()  # stops the engine replicas now, also when a write failed (they hold the CPUs/GPUs)
         short = {n: f"{have[n]}/{len(todo[n][1])}" for n in pending}

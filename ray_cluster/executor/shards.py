@@ -6,6 +6,7 @@ code). A stage with a ``layer`` writes only what it adds to its input (a columns
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ray_cluster import runtime
+from ray_cluster import progress, runtime
 from ray_cluster.executor import core, limited_sql
 from storage import datasets, layers, provenance
 from storage.datasets import DatasetRef
@@ -114,6 +115,8 @@ def _apply(fn: Callable, item: dict) -> dict:
             batch = batch.append_column(layers.POS, pa.array(pos))
         outs.append(_layer_part(layer, batch, fn(batch), item["rewrites"], offset, where))
         offset += batch.num_rows
+        # rows done of the shard's rows, for the driver's mid-shard line (a 50,000-row shard is minutes of embed)
+        progress.shard_rows(item.get("progress"), item["name"], offset, item.get("rows") or offset)
     out = pa.concat_tables(outs, promote_options="permissive")
     datasets.write_shard(dst, item["name"], rows.stamp(out) if layer else out)
     return {"index": item["index"], "name": item["name"], "rows_in": offset, "rows_out": out.num_rows}
@@ -173,24 +176,28 @@ def run(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datase
     done = datasets.existing_shards(dst)
     columns = core.projection(stage, params, layers.column_names(src))
     hide = _hidden(stage, kind, params, src, side) if stage.layer == "rows" else ()
+    sizes = {f["name"]: int(f.get("rows") or 0) for f in datasets.read_manifest(src).get("files", [])}
+    channel = f"{dst}/{os.getpid()}"
     items = [
         {"index": i, "name": name, "src": core._asdict(src), "dst": core._asdict(dst),
          "rows_per_call": res.rows_per_call, "columns": columns, "layer": stage.layer,
          "rewrites": list(stage.rewrites), "fail_from_shard": fail_from_shard,
-         "side": {k: core._asdict(v) for k, v in side.items()}}
+         "side": {k: core._asdict(v) for k, v in side.items()}, "progress": channel, "rows": sizes.get(name, 0)}
         for i, name in enumerate(layers.shard_names(src))
         if name not in done
     ]
     t0 = time.perf_counter()
     secrets = core.secret_env(params)
-    if kind == "actor":
-        history = {"ref": core._asdict(dst), "columns": stage.history} if stage.history is not None else None
-        setup = functools.partial(_Model, stage.fn, params, {k: core._asdict(v) for k, v in side.items()}, history)
-        results = runtime.run_shards(items, _stateful, res, profile=profile, setup=setup, desc=stage.name,
-                                     secrets=secrets)
-    else:
-        work = functools.partial(_stateless_entry, kind, stage.fn, stage.post, params)
-        results = runtime.run_shards(items, work, res, profile=profile, desc=stage.name, secrets=secrets)
+    with progress.relaying(channel, stage.name, {it["name"]: it["rows"] for it in items}):
+        if kind == "actor":
+            history = {"ref": core._asdict(dst), "columns": stage.history} if stage.history is not None else None
+            setup = functools.partial(_Model, stage.fn, params, {k: core._asdict(v) for k, v in side.items()},
+                                      history)
+            results = runtime.run_shards(items, _stateful, res, profile=profile, setup=setup, desc=stage.name,
+                                         secrets=secrets)
+        else:
+            work = functools.partial(_stateless_entry, kind, stage.fn, stage.post, params)
+            results = runtime.run_shards(items, work, res, profile=profile, desc=stage.name, secrets=secrets)
     elapsed = time.perf_counter() - t0
     stats = {"shards_computed": len(results), "shards_resumed": len(done), "seconds": round(elapsed, 3),
              "rows_in_computed": sum(r["rows_in"] for r in results)}

@@ -5,13 +5,14 @@ evaluation). ``global`` is a Python keyword, hence the module's name."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 
-from ray_cluster import runtime
+from ray_cluster import progress, runtime
 from ray_cluster.executor import core
 from storage import datasets
 from storage.datasets import DatasetRef, StorageError
@@ -84,10 +85,13 @@ def run(stage, kind, inputs, params, profile, fail_from_shard, target) -> Datase
     res = core.resources(stage, profile)
     t0 = time.perf_counter()
     args = (stage, core._asdict(dst), {r: core._asdict(v) for r, v in roles.items()}, params, res, profile)
-    if stage.driver:
-        stats, expected = _global_work(*args)
-    else:  # in-process off Ray
-        stats, expected = runtime.run_remote(_global_work, *args, resources=res, profile=profile)
+    # the stage's own progress lines (a training step, a k-means iteration) reach the driver's log from any worker
+    with progress.relaying(f"{dst}/{os.getpid()}", stage.name):
+        if stage.driver:
+            stats, expected = _global_work(*args)
+        else:  # in-process off Ray
+            stats, expected = runtime.run_remote(progress.forwarding(_global_work), *args, resources=res,
+                                                 profile=profile)
     stats = {**(stats or {}), "seconds": round(time.perf_counter() - t0, 3)}
     for side in [*stage.checkpoints, *stage.outputs]:  # siblings first: the main manifest commits the stage
         if datasets.existing_shards(dst.sibling(side)):

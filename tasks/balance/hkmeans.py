@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.common.progress import Ticker
 from tasks.common.stage import implements
 
 # Spec "Published recipe" (arXiv 2405.15613 §4/App.): 1 resampling run at level 1, 10 above it.
@@ -157,8 +158,10 @@ def fit_level(
     *,
     call: Callable[..., Any] | None = None,
     gather: Callable[[list], list] | None = None,
+    ticker: Ticker | None = None,
 ) -> LevelResult:
     """Fit level `level` (1-based) on its input: embeddings at level 1, else level-1's centroids (resumable).
+    ``ticker``: a progress line (level, resampling run, Lloyd iteration, inertia) every ~10 s.
 
     `points` is an array, or (level 1, distributed) a list of shard handles driven through `call`/`gather`.
     """
@@ -181,7 +184,16 @@ def fit_level(
     if n == 0:
         raise ValueError(f"level {level} has no input points")
     k = min(k, n)
-    fit = dict(iterations=params.iterations, n_candidates=params.n_candidates, call=call, gather=gather)
+
+    def tick(run: int) -> Callable[[int, int, float], None] | None:
+        if ticker is None:
+            return None
+        return lambda i, total, inertia: ticker.line(
+            f"hkmeans: level {level}/{len(ks)} (k={k}, {n:,} points), run {run}/{m}, iteration {i}/{total}, "
+            f"inertia {inertia:.4g}, {ticker.elapsed():.0f} s elapsed")
+
+    fit = dict(iterations=params.iterations, n_candidates=params.n_candidates, call=call, gather=gather,
+               on_iteration=tick(1))
 
     if level == 1 and params.level1_split > 0:
         return _fit_split(shards, k, params, call_, gather_, fit)
@@ -200,6 +212,7 @@ def fit_level(
             n_candidates=params.n_candidates,
             device=params.device,
             chunk_bytes=params.chunk_bytes,
+            on_iteration=tick(step + 1),
         )
         parts = gather_([call_(s, "assign", c) for s in shards])  # re-assign ALL of X (spec)
         labels = np.concatenate([p[0] for p in parts])
@@ -266,12 +279,16 @@ def fit_hierarchical_kmeans(
     n_docs = embeddings.shape[0]
     ks, _, _ = params.resolve(n_docs)
     result = HKMeansResult(list(done))
+    ticker = Ticker()
     for level in range(len(result.levels) + 1, len(ks) + 1):
         x = embeddings if level == 1 else result.levels[-1].centroids
-        lr = fit_level(x, level, params, n_docs)
+        lr = fit_level(x, level, params, n_docs, ticker=ticker)
         result.levels.append(lr)
         if on_level is not None:
             on_level(lr)
+        # a step boundary: always a line
+        ticker.line(f"hkmeans: level {level}/{len(ks)} done (k={len(lr.centroids)}, inertia {lr.inertia:.4g}), "
+                    f"{ticker.elapsed():.0f} s elapsed{ticker.eta(level - len(done), len(ks) - len(done))}", force=True)
     return result
 
 

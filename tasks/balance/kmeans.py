@@ -264,8 +264,10 @@ def fit_level_distributed(
     init: np.ndarray | None = None,
     call: Callable[..., Any] | None = None,
     gather: Callable[[list], list] | None = None,
+    on_iteration: Callable[[int, int, float], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """k-means++ then Lloyd over row shards; returns (centroids, labels, distances, inertia per iteration).
+    ``on_iteration(i, iterations, inertia)`` after each Lloyd iteration (progress lines).
 
     `call(shard, method, *args)` starts a step on one shard and `gather(list)` resolves the results, so for Ray actors
     wrapping `KMeansShard`: `call=lambda a, m, *x: getattr(a, m).remote(*x)`, `gather=ray.get`. The defaults call
@@ -280,12 +282,14 @@ def fit_level_distributed(
         else _kmeanspp(shards, k, rng, n_candidates, call, gather)
     )
     history = []
-    for _ in range(iterations):
+    for i in range(iterations):
         parts = gather([call(s, "partial_sums", centroids) for s in shards])
         sums = sum(p[0] for p in parts)
         counts = sum(p[1] for p in parts)
         history.append(float(sum(p[2] for p in parts)))
         centroids = update_centroids(sums, counts, centroids)
+        if on_iteration is not None:
+            on_iteration(i + 1, iterations, history[-1])
     parts = gather([call(s, "assign", centroids) for s in shards])
     labels = np.concatenate([p[0] for p in parts])
     dists = np.concatenate([p[1] for p in parts])
@@ -303,7 +307,9 @@ def kmeans(
     init: np.ndarray | None = None,
     device: str = "auto",
     chunk_bytes: int = 1 << 26,
+    on_iteration: Callable[[int, int, float], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """Flat k-means on one worker: the distributed driver over a single shard (one code path)."""
     shard = KMeansShard(points, device=device, chunk_bytes=chunk_bytes)
-    return fit_level_distributed([shard], k, iterations=iterations, seed=seed, n_candidates=n_candidates, init=init)
+    return fit_level_distributed([shard], k, iterations=iterations, seed=seed, n_candidates=n_candidates, init=init,
+                                 on_iteration=on_iteration)

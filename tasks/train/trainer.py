@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.common.progress import Ticker
 from tasks.common.stage import implements
 from tasks.common.tempfiles import clean_abandoned, tmp_path
 from tasks.train.config import MODEL_PRESETS, TrainParams  # noqa: F401 (the trainer's params, re-exported)
@@ -46,6 +47,9 @@ if TYPE_CHECKING:  # annotations only: torch is imported where a model is built
 
 # Dense bf16 peak FLOP/s per GPU, from the vendor data sheets (H100/H200 SXM: 989 TFLOPS, A100: 312 TFLOPS).
 _PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+LIVE_METRICS = "live.parquet"  # in the run folder, beside metrics/: the steps not yet flushed with a checkpoint
 
 
 def _lr_factor(step: int, p: TrainParams) -> float:
@@ -140,9 +144,24 @@ def _trim_metrics(metrics_dir: Path, last_step: int) -> None:
             f.unlink()
 
 
-def read_metrics(out_dir: str | Path) -> pa.Table:
+def _write_live(out: Path, rows: list[dict]) -> None:
+    """``live.parquet``: the steps since the last metrics flush (none: removed). With ``metrics/`` it is the whole
+    curve so far, which a dashboard reads while the run is in flight (``read_metrics(out, live=True)``)."""
+    path = out / LIVE_METRICS
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+
+
+def read_metrics(out_dir: str | Path, live: bool = False) -> pa.Table:
     """All per-step metrics of a run, sorted by step."""
     files = sorted((Path(out_dir) / "metrics").glob("steps-*.parquet"))
+    if live and (Path(out_dir) / LIVE_METRICS).exists():
+        files.append(Path(out_dir) / LIVE_METRICS)
     if not files:
         raise FileNotFoundError(f"no metrics under {out_dir}/metrics")
     return pa.concat_tables(pq.read_table(f) for f in files).sort_by("step")
@@ -278,6 +297,9 @@ def train(
             torch.distributed.barrier()
 
     model.train()
+    ticker, first_step = Ticker(), step
+    if is_main:
+        _write_live(out, [])  # a resumed run's live rows past its checkpoint are replayed, not kept
     while step < params.max_steps:
         t0 = time.perf_counter()
         base = step * global_rows
@@ -327,8 +349,17 @@ def train(
             pending.append(row)
         if report is not None:
             report(row)
-        if step % params.checkpoint_every == 0 or step == params.max_steps:
+        boundary = step % params.checkpoint_every == 0 or step == params.max_steps
+        if boundary:
             checkpoint()
+        # a line every ~10 s and at each checkpoint (the console, a Ray Job's log, Prefect's run log); the live curve
+        # (metrics/ + live.parquet) follows it, so the dashboard shows the loss while the run is in flight
+        if is_main and ticker.line(
+            f"train: step {step}/{params.max_steps}, loss {sums[0]:.4f}, {tps:,.0f} tokens/s, "
+            f"{ticker.elapsed():.0f} s elapsed{ticker.eta(step - first_step, params.max_steps - first_step)}",
+            force=boundary,
+        ):
+            _write_live(out, pending)
 
     hf_dir = out / "hf"
     if is_main:
