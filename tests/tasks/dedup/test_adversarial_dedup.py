@@ -59,3 +59,15 @@ def test_split_sentences_on_a_long_blank_run_is_linear():
     t0 = time.monotonic()
     assert split_sentences("a" + " " * 1_000_000 + "b") == [(0, 1_000_002)]
     assert time.monotonic() - t0 < 5
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_ascii_fast_path_of_normalize_line_is_ccnets_normalization(line):
+    import unicodedata
+
+    from tasks.dedup.line import _DIGITS, _PUNCT_OR_CONTROL, normalize_line
+
+    full = line.strip().lower()
+    full = "".join(c for c in unicodedata.normalize("NFD", full) if unicodedata.category(c) != "Mn")
+    assert normalize_line(line) == " ".join(_PUNCT_OR_CONTROL.sub("", _DIGITS.sub("0", full)).split())
