@@ -111,13 +111,14 @@ def history(root: str, dataset: str | None = None, stage: str | None = None) -> 
     return out
 
 
-def current(root: str, manifests: Iterable[dict] | None = None) -> dict[tuple[str, str], dict]:
+def current(root: str, manifests: Iterable[dict] | None = None, dataset: str | None = None,
+            stage: str | None = None) -> dict[tuple[str, str], dict]:
     """(dataset, stage) -> the newest move whose version is still committed; stages without one fall back to the
     newest created_at (``reason``: ``newest`` - a root from before pointers, or a version written outside a run)."""
     manifests = list(datasets.iter_manifests(root) if manifests is None else manifests)
     committed = {(m["dataset"], m["stage"], m["version"]) for m in manifests}
     out: dict[tuple[str, str], dict] = {}
-    for e in history(root):
+    for e in history(root, dataset, stage):
         if (e["dataset"], e["stage"], e["version"]) in committed:  # a pointer at a deleted version does not count
             out[(e["dataset"], e["stage"])] = e
     for m in manifests:
@@ -132,7 +133,7 @@ def current(root: str, manifests: Iterable[dict] | None = None) -> dict[tuple[st
 def latest(root: str, dataset: str, stage: str) -> DatasetRef | None:
     """The current version of a dataset/stage: its pointer, else (no pointer yet) the newest created_at."""
     manifests = [m for m in datasets.iter_manifests(root) if m["dataset"] == dataset and m["stage"] == stage]
-    hit = current(root, manifests).get((dataset, stage))
+    hit = current(root, manifests, dataset, stage).get((dataset, stage))
     return DatasetRef(root, dataset, stage, hit["version"]) if hit else None
 
 
