@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,10 +51,14 @@ def recipe(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def api_url(prefect_api) -> str:
+def api_url() -> Iterator[str]:
+    """One Prefect API for every run here (each `quarry run` would otherwise start its own); a generous start
+    timeout, as a fresh database is migrated first and the CI box has 2 busy cores."""
     from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
 
-    return PREFECT_API_URL.value()
+    with prefect_test_harness(server_startup_timeout=300):
+        yield PREFECT_API_URL.value()
 
 
 def _env(api_url: str, root: Path, profile: str) -> dict[str, str]:
