@@ -86,11 +86,24 @@ def split_sentences(text: str | None) -> list[tuple[int, int]]:
 def span_hashes(text: str | None, n: int) -> list[int | None]:
     """One hash per span of ``n`` consecutive sentences (by its first sentence); None for a span whose sentences
     are all blank after normalization."""
-    norm = [normalize_line(text[s:e]) for s, e in split_sentences(text)] if text else []
+    memo: dict[str, str] = {}  # a sentence (or span) repeated in the document is normalized (hashed) once
+    norm = []
+    for s, e in split_sentences(text) if text else []:
+        piece = text[s:e]
+        if piece not in memo:
+            memo[piece] = normalize_line(piece)
+        norm.append(memo[piece])
+    hashes: dict[str, int] = {}
     out: list[int | None] = []
     for i in range(len(norm) - n + 1):
         span = norm[i:i + n]
-        out.append(hash64("\n".join(span)) if any(span) else None)
+        if not any(span):
+            out.append(None)
+            continue
+        key = "\n".join(span)
+        if key not in hashes:
+            hashes[key] = hash64(key)
+        out.append(hashes[key])
     return out
 
 
