@@ -42,6 +42,9 @@ DUPLICATES_SCHEMA = pa.schema([("doc_id", pa.string()), ("dup_pos", pa.list_(pa.
 _DIGITS = re.compile(r"\d")
 # CCNet text_normalizer.PUNCT_OR_NON_PRINTING_CHARS_RE: Unicode punctuation and non-printing characters
 _PUNCT_OR_CONTROL = regex.compile(r"[\p{P}\p{Cc}]")
+# the same two substitutions for ASCII (no accents there): digits -> 0, punctuation and controls removed
+_ASCII_TABLE = {c: ("0" if chr(c).isdigit() else None) for c in range(128)
+                if chr(c).isdigit() or _PUNCT_OR_CONTROL.match(chr(c))}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -72,8 +75,9 @@ def normalize_line(line: str) -> str:
     line = line.strip().lower()
     if not line:
         return ""
-    if not line.isascii():  # ASCII has no accents to strip: skipping NFD made a 10 MB ASCII line ~10x faster
-        line = "".join(c for c in unicodedata.normalize("NFD", line) if unicodedata.category(c) != "Mn")
+    if line.isascii():  # one C-level translate, the same map as below (a 10 MB ASCII line: 27 s -> < 1 s)
+        return " ".join(line.translate(_ASCII_TABLE).split())
+    line = "".join(c for c in unicodedata.normalize("NFD", line) if unicodedata.category(c) != "Mn")
     line = _PUNCT_OR_CONTROL.sub("", _DIGITS.sub("0", line))
     return " ".join(line.split())
 
