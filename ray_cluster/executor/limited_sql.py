@@ -140,8 +140,8 @@ def run_sql(sql: str, batch: pa.Table, *, timeout_s: float | None, memory_gb: fl
             child.kill()
             _CHILD = None
             # a capped child that dies (abort on an allocation DuckDB does not catch) has run out of memory
-            raise SqlLimitError(f"killed its evaluator (exit {code}), most likely at the {memory_gb:g} GB memory "
-                                "limit", "memory") from None
+            limit = f"the {memory_gb:g} GB memory limit" if memory_gb else "an allocation failure"
+            raise SqlLimitError(f"killed its evaluator (exit {code}), most likely at {limit}", "memory") from None
         except _ChildSqlError as e:
             import duckdb
 
