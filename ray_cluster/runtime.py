@@ -232,6 +232,12 @@ def connected(profile: Profile) -> Iterator[None]:
                 logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
                     logging.ERROR
                 )
+                try:  # fastText's load_model notice on every model load (services/logs.py quiets the driver's)
+                    import fasttext.FastText
+
+                    fasttext.FastText.eprint = lambda *args, **kwargs: None
+                except ImportError:
+                    pass
 
             runtime_env["worker_process_setup_hook"] = _quiet_workers
         else:
@@ -410,7 +416,7 @@ def _run_shards(items: Sequence[dict], work: Callable[..., dict], resources: Sta
                 advance()
         return _raise_failures(desc, items, results)
     if engine == "dask":
-        return _raise_failures(desc, items, _run_dask(items, functools.partial(_guarded, work), setup, profile))
+        return _raise_failures(desc, items, _run_dask(items, functools.partial(_guarded, work), setup, profile, desc))
 
     if setup is None:
         return _raise_failures(desc, items, _run_tasks(items, work, resources, desc))
@@ -481,7 +487,8 @@ def _run_tasks(items: Sequence[dict], work: Callable[[dict], dict], resources: S
     return results
 
 
-def _run_dask(items: Sequence[dict], work: Callable, setup: Callable | None, profile: Profile | None) -> list[dict]:
+def _run_dask(items: Sequence[dict], work: Callable, setup: Callable | None, profile: Profile | None,
+              desc: str = "shards") -> list[dict]:
     from dask.distributed import Client, LocalCluster
 
     address = profile.dask_address if profile else None
@@ -498,8 +505,10 @@ def _run_dask(items: Sequence[dict], work: Callable, setup: Callable | None, pro
             else:
                 futures = [client.submit(_dask_stateful, setup, work, dict(it), pure=False, retries=3) for it in items]
             try:
-                for _ in as_completed(futures):
-                    check_stop()  # a safe point per finished shard
+                with _progress(desc, len(items)) as advance:
+                    for _ in as_completed(futures):
+                        advance()
+                        check_stop()  # a safe point per finished shard
             except BaseException:
                 client.cancel(futures)
                 raise
