@@ -227,3 +227,47 @@ def test_either_recipe_of_a_same_dataset_pair_may_run_first_and_a_third_is_refus
     assert pointers.claim(root, "t", "b.yaml", same_as="tiny.yaml")["recipe"] == "exp.yaml"
     with pytest.raises(pointers.OwnershipError, match="belongs to recipe exp.yaml"):
         pointers.claim(root, "t", "c.yaml")
+
+
+def _move_many(args) -> int:
+    root, version, n = args
+    ref = datasets.DatasetRef(root, "toy", "ingest", version)
+    for _ in range(n):
+        pointers.move(ref, "reuse")
+    return n
+
+
+def test_concurrent_runs_moving_one_pointer_never_corrupt_it(tmp_path):
+    """Four processes move one pointer 25 times each at once: 100 whole moves, no temporaries, one current version."""
+    import multiprocessing
+
+    import pyarrow as pa
+
+    root = str(tmp_path)
+    versions = [c * 12 for c in "0123"]
+    for v in versions:
+        datasets.write_table(datasets.DatasetRef(root, "toy", "ingest", v), pa.table({"x": [1]}))
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        assert sum(pool.map(_move_many, [(root, v, 25) for v in versions])) == 100
+    moves = pointers.history(root, "toy", "ingest")
+    assert len(moves) == 100 and {m["version"] for m in moves} == set(versions)
+    assert len({m["pid"] for m in moves}) == 4
+    assert not [p for p in (tmp_path / "_pointers").rglob("*") if p.name.startswith("_tmp.")]
+    assert datasets.latest(root, "toy", "ingest").version == moves[-1]["version"]
+
+
+def test_a_lease_is_renewed_while_its_run_lives_and_dead_once_expired_or_its_pid_is_gone(tmp_path):
+    root = str(tmp_path)
+    with leases.holding(root, ["toy"], renew_s=0.05) as lease:
+        first = leases.read_all(root)[0]["renewed_at"]
+        time.sleep(0.3)
+        entry = leases.read_all(root)[0]
+        assert entry["live"] and entry["renewed_at"] > first and entry["run_id"] == lease.run_id
+    assert leases.read_all(root) == []  # released at the end of the run
+    now = time.time()
+    other_host = {"host": "ffffffff", "pid": 1, "expires_at": "2000-01-01T00:00:00+00:00"}
+    assert not leases.is_live(other_host, now)  # another host's run: only its expiry tells, and it passed
+    assert leases.is_live({**other_host, "expires_at": "2999-01-01T00:00:00+00:00"}, now)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    mine = {"host": leases.HOST_TAG, "pid": int(gone.stdout), "expires_at": "2999-01-01T00:00:00+00:00"}
+    assert not leases.is_live(mine, now)  # this host, pid gone: dead at once whatever its expiry
