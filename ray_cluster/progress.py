@@ -20,6 +20,7 @@ finish (ray_cluster.runtime's shard lines).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -100,20 +101,22 @@ def forwarding(fn: Callable) -> Callable:
     process's relay (the channel this process is relaying now; unchanged when there is none)."""
     if _current is None:
         return fn
-    channel, driver_pid = _current, os.getpid()
+    channel, driver_pid, every = _current, os.getpid(), every_s()
 
     @functools.wraps(fn)
     def forwarded(*args: Any, **kwargs: Any) -> Any:  # a function, not a partial: ray.remote takes only those
-        return _forwarded(channel, driver_pid, fn, *args, **kwargs)
+        return _forwarded(channel, driver_pid, every, fn, *args, **kwargs)
 
     return forwarded
 
 
-def _forwarded(channel: str, driver_pid: int, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+def _forwarded(channel: str, driver_pid: int, every: float, fn: Callable, *args: Any, **kwargs: Any) -> Any:
     global _current
     if os.getpid() == driver_pid:  # ran in the driver after all (serial profile): its lines are logged directly
         return fn(*args, **kwargs)
     handler, level, previous = _Forward(channel), log.level, _current
+    cadence = os.environ.get("QUARRY_PROGRESS_LOG_S")
+    os.environ["QUARRY_PROGRESS_LOG_S"] = str(every)  # the driver's cadence: a worker never saw the client's env
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     _current = channel  # nested work (a training task started from a global stage's worker) forwards too
@@ -123,6 +126,10 @@ def _forwarded(channel: str, driver_pid: int, fn: Callable, *args: Any, **kwargs
         _current = previous
         log.removeHandler(handler)
         log.setLevel(level)
+        if cadence is None:
+            os.environ.pop("QUARRY_PROGRESS_LOG_S", None)
+        else:
+            os.environ["QUARRY_PROGRESS_LOG_S"] = cadence
 
 
 class _Relay:
@@ -178,7 +185,9 @@ def relaying(channel: str, desc: str, rows: Mapping[str, int] | None = None) -> 
     relay = _Relay(channel, desc, rows, every_s())
     previous, _current = _current, channel
     _relayed.add(channel)
-    thread = threading.Thread(target=relay.run, name=f"quarry-progress-{desc}", daemon=True)
+    # the thread logs in this context: Prefect's API handler sends a record only inside a flow/task run's context
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(relay.run,),
+                              name=f"quarry-progress-{desc}", daemon=True)
     thread.start()
     try:
         yield channel
