@@ -166,6 +166,9 @@ def run_panel(
     r = resolved or resolve(panel.sql, dataset, views)
     if r.sql is None:
         return PanelResult(None, f"no data yet: {panel.empty} ({'; '.join(r.missing)})")
+    # The sandbox's allowed paths (the root) can be written by COPY: a panel file may only query.
+    from storage.catalog import check_read_only  # lazy like the rest of app.py: the test imports it without streamlit
+    check_read_only(r.sql)
     table = con.sql(r.sql).to_arrow_table()
     if table.num_rows == 0:
         return PanelResult(None, f"no data yet: {panel.empty} (the query returned no rows)")

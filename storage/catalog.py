@@ -275,11 +275,19 @@ def pin_versions(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
 READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")  # DESCRIBE, SHOW, SUMMARIZE, FROM-first and VALUES parse as SELECT
 
 
+def _strip_sql_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*|/\*.*?\*/", " ", sql, flags=re.DOTALL)
+
+
 def check_read_only(sql: str) -> None:
     """Refuse SQL with a statement that is not a query (COPY, EXPORT, ATTACH, CREATE, INSTALL/LOAD, SET, CALL...):
     the sandbox's allowed paths can be written, so what a sandboxed user query may *do* is decided here."""
     for st in duckdb.extract_statements(sql):
         kind = st.type.name
+        # DuckDB parses PIVOT/UNPIVOT as MULTI (it plans an enum type, then the query); any other statement beside it
+        # is its own entry in this list and is checked on its own.
+        if kind == "MULTI" and re.match(r"\s*(UN)?PIVOT\b", _strip_sql_comments(st.query), re.IGNORECASE):
+            continue
         if kind not in READ_ONLY_STATEMENTS:
             raise PermissionError(f"{kind} statements are refused on the sandboxed catalog; only queries "
                                   f"({', '.join(READ_ONLY_STATEMENTS)}) run")

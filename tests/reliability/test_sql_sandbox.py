@@ -81,6 +81,16 @@ def test_views_pinned_versions_and_files_under_the_root_still_read(local):
     assert json.loads(out.output) == {"pinned": 2, "n": 2, "s": 3, "manifests": 1}
 
 
+def test_pivot_reads_in_the_sandbox_and_cannot_carry_a_write(local):
+    """DuckDB types a PIVOT as MULTI (an enum, then the query): it is a query, and a write beside it is still refused
+    (the experiment-comparison panel is a PIVOT)."""
+    root, _, _ = local
+    out = _cli("--root", root, "-f", "json", "PIVOT (select doc_id, n from toy__signals) ON doc_id USING first(n)")
+    assert out.exit_code == 0 and json.loads(out.output) == {"a": 1, "b": 2}, out.output
+    out = _cli("--root", root, f"PIVOT toy__signals ON doc_id USING sum(n); copy (select 1) to '{root}/evil.csv'")
+    assert out.exit_code == 1 and "refused" in out.output and not (Path(root) / "evil.csv").exists()
+
+
 def test_an_s3_root_is_queryable_in_the_sandbox():
     with moto_s3("quarry-sql-sandbox"):
         root = "s3://quarry-sql-sandbox/root"
