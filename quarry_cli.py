@@ -81,13 +81,15 @@ def run(
 
     SIGTERM or SIGINT stops the run and every process it started (the ephemeral Prefect server, Ray, Dask)."""
     import datasets_cfg
-    from flows import plan as planning
+    from datasets_cfg import sections
     from services import supervise
 
     try:
-        # fail fast with the file and key named; a section that would do nothing is refused here (flows/plan.py)
-        planning.check_sections(datasets_cfg.load(recipe), recipe, warn=False)
+        # fail fast with the file and key named; a section that would do nothing is refused here
+        sections.check_sections(datasets_cfg.load(recipe), recipe, warn=False)
         if plan:
+            from flows import plan as planning
+
             for line in planning.lines(*planning.plan(flow, str(recipe))):
                 console.print(line, markup=False, highlight=False)
             return

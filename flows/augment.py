@@ -17,7 +17,8 @@ import sys
 from prefect import flow
 
 import datasets_cfg
-from flows import plan, runinfo
+from datasets_cfg import sections
+from flows import runinfo
 from flows.curate import curate_stages
 from flows.run import load, stage
 from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
@@ -29,7 +30,7 @@ from ray_cluster import runtime
 def augment(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Curate (a no-op when done), then augment the curated documents; returns the augment version."""
     cfg, profile = load(recipe)
-    plan.check_sections(cfg, recipe)  # a section that would do nothing: refused, or warned about
+    sections.check_sections(cfg, recipe)  # a section that would do nothing: refused, or warned about
     if cfg.augment is None:
         raise datasets_cfg.RecipeError(f"recipe {recipe} has no `augment` section")
     with runtime.connected(profile):

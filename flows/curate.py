@@ -16,7 +16,8 @@ from typing import Any
 from prefect import flow
 
 import datasets_cfg
-from flows import plan, run, runinfo
+from datasets_cfg import sections
+from flows import run, runinfo
 from flows.run import load
 from flows.runinfo import DEFAULT_RECIPE, ProfileName, Recipe, StorageRoot
 from ray_cluster import runtime
@@ -80,7 +81,7 @@ def quality_model(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps: 
 def curate(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Run the recipe's curation stages; returns the final dataset version (dataset/stage/version)."""
     cfg, profile = load(recipe)
-    plan.check_sections(cfg, recipe)  # a section that would do nothing: refused, or warned about
+    sections.check_sections(cfg, recipe)  # a section that would do nothing: refused, or warned about
     with runtime.connected(profile):
         return str(curate_stages(cfg, profile)[0])
 

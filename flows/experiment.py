@@ -16,7 +16,7 @@ from dataclasses import replace
 from prefect import flow, get_run_logger
 
 import datasets_cfg
-from flows import plan as planning
+from datasets_cfg import sections
 from flows import runinfo
 from flows.curate import curate_stages
 from flows.run import load, profile_for, stage
@@ -66,7 +66,7 @@ def experiment_cell(recipe: str, variant: str, model_size: str, seed: int,
 def experiment(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage_root: StorageRoot = None) -> str:
     """Run every cell, then write the comparison table (and the scaling fits); returns its version."""
     cfg, profile = load(recipe)
-    planning.check_sections(cfg, recipe)  # a section that would do nothing: refused, or warned about
+    sections.check_sections(cfg, recipe)  # a section that would do nothing: refused, or warned about
     exp = cfg.experiment
     if exp is None:
         raise datasets_cfg.RecipeError(f"recipe {recipe} has no `experiment` section")

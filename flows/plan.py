@@ -1,11 +1,10 @@
-"""What a recipe will do, before it does it: section dependencies checked at load, and ``quarry run --plan``.
+"""What a recipe will do, before it does it: ``quarry run --plan``.
 
     quarry run --plan curate datasets_cfg/tiny.yaml
 
-``check_sections`` refuses a section that would silently do nothing (``embed:`` without ``hkmeans:`` ran nothing
-and printed "curate finished") and warns about one that runs but feeds nothing. ``plan`` walks a flow's own
+A section that would silently do nothing is refused at load (datasets_cfg/sections.py). ``plan`` walks a flow's own
 composition (flows.curate.curate_stages, flows.train.train_on) with a runner that derives each stage's version
-exactly as the executor does (ray_cluster.executor.core._prepare, source.source_version) and checks whether it is
+exactly as the executor does (ray_cluster.executor.planned) and checks whether it is
 committed, so the plan cannot drift from what a run does: each stage is ``reuse`` (committed: that version),
 ``run`` (the version it will write) or ``skip`` (why), and the stale versions (flows/stale.py) of the recipe's
 datasets are listed beside it. Nothing is computed and nothing is written.
@@ -13,39 +12,16 @@ datasets are listed beside it. Nothing is computed and nothing is written.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import datasets_cfg
+from datasets_cfg.sections import FEEDS, NEEDS, check_sections
+from flows import curate, evaluate, stale, train
 from ray_cluster import executor, runtime
-from ray_cluster.executor import core, source
 from storage import datasets
 from storage.datasets import DatasetRef
 from tasks import registry
-
-log = logging.getLogger("quarry")
-
-# section -> (sections it needs, what happens without them). Every one is an error: the user wrote the section to
-# get its effect, and without the others the flows run nothing of it (flows/curate.py: embedding-space curation is
-# embed -> hkmeans -> [semdedup] -> balance, Vo et al. 2024; quality_score scores with the trained classifier).
-NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "embed": (("hkmeans",), "the embeddings are computed only to be clustered, and nothing would run"),
-    "hkmeans": (("embed",), "it clusters the embeddings, and nothing would run"),
-    "semdedup": (("embed", "hkmeans", "balance"),
-                 "its duplicate marks take effect only in balance's sample of the clusters, and would be ignored"),
-    "balance": (("embed", "hkmeans"), "it samples the clusters, and nothing would run"),
-    "quality_score": (("quality_classifier",), "it scores with the classifier that section trains"),
-}
-# section -> (sections whose absence leaves it running for nothing the output uses, what it still does): warnings,
-# since the run still produces something the user may want (a classifier's accuracy, cluster views).
-FEEDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "quality_classifier": (("quality_score",), "the classifier is trained and its accuracy printed, but no stage "
-                           "scores documents with it"),
-    "hkmeans": (("balance",), "embed and hkmeans run (their clusters can be queried), but the curated output is "
-                "the kept documents: no balanced sample is drawn"),
-    "heldout": (("evaluate",), "the held-out documents leave curation, but no evaluate section scores them"),
-}
 
 # the sections each flow runs (beyond these a section belongs to another flow)
 CURATE = ("ingest", "heldout", "quality_classifier", *registry.CURATION, "embed", "hkmeans", "semdedup", "balance")
@@ -59,25 +35,6 @@ FLOW_SECTIONS = {
 }
 REQUIRED = {"augment": ("augment",), "train": ("tokenize", "pack", "train"),
             "evaluate": ("tokenize", "pack", "train", "evaluate"), "demo": ("tokenize", "pack", "train", "evaluate")}
-
-
-def check_sections(cfg: datasets_cfg.RunConfig, path: Any, *, warn: bool = True) -> list[str]:
-    """Raise RecipeError (naming the file and key) for a section that would do nothing without another; return the
-    warnings (a section that runs but whose result no later stage uses), each also logged on the ``quarry`` logger
-    when ``warn`` (the console and, inside a flow run, its Prefect log; the CLI's pre-check only refuses)."""
-    present = {name for name in registry.sections() if getattr(cfg, name, None) is not None}
-    for name, (needs, why) in NEEDS.items():
-        missing = [n for n in needs if name in present and n not in present]
-        if missing:
-            raise datasets_cfg.RecipeError(f"{path}: `{name}` needs {' and '.join(f'`{m}`' for m in missing)}: "
-                                           f"without it {why}; add it or remove `{name}`")
-    warnings = []
-    for name, (needs, what) in FEEDS.items():
-        if name in present and not any(n in present for n in needs):
-            warnings.append(f"{path}: `{name}` without {' or '.join(f'`{n}`' for n in needs)}: {what}")
-    for w in warnings if warn else ():
-        log.warning(w)
-    return warnings
 
 
 @dataclass
@@ -98,13 +55,7 @@ class DryRunner:
 
     def stage(self, name: str, inputs: list[DatasetRef | None], params: Any, profile: runtime.Profile,
               root: str | None = None, dataset: str | None = None, **_: Any) -> DatasetRef:
-        spec = registry.stage(name)
-        if spec.kind == "source":  # its version hashes the listed files' sizes and mtimes (nothing is read)
-            files, listing = spec.list_inputs(params)
-            ref = source.source_version(spec, params, root, dataset, [u for _, u in files], dict(listing))
-        else:
-            present, _ = core._present(spec, inputs)
-            ref = datasets.derive(present, spec.name, core.code_of(spec), params, dataset=dataset)
+        ref = executor.planned(registry.stage(name), inputs, params, root=root, dataset=dataset)
         if datasets.is_committed(ref):
             self.steps.append(Step(name, ref.dataset, "reuse", ref.version, "committed"))
         else:
@@ -121,8 +72,6 @@ class DryRunner:
 def plan(flow: str, recipe: str) -> tuple[list[Step], list[dict], list[str]]:
     """(steps in run order with the skipped sections, stale versions of the recipe's datasets, warnings) of
     ``quarry run <flow> <recipe>``, computed without running anything."""
-    from flows import curate, evaluate, stale, train  # flows import this module (check_sections)
-
     if flow not in FLOW_SECTIONS:
         raise datasets_cfg.RecipeError(f"--plan knows the flows {sorted(FLOW_SECTIONS)}, not {flow!r}")
     cfg = datasets_cfg.load(recipe)

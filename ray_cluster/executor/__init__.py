@@ -33,16 +33,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray_cluster import runtime
-from ray_cluster.executor import llm, shards, source, sql, whole
+from ray_cluster.executor import core, llm, shards, source, sql, whole
 from ray_cluster.executor.core import InjectedFailure, check_shared_root, code_of, projection, resources, secret_env
 from ray_cluster.executor.shards import sandboxed_duckdb, side_table, sql_over_batch
 from ray_cluster.executor.sql import sql_inputs
 from ray_cluster.executor.whole import Checkpoint, Context, local_dir
+from storage import datasets
 from storage.datasets import DatasetRef
 
 __all__ = [
-    "Checkpoint", "Context", "InjectedFailure", "check_shared_root", "code_of", "local_dir", "projection", "resources",
-    "run", "run_chain", "sandboxed_duckdb", "secret_env", "side_table", "sql_inputs", "sql_over_batch",
+    "Checkpoint", "Context", "InjectedFailure", "check_shared_root", "code_of", "local_dir", "planned", "projection",
+    "resources", "run", "run_chain", "sandboxed_duckdb", "secret_env", "side_table", "sql_inputs", "sql_over_batch",
 ]  # fmt: skip
 
 # kind -> runner(stage, kind, inputs, params, profile, fail_from_shard, target)
@@ -72,6 +73,17 @@ def run(
         raise ValueError(f"stage {stage.name!r} has an unknown kind {kind!r}")
     target = {"root": root, "dataset": dataset}
     return fn(stage, kind, list(inputs), params, profile, fail_from_shard, target)
+
+
+def planned(stage: Any, inputs: Sequence[DatasetRef | None], params: Any, *, root: str | None = None,
+            dataset: str | None = None) -> DatasetRef:
+    """The version ``run`` would write, derived the same way and computing nothing (``quarry run --plan``): a source
+    stage lists its files (sizes and mtimes enter the version), any other hashes its parents, code and params."""
+    if stage.kind == "source":
+        files, listing = stage.list_inputs(params)
+        return source.source_version(stage, params, root, dataset, [u for _, u in files], dict(listing))
+    present, _ = core._present(stage, list(inputs))
+    return datasets.derive(present, stage.name, code_of(stage), params, dataset=dataset)
 
 
 def run_chain(steps: Sequence[Any], src: DatasetRef, params: Any, profile: runtime.Profile,

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 import datasets_cfg
+from datasets_cfg import sections
 from flows import plan
 from ray_cluster import executor, runtime
 from storage import datasets
@@ -43,7 +44,7 @@ def test_a_section_that_would_do_nothing_is_a_recipe_error_naming_file_and_key(t
     shared_path("web", "c4_sample", "c4_sample.jsonl")
     path = _recipe(tmp_path, drop)
     with pytest.raises(datasets_cfg.RecipeError) as e:
-        plan.check_sections(datasets_cfg.load(path), path)
+        sections.check_sections(datasets_cfg.load(path), path)
     assert str(path) in str(e.value) and f"`{key}` needs" in str(e.value) and f"`{needs}`" in str(e.value)
     # the CLI refuses it before any flow starts: exit 2, the message, never "finished"
     import quarry_cli
@@ -57,18 +58,18 @@ def test_quality_score_without_its_classifier_is_refused(tmp_path):
     shared_path("web", "c4_sample", "c4_sample.jsonl")
     path = _recipe(tmp_path, quality_score={})
     with pytest.raises(datasets_cfg.RecipeError, match="`quality_score` needs `quality_classifier`"):
-        plan.check_sections(datasets_cfg.load(path), path)
+        sections.check_sections(datasets_cfg.load(path), path)
 
 
 def test_a_section_whose_result_nothing_uses_is_a_warning_in_the_log(tmp_path, caplog):
     shared_path("web", "c4_sample", "c4_sample.jsonl")
     path = _recipe(tmp_path, drop=("semdedup", "balance", "evaluate", "decontaminate"))
     with caplog.at_level(logging.WARNING, logger="quarry"):
-        warnings = plan.check_sections(datasets_cfg.load(path), path)
+        warnings = sections.check_sections(datasets_cfg.load(path), path)
     assert [w.split(": ", 1)[1].split(":")[0] for w in warnings] == ["`hkmeans` without `balance`",
                                                                      "`heldout` without `evaluate`"]
     assert [r.getMessage() for r in caplog.records if r.name == "quarry"] == warnings
-    assert plan.check_sections(datasets_cfg.load(_recipe(tmp_path)), "tiny") == []  # the bundled recipe is clean
+    assert sections.check_sections(datasets_cfg.load(_recipe(tmp_path)), "tiny") == []  # the bundled recipe is clean
 
 
 def test_plan_before_and_after_a_run_of_the_bundled_tiny_recipe(tmp_path):
