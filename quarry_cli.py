@@ -105,7 +105,7 @@ def run(
 def _print_table(table, fmt: str = "table", output: Path | None = None, *, force: bool = False,
                  max_rows: int = 0) -> None:
     """Print or write a result (flows/render.py: values are data, never markup; long and wide results capped)."""
-    from flows import render
+    from dashboards import terminal as render
 
     try:
         render.emit(table, fmt, console, output=output, force=force, max_rows=max_rows)
@@ -220,7 +220,7 @@ def views(
     from storage import catalog
 
     table = catalog.views(_catalog(root))
-    from flows import render
+    from dashboards import terminal as render
 
     rows = [r for r in table.to_pylist() if pattern is None or pattern in r["name"]]
     console.print(render.text_table(["name", "reads"] + (["columns"] if columns else []),
@@ -359,7 +359,7 @@ def gc(
     if not doomed:
         console.print("nothing to delete")
         return
-    from flows import render
+    from dashboards import terminal as render
 
     console.print(render.text_table(["version", "rows", "size", "why"],
                                     [[r["ref"], r["num_rows"], _size(r["bytes"]), r["reason"]] for r in doomed]))

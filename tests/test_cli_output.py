@@ -17,7 +17,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import quarry_cli
-from flows import render
+from dashboards import terminal as render
 from storage import datasets
 from storage.datasets import DatasetRef
 
