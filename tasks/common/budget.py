@@ -6,7 +6,7 @@ spaCy: 32 KB of ``:`` took 85 s, 1 MB about a day) cannot be stopped by a flag i
 runs in a child process (`DeadlineWorker`): the batch goes over a pipe once, each result comes back as soon as it
 is ready, and a document whose result is not back within ``timeout_s`` gets the child killed, the reason
 ``<prefix>_budget_timeout``, and a fresh child (a fork of a warm zygote) for the rest of the batch. A document longer than ``max_chars`` is
-never sent (``<prefix>_budget_too_large``). The normal case pays one pickled copy of the batch and one child start
+never sent (``<prefix>_budget_too_large``). The normal case pays one JSON copy of the batch and one child start
 per worker process (kept for the next batch).
 
 Kernels that are linear in the input (our RPv2 numba kernels, the dedup hashes) need no child: their worst case on
@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import pickle
+import json
 import select
 import signal
 import socket
@@ -40,7 +40,9 @@ STARTUP_TIMEOUT_S = 300.0  # the child's imports and warm-up (spaCy models) are 
 
 
 def _write(fd: int, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    # JSON, not pickle: documents are user input, and nothing read from a pipe may run code (test_security).
+    # ASCII escapes keep lone surrogates (they reach us from hostile inputs) through the round trip.
+    data = json.dumps(obj, ensure_ascii=True).encode()
     view = memoryview(_HEADER.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view):]
@@ -63,7 +65,7 @@ def _read(fd: int, timeout_s: float | None) -> Any:
     if not ready:
         raise TimeoutError
     (n,) = _HEADER.unpack(_read_exact(fd, _HEADER.size))
-    return pickle.loads(_read_exact(fd, n))
+    return json.loads(_read_exact(fd, n))
 
 
 def _resolve(target: str):
@@ -72,7 +74,7 @@ def _resolve(target: str):
 
 
 class DeadlineWorker:
-    """Runs ``target`` ("module:function", one item -> one picklable result) in a child process, each item under a
+    """Runs ``target`` ("module:function", one item -> one JSON-serializable result) in a child process, each item under a
     deadline. ``warm`` (optional, same form, no arguments) runs once before any deadline starts.
 
     The imports and the warm-up happen once, in a zygote process; each worker is a fork of it (milliseconds), so a
