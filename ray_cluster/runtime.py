@@ -15,10 +15,7 @@ class, ``concurrency`` actors), the model is loaded once per actor, and ``work(i
 ``engine: serial`` in a profile runs the same functions in-process (debugging, and places Ray cannot go);
 ``engine: dask`` sends them to a Dask cluster (CPU stages only).
 
-Stopping: inside a flow (``stop_signals``) SIGTERM/SIGINT only *record* a stop while a stage computes; the stage
-raises it at its next safe point (between shards; the driver polls ``ray.wait`` every ``POLL_S`` instead of blocking
-in C++), so no exception lands inside numba's compiler, Prefect's engine internals (which can swallow it) or Ray's
-core worker. A watchdog stops the children and exits ``128 + signal`` after ``STOP_GRACE_S`` if no safe point comes.
+Stopping (SIGTERM/SIGINT at the next safe point between shards, bounded by a watchdog) lives in ``stopping.py``.
 A local Ray started here listens on loopback only (``_loopback_ray``).
 """
 
@@ -26,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +31,15 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from ray_cluster.stopping import (  # noqa: F401 - stop_signals/stop_requested are runtime's API for flows
+    POLL_S,
+    check_stop,
+    keep_signal_handlers,
+    safe_points,
+    stop_requested,
+    stop_signals,
+)
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -89,104 +93,7 @@ def load_profile(name_or_path: str | None) -> Profile:
         raise ValueError(f"invalid profile {path}: {e}") from e
 
 
-# ------------------------------------------------------------------------------------------------ stopping
-
-STOP_GRACE_S = float(os.environ.get("QUARRY_STOP_GRACE_S", "30"))  # a stop with no safe point: forced after this
-POLL_S = 0.5  # the Ray driver wakes this often to look for a stop (ray.wait blocks in C++, where no handler runs)
-_stops: list[int] = []  # stop signals received, in order
-_deferring = [0]  # > 0 while a stage computes: a signal is recorded for the next safe point, not raised
-
-
-def _stop_exception(signum: int) -> BaseException:
-    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
-
-
-def stop_requested() -> int | None:
-    """The first stop signal received in this process, or None."""
-    return _stops[0] if _stops else None
-
-
-def check_stop() -> None:
-    """A safe point: raise the stop a signal asked for (``SystemExit(143)`` for SIGTERM, ``KeyboardInterrupt`` for
-    SIGINT). Shards finished so far are written; a re-run resumes from them."""
-    if _stops:
-        raise _stop_exception(_stops[0])
-
-
-def _force(signum: int) -> None:
-    from services import supervise
-
-    supervise.stop_descendants(grace_s=1.0)
-    os._exit(128 + signum)
-
-
-def _watchdog(signum: int) -> None:
-    time.sleep(STOP_GRACE_S)
-    _force(signum)
-
-
-@contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
-    """SIGTERM/SIGINT for a flow body: a signal that lands while a stage computes is recorded and raised at the
-    stage's next safe point; elsewhere it goes on to the handler this replaced (Prefect's bridge, which marks the run
-    crashed, or the CLI's). Either way it is recorded, so a stop that something swallows (Prefect runs internal calls
-    on the main thread and keeps their exceptions) is raised again at the next stage (``flows.run.stage``) and at the
-    end of the flow. A watchdog bounds it all; a second signal stops at once. Only the main thread can do this."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    outer = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum: int, frame: Any) -> None:
-        if _stops and signum in _stops:
-            _force(signum)
-        first = not _stops
-        _stops.append(signum)
-        if first:
-            threading.Thread(target=_watchdog, args=(signum,), daemon=True, name="quarry-stop-watchdog").start()
-        if _deferring[0]:
-            return
-        previous = outer[signum]
-        if callable(previous):
-            previous(signum, frame)
-        if previous is not signal.SIG_IGN:
-            raise _stop_exception(signum)
-
-    installed = {sig: signal.signal(sig, handler) for sig, h in outer.items() if h is not signal.SIG_IGN}
-    try:
-        yield
-    finally:
-        for sig, h in installed.items():
-            signal.signal(sig, h)
-
-
-@contextlib.contextmanager
-def _safe_points() -> Iterator[None]:
-    """A stage's compute: signals are recorded, ``check_stop`` raises them between shards."""
-    check_stop()
-    _deferring[0] += 1
-    try:
-        yield
-    finally:
-        _deferring[0] -= 1
-
-
-@contextlib.contextmanager
-def _keep_signal_handlers() -> Iterator[None]:
-    """``ray.init`` installs its own SIGTERM handlers in the driver (``sys.exit(15)``; for a local head node one
-    that kills Ray's processes and exits 1, after which the core worker aborts: exit 134). Put back the ones we had:
-    SIGTERM then unwinds the run and Ray's atexit ``ray.shutdown`` stops its processes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, h in saved.items():
-            if h is not None:  # None: a handler not set from Python, which cannot be put back
-                signal.signal(sig, h)
-
+# ------------------------------------------------------------------------------------------------ Ray (stopping: stopping.py)
 
 def _loopback_ray() -> dict[str, Any]:
     """ray.init options for a Ray this process starts for itself: every port on 127.0.0.1.
@@ -247,7 +154,7 @@ def connected(profile: Profile) -> Iterator[None]:
                 runtime_env["excludes"] = ["tests/", "data/", ".venv/", ".git/"]
         if runtime_env:
             kwargs["runtime_env"] = runtime_env
-        with _keep_signal_handlers():
+        with keep_signal_handlers():
             ray.init(**kwargs)
     yield
 
@@ -267,7 +174,6 @@ def _progress(desc: str, total: int) -> Iterator[Callable[[], None]]:
     logger every ``$QUARRY_PROGRESS_LOG_S`` seconds (30) and at the end, for where no bar shows: a Ray Job's log,
     Prefect's run logs (PREFECT_LOGGING_EXTRA_LOGGERS=quarry), a CI log."""
     import logging
-    import time
 
     from rich.console import Console
     from rich.progress import (
@@ -396,7 +302,7 @@ def run_shards(
         work = functools.partial(_with_env, dict(secrets), work)
         if setup is not None:
             setup = functools.partial(_with_env, dict(secrets), setup)
-    with _safe_points():
+    with safe_points():
         return _run_shards(items, work, resources, profile, setup, desc)
 
 

@@ -18,12 +18,13 @@ atexit hooks run.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import signal
 import sys
 import threading
 import time
+
+from ray_cluster.stopping import descendants, stop_descendants  # noqa: F401 - descendants: supervise's API too
 
 STOP_GRACE_S = 30.0
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -54,78 +55,6 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):  # no prctl: the ancestry walk below still finds live children
         pass
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, start time) from /proc/<pid>/stat, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
-    except OSError:
-        return None
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def descendants(root: int) -> dict[int, int]:
-    """pid -> start time of every live descendant of ``root`` (the start time tells a reused pid apart). Without
-    /proc (macOS) this finds nothing and the owners' own atexit hooks, which the signal handlers let run, remain."""
-    if not os.path.isdir("/proc"):
-        return {}
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (st := _proc_stat(int(name))) is not None:
-            table[int(name)] = st
-    children: dict[int, list[int]] = {}
-    for pid, (_, ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, stack = {}, [root]
-    while stack:
-        for pid in children.get(stack.pop(), ()):
-            if table[pid][0] != "Z" and pid not in found:
-                found[pid] = table[pid][2]
-                stack.append(pid)
-    return found
-
-
-def _reap_zombies() -> None:
-    """Collect exited children (as a subreaper, orphans that exit become our zombies)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def stop_descendants(grace_s: float = 5.0) -> list[int]:
-    """SIGTERM every live descendant, SIGKILL those still alive after ``grace_s``; returns the pids stopped."""
-    me, stopped = os.getpid(), []
-    for _ in range(3):  # a child that dies may leave grandchildren, re-parented to us: go round again
-        procs = descendants(me)
-        if not procs:
-            break
-        for pid in procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            _reap_zombies()
-            if not any(_alive(pid, start) for pid, start in procs.items()):
-                break
-            time.sleep(0.05)
-        for pid, start in procs.items():
-            if _alive(pid, start):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        _reap_zombies()
-        stopped += procs
-    return stopped
-
-
-def _alive(pid: int, start: int) -> bool:
-    st = _proc_stat(pid)
-    return st is not None and st[0] != "Z" and st[2] == start
 
 
 def install_stop_handlers() -> dict:
