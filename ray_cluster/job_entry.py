@@ -10,6 +10,8 @@ standard library is imported before the check.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -35,8 +37,22 @@ def main(argv: list[str]) -> int:
         return EXIT_WRONG_PYTHON
     cli = Path.cwd() / "quarry_cli.py"  # the job's working_dir is a copy of the checkout
     sys.argv = [str(cli), *argv]
-    runpy.run_path(str(cli), run_name="__main__")
-    return 0
+    job_id = json.loads(os.environ.get("QUARRY_RUN_CONTEXT") or "{}").get("ray_job_id")
+    code = 0
+    try:
+        import prefect
+
+        # every Prefect run the job makes carries the Ray submission id: the Prefect UI filters by it
+        with prefect.tags(*([f"ray-job:{job_id}"] if job_id else [])):
+            runpy.run_path(str(cli), run_name="__main__")
+    except SystemExit as e:  # typer ends with sys.exit: the last line comes after it
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    root = os.environ.get("QUARRY_JOB_ROOT") or os.environ.get("QUARRY_ROOT")
+    if root:  # the job's last line: where its data is, for the commands that open it
+        verdict = "finished" if code == 0 else f"failed (exit {code})"
+        print(f"quarry: job {job_id or ''} {verdict}; its data is under --root {root} "
+              f"(quarry datasets --root {root})", flush=True)
+    return code
 
 
 if __name__ == "__main__":
