@@ -490,8 +490,13 @@ def ray_submit(
     ),
     wait: bool = typer.Option(True, help="stream the logs until the job ends"),
     timeout: float | None = typer.Option(None, help="stop the job after this many seconds"),
+    shared: list[str] | None = typer.Option(
+        None, "--shared", help="a local folder every node mounts at the same place (repeatable): the recipe's paths "
+        "under it are visible to a remote cluster"
+    ),
 ) -> None:
-    """Submit a flow as a Ray Job (runtime_env working_dir = this checkout) and stream its logs."""
+    """Submit a flow as a Ray Job (runtime_env working_dir = this checkout, the recipe's relative paths resolved
+    here) and stream its logs."""
     from services import ray_jobs as jobs
 
     if flow not in FLOWS:
@@ -503,7 +508,8 @@ def ray_submit(
         console.print(f"[dim]the run reports to Prefect at {api}[/dim]")
     try:
         job_id, status = jobs.submit(
-            flow, recipe, address, profile=profile, root=root, python=python, env_vars=env, wait=wait, timeout=timeout
+            flow, recipe, address, profile=profile, root=root, python=python, env_vars=env, wait=wait, timeout=timeout,
+            shared=shared,
         )
     except (jobs.JobsError, ValueError) as e:
         raise _fail(f"error: {e}", 2) from None
