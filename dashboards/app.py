@@ -111,8 +111,9 @@ def datasets(con) -> list[str]:
 def dataset_views(con, dataset: str) -> dict[str, str]:
     """view -> the version it reads (``dataset/stage/version``; the quarantine union reads every stage's)."""
     rows = con.execute(
-        "SELECT stage, ref FROM versions WHERE dataset = ? "
-        "QUALIFY row_number() OVER (PARTITION BY stage ORDER BY created_at DESC) = 1 ORDER BY stage",
+        # the versions the views read: the pointers (storage/pointers.py), not the newest created_at
+        "SELECT p.stage, v.ref FROM pointers p JOIN versions v USING (dataset, stage, version) "
+        "WHERE p.dataset = ? ORDER BY p.stage",
         [dataset],
     ).fetchall()
     existing = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
