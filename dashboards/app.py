@@ -346,6 +346,37 @@ def _chart(st, panel: Panel, df) -> None:
         st.altair_chart(chart, width="content" if "facet" in a else "stretch")
 
 
+def live_training(root: str, dataset: str, stage: str = "train"):
+    """The loss curve of each training run still in flight (an uncommitted train version on a local root): its
+    ``run/metrics/steps-*.parquet`` (flushed with each checkpoint) and ``run/live.parquet`` (the steps since,
+    rewritten with each progress line), sorted by step; ``[(version, table)]``, newest run first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage import datasets
+
+    base = Path(root) / dataset / stage
+    if "://" in root or not base.is_dir():
+        return []
+    out = []
+    for run in sorted(base.glob("*/run"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            if datasets.is_committed(datasets.DatasetRef(root, dataset, stage, run.parent.name)):
+                continue  # committed: the training panel's view shows it
+        except ValueError:  # not a version folder
+            continue
+        files = sorted((run / "metrics").glob("steps-*.parquet")) + [p for p in [run / "live.parquet"] if p.exists()]
+        tables = []
+        for f in files:
+            try:  # a file replaced between listing and reading is read at the next refresh
+                tables.append(pq.read_table(f, columns=["step", "loss", "lr", "tokens_per_s"]))
+            except (OSError, pa.ArrowInvalid):
+                continue
+        if tables:
+            out.append((run.parent.name, pa.concat_tables(tables).sort_by("step")))
+    return out
+
+
 def main() -> None:
     import streamlit as st
 
@@ -369,6 +400,10 @@ def main() -> None:
         return
     dataset = st.sidebar.selectbox("dataset", names, index=names.index(wanted) if wanted in names else 0)
     views = dataset_views(con, dataset)
+    for version, curve in live_training(root, dataset):  # training in flight: its curve so far (Reload refreshes)
+        st.header(f"Training in flight: {dataset}/train/{version}")
+        st.line_chart(curve.to_pandas(), x="step", y="loss")
+        st.caption(f"step {curve['step'][-1]}, loss {curve['loss'][-1].as_py():.4f} · run/metrics + run/live.parquet")
     panels = load_panels()
     st.sidebar.markdown("\n".join(f"- [{p.title}](#{p.name.replace('_', '-')})" for p in panels))
     for panel in panels:
