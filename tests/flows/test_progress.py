@@ -154,3 +154,30 @@ def test_hkmeans_reports_levels_and_iterations_before_it_ends(logs):
     assert len(levels) == 2 and iters, [m for _, m in logs if m.startswith("hkmeans")]
     final = _final(logs, "hkmeans")
     assert all(t < final for t, _ in iters + levels)
+
+
+def test_the_dashboard_reads_the_loss_curve_of_a_training_run_in_flight(tmp_path, monkeypatch):
+    """The real trainer in an uncommitted train version's folder; at step 7 (checkpoints every 4) the dashboard's
+    reader already sees steps 1-6: 1-4 from the checkpoint's metrics flush, 5-6 from live.parquet."""
+    from dashboards.app import live_training
+    from tasks.train.tokenize import PackParams, TokenizeParams, pack_sequences, save_packed, tokenize_docs
+    from tasks.train.trainer import TrainParams, train
+
+    monkeypatch.setenv("QUARRY_PROGRESS_LOG_S", "0")  # a progress line (and a live.parquet) every step
+    text = [f"Document {i}: the quick brown fox jumps over the lazy dog number {i % 7}." for i in range(200)]
+    docs = pa.table({"doc_id": [str(i) for i in range(200)], "text": text})
+    save_packed(pack_sequences(tokenize_docs(docs, TokenizeParams()), PackParams(seq_len=32)), tmp_path / "packed")
+    root, version = str(tmp_path / "store"), "b" * 12
+    seen = {}
+
+    def report(row: dict) -> None:
+        if row["step"] == 7:
+            seen.update(live_training(root, "prog"))
+
+    train(TrainParams(max_steps=10, micro_batch_size=4, warmup_steps=2, checkpoint_every=4, hidden_size=32,
+                      num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64),
+          tmp_path / "packed", tmp_path / "store" / "prog" / "train" / version / "run", report=report)
+    assert list(seen) == [version]
+    assert seen[version]["step"].to_pylist() == [1, 2, 3, 4, 5, 6]
+    assert all(v > 0 for v in seen[version]["loss"].to_pylist())
+    assert live_training(root, "prog")[0][1]["step"].to_pylist() == list(range(1, 11))  # uncommitted, ended: all
