@@ -26,7 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.common.eval_sets import ALL_TASKS, SPECS, eval_file_hash, task_config_hash, write_task_configs
+from tasks.common.progress import Ticker
 from tasks.common.stage import implements
+from tasks.evaluate import truncation
 from tasks.evaluate.compare import CENTERED_METRIC, CENTERED_TASK, EXAMPLE_SCHEMA, centered_rows
 
 PROVENANCE = pa.schema(
@@ -48,6 +50,7 @@ RESULT_SCHEMA = pa.schema(
         ("value", pa.float64()),
         ("stderr", pa.float64()),
         ("n", pa.int64()),
+        ("n_truncated", pa.int64()),  # examples scored on a left-truncated prompt (tasks/evaluate/truncation.py)
         *PROVENANCE,
     ]
 )
@@ -150,7 +153,10 @@ def heldout_bpb(model_dir: str | Path, docs: pa.Table, params: EvaluateParams, *
     texts = docs.column(params.text_column).to_pylist()
     domains = docs.column(params.domain_column).to_pylist()
     ids_col = docs.column("doc_id").to_pylist() if "doc_id" in docs.column_names else range(docs.num_rows)
-    for text, domain, doc in zip(texts, domains, ids_col, strict=True):
+    ticker = Ticker()
+    for i, (text, domain, doc) in enumerate(zip(texts, domains, ids_col, strict=True)):
+        ticker.line(f"evaluate: heldout bits/byte, document {i}/{len(texts)}, {ticker.elapsed():.0f} s elapsed"
+                    f"{ticker.eta(i, len(texts))}", force=i == 0)
         domain = "__null__" if domain is None else str(domain)
         if not text:
             skipped[domain] = skipped.get(domain, 0) + 1
@@ -166,6 +172,7 @@ def heldout_bpb(model_dir: str | Path, docs: pa.Table, params: EvaluateParams, *
     scorer = {"scorer": _HELDOUT_SCORER, "text_column": params.text_column, "domain_column": params.domain_column,
               "window": window, "bos": bos}  # fmt: skip
     prov = {"harness_version": _HELDOUT_SCORER, "task_config_hash": _sha256_json(scorer), "num_fewshot": 0,
+            "n_truncated": 0,  # scored in windows of the context (_doc_nll): nothing is cut
             "fewshot_seed": None, "batch_size": 1, "dtype": params.dtype, "device": device}  # fmt: skip
     texts_by_domain: dict[str, list[str]] = {}
     for text, domain in zip(texts, domains, strict=True):
@@ -230,6 +237,8 @@ def harness_eval(
         hashes = {t: (task_config_hash(task_dir, params.eval_dir, t), eval_file_hash(params.eval_dir, t))
                   for t in params.tasks}  # fmt: skip
         lm = HFLM(pretrained=str(model_dir), device=device, batch_size=params.batch_size, dtype=params.dtype)
+        _report_progress(lm, params)
+        truncated = truncation.watch(lm)
         out = lm_eval.simple_evaluate(
             model=lm,
             tasks=names,
@@ -243,9 +252,37 @@ def harness_eval(
     prov = {"harness_version": f"lm_eval=={version('lm_eval')}", "num_fewshot": params.num_fewshot,
             "fewshot_seed": params.fewshot_seed, "batch_size": params.batch_size, "dtype": params.dtype,
             "device": device}  # fmt: skip
-    table = _results_table(out, prov, hashes)
+    table = _results_table(out, prov, hashes, truncation.counts(truncated, lm.max_length))
     extra = ([_samples_table(out)] if return_samples else []) + ([_examples_table(out)] if return_examples else [])
     return (table, *extra) if extra else table
+
+
+def _report_progress(lm, params: EvaluateParams) -> None:
+    """Progress lines from inside lm-eval (it only draws tqdm bars): the requests of each request type (one line as
+    a type starts and ends: the harness scores every task's examples of a type in one call) and, every ~10 s, the
+    requests scored so far (rows of the model's forward batches; lm-eval groups requests that share a context, so
+    the count reaches the total only roughly)."""
+    ticker, state = Ticker(), {"done": 0, "total": 0}
+    forward, loglikelihood = lm._model_call, lm.loglikelihood
+
+    def model_call(inps, *args, **kwargs):
+        out = forward(inps, *args, **kwargs)
+        state["done"] += int(inps.shape[0])
+        done, total = min(state["done"], state["total"]), state["total"]
+        ticker.line(f"evaluate: harness {done:,}/{total:,} requests scored ({len(params.tasks)} tasks, "
+                    f"limit {params.limit}), {ticker.elapsed():.0f} s elapsed{ticker.eta(done, total)}")
+        return out
+
+    def scored(requests, *args, **kwargs):
+        state["done"], state["total"] = 0, len(requests)
+        ticker.line(f"evaluate: harness scoring {len(requests):,} log-likelihood requests of tasks "
+                    f"{', '.join(params.tasks)}", force=True)
+        out = loglikelihood(requests, *args, **kwargs)
+        ticker.line(f"evaluate: harness scored {len(requests):,} requests, {ticker.elapsed():.0f} s elapsed",
+                    force=True)
+        return out
+
+    lm._model_call, lm.loglikelihood = model_call, scored
 
 
 def _spec_key(task: str) -> str:
@@ -253,13 +290,17 @@ def _spec_key(task: str) -> str:
     return "mmlu" if task.startswith("mmlu_") else task
 
 
-def _results_table(out: dict, prov: dict, hashes: dict[str, tuple[str, str]]) -> pa.Table:
+def _results_table(out: dict, prov: dict, hashes: dict[str, tuple[str, str]],
+                   truncated: dict[str, int] | None = None) -> pa.Table:
     rows = []
     n_samples = out.get("n-samples", {})
+    truncated = truncated or {}
     for task, metrics in {**out.get("results", {}), **out.get("groups", {})}.items():
         n = n_samples.get(task, {}).get("effective")
+        cut = truncated.get(task.removeprefix("quarry_"), 0)
         if n is None and task in out.get("group_subtasks", {}):
             n = sum(n_samples.get(s, {}).get("effective", 0) for s in out["group_subtasks"][task])
+            cut = sum(truncated.get(s.removeprefix("quarry_"), 0) for s in out["group_subtasks"][task])
         for key, value in metrics.items():
             if "," not in key or "_stderr," in key or not isinstance(value, int | float):
                 continue
@@ -274,6 +315,7 @@ def _results_table(out: dict, prov: dict, hashes: dict[str, tuple[str, str]]) ->
                     "value": float(value),
                     "stderr": float(stderr) if isinstance(stderr, int | float) else None,
                     "n": n,
+                    "n_truncated": cut,
                     **prov,
                     "task_config_hash": config_hash,
                     "eval_file_hash": file_hash,
@@ -345,8 +387,10 @@ def evaluate_stage(tables: dict, params: EvaluateParams, ctx) -> tuple[pa.Table,
     table = table.append_column("model_version", pa.array([ctx.input_ref("train")] * n, pa.string()))
     table = table.append_column("data_version", pa.array([data_version] * n, pa.string()))
     table = table.append_column("dataset", pa.array([ctx.dst.dataset] * n, pa.string()))
-    scores = table.select([c for c in ("task", "metric", "value", "stderr", "n") if c in table.column_names])
-    return {"evaluate": table, "evaluate_examples": examples}, {"scores": scores.to_pylist()}
+    scores = table.select([c for c in ("task", "metric", "value", "stderr", "n", "n_truncated")
+                           if c in table.column_names])
+    truncated = {r["task"]: r["n_truncated"] for r in scores.to_pylist() if r["n_truncated"]}
+    return {"evaluate": table, "evaluate_examples": examples}, {"scores": scores.to_pylist(), "truncated": truncated}
 
 
 def _centered_row(examples: pa.Table, harness: pa.Table) -> pa.Table:
@@ -363,6 +407,8 @@ def _centered_row(examples: pa.Table, harness: pa.Table) -> pa.Table:
     acc = sorted({(r["task"], r["task_config_hash"], r["eval_file_hash"]) for r in rows if r["metric"] == "acc"})
     return pa.Table.from_pylist([{"task": CENTERED_TASK, "metric": CENTERED_METRIC,
                                   "value": float((v * w).sum() / w.sum()), "stderr": None, "n": n_tasks, **prov,
+                                  "n_truncated": sum({r["task"]: r["n_truncated"] or 0 for r in rows
+                                                      if r["metric"] == "acc"}.values()),
                                   "task_config_hash": _sha256_json([a[1] for a in acc]),
                                   "eval_file_hash": _sha256_json([a[2] for a in acc])}], schema=RESULT_SCHEMA)  # fmt: skip
 
