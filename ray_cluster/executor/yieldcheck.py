@@ -81,6 +81,15 @@ def _output_columns(dst: DatasetRef) -> set[str]:
         return set(pq.ParquetFile(f).schema_arrow.names)
 
 
+def _output_rows(dst: DatasetRef) -> int:
+    fs, base = datasets.filesystem(dst.uri)
+    total = 0
+    for name in datasets.existing_shards(dst):
+        with fs.open(posixpath.join(base, name), "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
 def check(stage: Any, dst: DatasetRef, parents: Sequence[DatasetRef], params: Any,
           read_output: Callable[[DatasetRef, Sequence[str] | None], pa.Table], layer: dict | None = None) -> dict:
     """``{"yield": {...}}`` for the version's stats (empty when the stage is not documents -> documents), with a
@@ -93,9 +102,12 @@ def check(stage: Any, dst: DatasetRef, parents: Sequence[DatasetRef], params: An
         return {}
     if not layer and not _DOC_COLUMNS <= _output_columns(dst):
         return {}
-    out = read_output(dst, ["keep"])  # never the text
-    # a layer writes only its own columns; without `keep` among them it kept what its input kept
-    kept_out = _kept(out) if ("keep" in out.column_names or not layer) else kept_in
+    if "keep" in _output_columns(dst):
+        kept_out = _kept(read_output(dst, ["keep"]))  # never the text
+    elif layer:  # a layer writes only its own columns; without `keep` among them it kept what its input kept
+        kept_out = kept_in
+    else:  # every row is a kept document: count them from the footers (a zero-column read loses its row count)
+        kept_out = _output_rows(dst)
     limit = threshold(params)
     share = (kept_in - kept_out) / kept_in if kept_in else 0.0
     record: dict[str, Any] = {"kept_in": kept_in, "kept_out": kept_out, "removed_share": round(share, 6),

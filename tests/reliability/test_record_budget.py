@@ -138,3 +138,19 @@ def test_a_quadratic_document_through_the_datatrove_stage_is_flagged_and_the_sta
     normal = [r for r in table.to_pylist() if r["text"].startswith("An ")]
     assert len(normal) == 8 and not {r[c] for r in normal for c in REASON_COLUMNS} & {
         "dt_budget_timeout", "dt_budget_too_large"}
+
+
+def _tag(batch: pa.Table, params: LineDedupParams) -> pa.Table:
+    return batch.append_column("tag", pa.array(["x"] * batch.num_rows))
+
+
+def test_a_documents_stage_without_keep_that_keeps_every_row_is_not_warned_about(tmp_path, caplog):
+    """A map stage that returns its documents with one more column and no `keep` (an embedder, a tagger) kept every
+    document: counted from its shards' footers (a zero-column read of them loses the row count, which read as 100 %
+    removed)."""
+    ing = _ingest(tmp_path, [{"id": f"d{i}", "text": f"text {i}"} for i in range(30)], "tagged")
+    with caplog.at_level(logging.WARNING, logger="quarry"):
+        out = stages.adhoc(ing, "tagger", _tag, LineDedupParams(), h.serial())
+    stats = datasets.read_manifest(out)["stats"]["yield"]
+    assert stats["kept_in"] == stats["kept_out"] == 30 and stats["removed_share"] == 0 and "warning" not in stats
+    assert not any("removed" in r.getMessage() for r in caplog.records)
