@@ -19,9 +19,9 @@ adversarial shapes is measured by benchmarks/adversarial.py.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
-import json
 import select
 import signal
 import socket
