@@ -11,6 +11,7 @@ committed shards, no writes). A file starts with a comment header:
     -- description: ...
     -- chart: bar x=reason y=documents [color=..] [offset=..] [facet=.. [resolve=x,y]] [melt=var:value keep=c1,c2
     --        [values=c3,c4]] [where=<boolean column>] [error=<stderr column>] [log=<facet values>] [y2=<column>]
+    --        [rule=<column>: a tick per x at that value, e.g. chance]
     --        (bar | line | point | table | graph source=.. target=..)
     -- empty: run `quarry run curate datasets_cfg/tiny.yaml`
     -- none: no contamination found (shown instead of a chart whose y column is all zero)
@@ -327,6 +328,13 @@ def _one_chart(alt, panel: Panel, df, log: bool = False):
         if "offset" in a:
             bars["xOffset"] = a["offset"]
         chart = alt.layer(chart, alt.Chart(df).mark_errorbar(color="black").encode(**bars))
+    if "rule" in a and a["rule"] in df.columns and df[a["rule"]].notna().any():  # a reference level per x (chance)
+        ticks = alt.Chart(df.dropna(subset=[a["rule"]])).mark_tick(color="gray", thickness=2, strokeDash=[3, 2])
+        ticks = ticks.encode(x=alt.X(a["x"], sort=None), y=alt.Y(f"{a['rule']}:Q", title=a["y"]))
+        if isinstance(chart, alt.LayerChart):  # one flat layer list; the layers' shared data stays on the parent
+            chart = alt.layer(*chart.layer, ticks, data=chart.data)
+        else:
+            chart = alt.layer(chart, ticks)
     if "y2" in a:  # a second measure on its own right-hand axis (the learning rate beside the loss)
         second = alt.Chart(df).mark_line(strokeDash=[4, 3], color="#d62728").encode(
             x=alt.X(a["x"], sort=None), y=alt.Y(a["y2"], axis=alt.Axis(orient="right", titleColor="#d62728")))

@@ -314,6 +314,12 @@ def _build_store(root: Path) -> dict:
         "harness_version": ["lm_eval==0.4.x"] * 8, "task_config_hash": ["c0ffee"] * 8, "eval_file_hash": ["f00d"] * 8,
         "num_fewshot": [0] * 8, "fewshot_seed": [1234] * 8, "batch_size": [16] * 8, "dtype": ["float32"] * 8,
         "device": ["cpu"] * 8}))  # fmt: skip
+    # every example's score, as the evaluate stage writes it beside its table: arc_easy has 4 choices (chance 0.25),
+    # one item 3 (1/3), so its chance is their mean; held-out perplexity has no chance (null)
+    _write([trained], "evaluate_examples", pa.table({
+        "task": ["arc_easy"] * 4 + ["heldout/web"], "metric": ["acc", "acc", "acc_norm", "acc_norm", "bits_per_byte"],
+        "example": ["0", "1", "0", "1", "d"], "value": [1.0, 0.0, 1.0, 0.0, 1.9], "weight": [1.0] * 4 + [100.0],
+        "chance": [0.25, 1 / 3, 0.25, 1 / 3, None]}))  # fmt: skip
     return {"docs": docs, "signals": signals, "kept": kept}
 
 
@@ -671,12 +677,21 @@ def test_charts_plot_what_their_titles_say_on_honest_axes(store, sql):
     charts = {c["title"].split(": ", 1)[1].split(" ")[0]: c for c in specs["eval_scores"]["concat"]}
     assert set(charts) == {r["metric"] for r in sql(f"select distinct metric from {DATASET}__evaluate")}
     for metric, chart in charts.items():
-        bars, errors = chart["layer"]
+        bars, errors = chart["layer"][:2]
         assert bars["encoding"]["xOffset"]["field"] == "model_version"  # two models side by side, not summed
         assert errors["mark"]["type"] == "errorbar" and errors["encoding"]["y2"]["field"] == "_hi"
         assert (bars["encoding"]["y"].get("scale", {}).get("type") == "log") == (metric == "perplexity")
     rows = next(iter(specs["eval_scores"]["datasets"].values()))
     assert all(r["_hi"] - r["_lo"] == pytest.approx(2 * r["stderr"]) for r in rows)
+    # chance: a tick per multiple-choice task at the mean of its examples' 1/choices (the SQL), none for perplexity
+    chance = {(r["task"], r["metric"]): round(r["c"], 4) for r in sql(
+        f"select task, metric, avg(chance) c from {DATASET}__evaluate_examples where chance > 0 group by all")}
+    assert chance == {("arc_easy", "acc"): pytest.approx(0.2917), ("arc_easy", "acc_norm"): pytest.approx(0.2917)}
+    eval_rows = [r for d in specs["eval_scores"]["datasets"].values() for r in d]  # one dataset per metric's chart
+    assert {(r["task"], r["metric"]): r["chance"] for r in eval_rows if r.get("chance") is not None} == chance
+    for metric, chart in charts.items():
+        ticks = [layer for layer in chart["layer"] if "tick" in str(layer.get("mark"))]
+        assert (len(ticks) == 1 and ticks[0]["encoding"]["y"]["field"] == "chance") == (metric.startswith("acc")), metric
     # the loss chart plots the learning rate its title names, on its own axis
     loss = specs["training_loss"]
     assert [layer["encoding"]["y"]["field"] for layer in loss["layer"]] == ["loss", "lr"]
