@@ -9,7 +9,10 @@ from tests.conftest import shared_path
 
 def _recipe(tmp_path, limit):
     path = tmp_path / f"aug{limit}.yaml"
+    # the recipes for 4 and 6 documents grow one dataset: they say so (a second recipe is refused otherwise)
+    same = {} if limit == 4 else {"same_dataset_as": str(tmp_path / "aug4.yaml")}
     path.write_text(yaml.safe_dump({
+        **same,
         "dataset": "augtest",
         "storage_root": str(tmp_path / "store"),
         "ingest": {"sources": [{"path": str(shared_path("domains", "arxiv_abstracts", "arxiv_abstracts.jsonl")),
