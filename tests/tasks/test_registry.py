@@ -25,7 +25,7 @@ def test_every_recipe_section_is_a_registry_stage_with_its_params(path):
     shared_path("eval")  # the bundled recipes name ../shared/data files (decontaminate checks its eval files)
     cfg = datasets_cfg.load(path)
     sections = registry.sections()
-    for name in cfg.model_fields_set - {"dataset", "description", "storage_root", "cluster", "experiment"}:
+    for name in cfg.model_fields_set - {"dataset", "description", "storage_root", "cluster", "experiment", "same_dataset_as"}:
         value = getattr(cfg, name)
         assert name in sections, f"{path.name}: section {name!r} is no registry stage"
         assert isinstance(value, sections[name]), (name, type(value))
