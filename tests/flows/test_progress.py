@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import re
 import time
 
@@ -68,7 +69,13 @@ def _probe_flow():
         profile = runtime.Profile(name="progress", engine="ray", default=runtime.StageResources(rows_per_call=BATCH))
         docs = _docs(root)
         emb = stages.adhoc(docs, "slow_embed", _slow_embed, SlowParams(), profile)
-        stages.run("hkmeans", [emb], HKMeansParams(levels=(8, 3), iterations=20, resampling_steps=(1, 3)), profile)
+        # every iteration says so here: 240 points x 8-d take milliseconds a level on a warm worker, so at the
+        # 0.5 s cadence whether an iteration line appears at all would depend on the machine
+        os.environ["QUARRY_PROGRESS_LOG_S"] = "0"
+        try:
+            stages.run("hkmeans", [emb], HKMeansParams(levels=(8, 3), iterations=20, resampling_steps=(1, 3)), profile)
+        finally:
+            os.environ["QUARRY_PROGRESS_LOG_S"] = "0.5"
         tok = stages.run("tokenize", [docs], TokenizeParams(), profile)
         pack = stages.run("pack", [tok], PackParams(seq_len=32), profile)
         stages.run("train", [pack], TrainParams(max_steps=STEPS, micro_batch_size=4, warmup_steps=2,
