@@ -24,6 +24,14 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc (Linux)")
 
 
+
+def _default_signals() -> None:
+    """Start `quarry run` as a terminal would: SIGINT/SIGTERM at their defaults. A disposition of SIG_IGN is inherited
+    across exec (a shell's background job gets SIGINT ignored, and Python then keeps it ignored), so whatever an
+    earlier test left in this pytest process must not decide whether the run hears the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
 def _stat(pid: int) -> tuple[str, int, int, int] | None:
     """(state, ppid, pgrp, start time) of a process, or None when it is gone."""
     try:
@@ -105,7 +113,8 @@ def test_signal_to_quarry_run_stops_every_child_it_started(tmp_path, prefect_hom
     with open(log, "wb") as out:
         # own session: its process group is its pid, so a child that escapes the ancestry walk is still found
         proc = subprocess.Popen([sys.executable, str(REPO / "quarry_cli.py"), "run", "ingest", str(recipe)],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_default_signals)
     writer = None
     snapshot: dict[int, int] = {}
     try:

@@ -40,6 +40,14 @@ pytestmark = [pytest.mark.skipif(not C4.is_file(), reason="shared C4 sample miss
 
 
 @pytest.fixture(scope="module")
+
+def _default_signals() -> None:
+    """Start `quarry run` as a terminal would: SIGINT/SIGTERM at their defaults. A disposition of SIG_IGN is inherited
+    across exec (a shell's background job gets SIGINT ignored, and Python then keeps it ignored), so whatever an
+    earlier test left in this pytest process must not decide whether the run hears the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
 def recipe(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("recipe") / "sigt.yaml"
     path.write_text(yaml.safe_dump({
@@ -70,7 +78,8 @@ def _env(api_url: str, root: Path, profile: str) -> dict[str, str]:
 
 def _start(recipe: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "quarry_cli.py"), "run", "curate", str(recipe)], cwd=REPO,
-                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_default_signals)
 
 
 def _finished_version(log: Path) -> str:
