@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,20 +25,9 @@ import yaml
 
 from services import ray_jobs as jobs
 from storage import catalog
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, free_ports, shared_path
 
 RAY_BIN = Path(sys.executable).with_name("ray")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _up(url: str) -> bool:
@@ -56,7 +44,7 @@ def _up(url: str) -> bool:
 def ray_head():
     """A one-CPU Ray head with its dashboard (the job server) on loopback, started the way a user who did not
     activate the virtualenv would (its bin/ not on PATH); yields the dashboard URL."""
-    gcs, dash, client, agent_http, agent_grpc, metrics, rt_env, nm, om = _free_ports(9)
+    gcs, dash, client, agent_http, agent_grpc, metrics, rt_env, nm, om = free_ports(9)
     # short temp dir: Ray's unix socket paths must stay under 107 characters
     temp = tempfile.mkdtemp(prefix="qrj-", dir="/tmp")
     venv_bin = Path(sys.executable).parent

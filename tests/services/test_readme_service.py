@@ -13,13 +13,14 @@ stop every Ray on a shared machine).
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 SECTION = "## Running it as a service"
@@ -35,17 +36,6 @@ def blocks() -> list[tuple[str, str]]:
     for m in re.finditer(r"(?:<!-- readme-test: ([^>]*?) -->\n)?```bash\n(.*?)```", section, re.S):
         out.append(((m.group(1) or "").strip(), m.group(2)))
     return out
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def test_every_block_of_the_service_section_is_run_or_says_why_not():
@@ -77,7 +67,7 @@ def sandbox(tmp_path):
 
 def test_the_prefect_block_runs_as_written(sandbox):
     script = next(s for m, s in blocks() if m == "run" and "quarry server up" in s)
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     script = script.replace("quarry server up", f"quarry server up --port {port}", 1)  # not 4200: a shared machine
     try:
         out = _run(script, sandbox, timeout=600)
@@ -111,7 +101,7 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
 
 def test_the_ray_head_block_runs_as_written(sandbox):
     script = next(s for m, s in blocks() if m == "run" and "ray start --head" in s)
-    ports = _free_ports(10)
+    ports = free_ports(10)
     temp = tempfile.mkdtemp(prefix="qrd-", dir="/tmp")  # Ray's socket paths must stay short
     own_head = (f"ray start --head --disable-usage-stats --num-cpus 1 --num-gpus 0 --node-ip-address 127.0.0.1 "
                 f"--port {ports[0]} --ray-client-server-port {ports[1]} --dashboard-agent-listen-port {ports[2]} "
