@@ -39,8 +39,6 @@ pytestmark = [pytest.mark.skipif(not C4.is_file(), reason="shared C4 sample miss
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process-group checks (Linux)")]
 
 
-@pytest.fixture(scope="module")
-
 def _default_signals() -> None:
     """Start `quarry run` as a terminal would: SIGINT/SIGTERM at their defaults. A disposition of SIG_IGN is inherited
     across exec (a shell's background job gets SIGINT ignored, and Python then keeps it ignored), so whatever an
@@ -48,6 +46,8 @@ def _default_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+
+@pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("recipe") / "sigt.yaml"
     path.write_text(yaml.safe_dump({
