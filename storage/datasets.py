@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from storage import objstore
 from storage.code_identity import CodeIdentity, code_identity
 
 # the run that makes a version; using_run and run_context are part of this module's API (flows, tests use them)
@@ -60,8 +61,8 @@ def default_root() -> str:
     return os.environ.get(DEFAULT_ROOT_ENV) or str(Path.cwd() / "data")
 
 
-class StorageError(RuntimeError):
-    """The storage root cannot be used (not writable, not a folder, unreachable); the message names the path."""
+StorageError = objstore.StorageError  # one class: an object store's exhausted retries are a StorageError too
+objstore.install()  # every s3:// request below goes through storage/objstore.py's bounded, logged retries
 
 
 def ensure_writable(root: str) -> None:
@@ -349,7 +350,8 @@ def write_shard(ref: DatasetRef, name: str, table: pa.Table) -> str:
         buf = pa.BufferOutputStream()
         _write_parquet(table, buf)
         data = buf.getvalue().to_pybytes()
-        fs.pipe_file(final, data)
+        # s3fs aborts a multipart upload whose part fails: no half object and no orphaned parts stay behind
+        fs.pipe_file(final, data, **({"chunksize": objstore.part_bytes()} if objstore.is_object_store(fs) else {}))
         marker = sum_marker(name, len(data), xxhash.xxh64(data).hexdigest())
         fs.pipe_file(_join(base, marker), b"")
         _drop_markers(fs, base, name, keep=marker)
@@ -441,6 +443,15 @@ def has_shard(ref: DatasetRef, name: str) -> bool:
     return len([p for p in marks if _parse_marker(posixpath.basename(p))]) == 1
 
 
+def await_shards(ref: DatasetRef, names: Iterable[str]) -> set[str]:
+    """``existing_shards`` once it shows every name the writers reported (an object store's LIST may omit a key
+    written a moment ago; storage/objstore.py polls with backoff up to its deadline); callers compare and refuse."""
+    names = set(names)
+    if not names:
+        return existing_shards(ref)
+    return objstore.await_listed(lambda: existing_shards(ref), names, f"commit of {ref}")
+
+
 def untrusted_shards(ref: DatasetRef) -> dict[str, str]:
     """Shard files present in a version folder that cannot be proven whole, with why (torn, empty, unmarked)."""
     return {n: st.problem for n, st in shard_states(ref).items() if st.size is not None and st.problem}
@@ -491,17 +502,26 @@ def commit(
     extra: dict | None = None,
     inputs: Sequence[str] = (),
     finish: Callable[[dict], None] | None = None,
+    expect: Iterable[str] = (),
 ) -> dict:
     """Write ``_manifest.json`` last; the first committer wins and a racing second one reuses its manifest.
 
     ``finish`` completes the manifest before it is written (storage/layers.py's ``commit_layer`` adds a layer's
-    ``layer`` and wide ``view_schema`` fields that way, so this module never imports layers)."""
+    ``layer`` and wide ``view_schema`` fields that way, so this module never imports layers).
+
+    ``expect``: the shard names the writers reported; the commit refuses (nothing written) while the listing omits
+    one, so a stale object-store listing can never produce a manifest that is missing a shard."""
     if is_committed(ref):
         return read_manifest(ref)
     fs, base = filesystem(ref.uri)
     fs.makedirs(base, exist_ok=True)
     clean_temporaries(ref)
     files, num_rows, schema = [], 0, None
+    expect = set(expect)
+    missing = expect - await_shards(ref, expect) if expect else set()
+    if missing:
+        raise StorageError(f"cannot commit {ref}: the listing of {ref.uri} still omits {len(missing)} shard(s) the "
+                           f"writers reported (e.g. {_join(ref.uri, sorted(missing)[0])}); nothing was committed")
     states = shard_states(ref)
     torn = {n: st.problem for n, st in states.items() if st.size is not None and st.problem}
     if torn:  # never list a file nobody can vouch for: the stage's resume rewrites it

@@ -143,6 +143,7 @@ def _commit(stage: Any, dst: DatasetRef, parents: list[DatasetRef], params: Any,
             expected: dict[str, int] | None = None, inputs: Sequence[str] = (), layer: dict | None = None) -> dict:
     """Check what the workers reported against what the driver sees, then write the manifest (the commit)."""
     if expected is not None:
+        datasets.await_shards(dst, expected)  # an object store's listing may lag the writes (storage/objstore.py)
         have = _shard_rows(dst)
         lost = {n: r for n, r in expected.items() if have.get(n) != r}
         if lost:
@@ -153,7 +154,7 @@ def _commit(stage: Any, dst: DatasetRef, parents: list[DatasetRef], params: Any,
             )
     stats = {**stats, **yieldcheck.check(stage, dst, parents, params, _read_uncommitted, layer)}  # issue 35
     kwargs = dict(parents=parents, params=params, code=code_of(stage), extra={"stats": stats},
-                  inputs=inputs)
+                  inputs=inputs, expect=sorted(expected or ()))
     manifest = layers.commit_layer(dst, layer, **kwargs) if layer else datasets.commit(dst, **kwargs)
     log.info(f"{stage.name}: {manifest['num_rows']} rows -> {dst.uri}")
     return manifest
