@@ -24,16 +24,19 @@ from ray_cluster import runtime
 from storage import datasets
 from storage.datasets import DatasetRef
 from tasks import registry
+from tasks.dedup import incremental
 from tasks.ingest.stage import IngestParams
 from tasks.select.selection import KeptParams, SelectedParams
 
 
-def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile,
-                  steps: Any = run) -> tuple[DatasetRef, DatasetRef | None]:
+def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps: Any = run, *,
+                  batch: DatasetRef | None = None, prior: dict | None = None) -> tuple[DatasetRef, DatasetRef | None]:
     """The stages of a validated recipe, in order; returns (curated version, held-out version or None). ``steps``
-    runs them (``stage`` and ``section``): the Prefect tasks of flows/run.py, or flows/plan.py's dry runner."""
+    runs them (``stage`` and ``section``): the Prefect tasks of flows/run.py, or flows/plan.py's dry runner.
+    ``batch``: one watched ingest batch instead of the recipe's ingest; its dedup sections then match it against
+    the indexes in ``prior`` and advance them (tasks/dedup/incremental.py, issue 30)."""
     stage, section = steps.stage, steps.section
-    docs = stage("ingest", [], cfg.ingest, profile, root=cfg.root, dataset=cfg.dataset)
+    docs = batch or stage("ingest", [], cfg.ingest, profile, root=cfg.root, dataset=cfg.dataset)
     heldout = None
     if cfg.heldout:  # evaluation text leaves before curation, so no stage (or model) ever sees it
         heldout = stage("heldout", [docs], replace(cfg.heldout, side="heldout"), profile)
@@ -44,6 +47,8 @@ def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile,
             if model is None:  # flows/plan.py refuses such a recipe at load; an experiment variant may skip it
                 raise datasets_cfg.RecipeError(f"{cfg.dataset}: quality_score needs a quality_classifier section")
             docs = stage("quality_score", [docs, model], cfg.quality_score, profile)
+        elif batch is not None and name in incremental.INCREMENTAL and getattr(cfg, name) is not None:
+            docs = incremental.run_section(stage, name, docs, getattr(cfg, name), profile, prior, str(batch))
         elif getattr(cfg, name) is not None:
             docs = section(name, docs, getattr(cfg, name), profile)
     docs = stage("kept", [docs], KeptParams(), profile)
@@ -83,7 +88,27 @@ def curate(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage
     cfg, profile = load(recipe)
     sections.check_sections(cfg, recipe)  # a section that would do nothing: refused, or warned about
     with runtime.connected(profile):
+        if datasets.latest(cfg.root, cfg.dataset, "watch_state") is not None:  # a living corpus: batch by batch
+            return str(curate_batches(cfg, profile)[-1]["curated"])
         return str(curate_stages(cfg, profile)[0])
+
+
+def curate_batches(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps: Any = run) -> list[dict]:
+    """Every watched batch in the order it was taken, each against the indexes of those before (issue 30): the
+    batches curated already are committed stages (no-ops), so only the new one computes."""
+    prior: dict = {}
+    out = []
+    for b in incremental_batches(cfg):
+        curated, heldout = curate_stages(cfg, profile, steps, batch=b, prior=prior)
+        out.append({"batch": b, "curated": curated, "heldout": heldout, **prior})
+    return out
+
+
+def incremental_batches(cfg: datasets_cfg.RunConfig) -> list[DatasetRef]:
+    """The dataset's watched ingest batches, oldest first (the watch_state table's order)."""
+    state = datasets.latest(cfg.root, cfg.dataset, "watch_state")
+    names = datasets.read_table(state, columns=["batch"]).column("batch").to_pylist() if state else []
+    return [datasets.ref_from_string(cfg.root, b) for b in dict.fromkeys(names)]
 
 
 if __name__ == "__main__":

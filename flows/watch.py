@@ -60,8 +60,11 @@ def watch(
     with runtime.connected(profile):
         batch = stage("ingest", [], batch_params, profile, root=cfg.root, dataset=cfg.dataset)
         new_state = stage("watch_state", [batch, previous], taken, profile)
+        curated = _curate(cfg, profile) if curates(cfg) else []
     documents = datasets.read_manifest(batch)["num_rows"]
-    summary.update(batch=str(batch), state=str(new_state), documents=documents)
+    summary.update(batch=str(batch), state=str(new_state), documents=documents, batches=curated)
+    if curated:
+        publish_table("watch-batches", curated, f"{len(curated)} batches curated; corpus {curated[-1]['corpus']} docs")
     publish_table("watch-new-files", [{"file": u, "batch": str(batch)} for _, u in fresh],
                   f"{len(fresh)} new files -> {batch} ({documents} documents)")
     try:
@@ -71,6 +74,28 @@ def watch(
         log.warning(f"watch: could not publish artifacts: {e}")
     log.info(f"watch: {len(fresh)} new files -> {batch} ({documents} documents); state {new_state}")
     return summary
+
+
+def curates(cfg) -> bool:
+    """A recipe with any curation section: the deployment curates each batch it ingests (issue 30)."""
+    from tasks import registry
+
+    return any(getattr(cfg, name, None) is not None for name in registry.CURATION)
+
+
+def _curate(cfg, profile) -> list[dict]:
+    """Curate every batch against those before it (the earlier ones are committed: no-ops); per batch the new
+    documents, the cross-batch duplicates dropped and the curated corpus size after it."""
+    from flows.curate import curate_batches
+    from tasks.dedup.incremental import cross_batch_duplicates
+
+    rows, corpus = [], 0
+    for step in curate_batches(cfg, profile):
+        corpus += datasets.read_manifest(step["curated"])["num_rows"]
+        rows.append({"batch": str(step["batch"]), "new_documents": datasets.read_manifest(step["batch"])["num_rows"],
+                     "cross_batch_duplicates": cross_batch_duplicates(step), "curated": str(step["curated"]),
+                     "corpus": corpus})
+    return rows
 
 
 if __name__ == "__main__":

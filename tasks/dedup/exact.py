@@ -206,6 +206,10 @@ def exact_dedup_filter(
     ed_keep = pc.invert(found)
     out = batch.drop_columns([c for c in ("ed_keep", "ed_duplicate_of") if c in batch.column_names])
     out = out.append_column("ed_keep", ed_keep).append_column("ed_duplicate_of", dup_of.cast(pa.string()))
+    if "ed_duplicate_batch" in keepers.column_names:  # incremental: the earlier batch of the winner (issue 30)
+        col = keepers.column("ed_duplicate_batch")
+        batch_of = pc.if_else(found, col.take(safe), None) if not empty else pa.nulls(len(ids), pa.string())
+        out = _put(out, "ed_duplicate_batch", batch_of.cast(pa.string()))
     # no filter before: fold_verdict creates the verdict, so duplicates still leave `kept`
     return fold_verdict(out, pc.if_else(found, reason.cast(pa.string()), None), stage="exact_dedup")
 

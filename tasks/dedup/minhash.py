@@ -409,6 +409,12 @@ def minhash_filter(batch: pa.Table, params: MinhashDedupParams = MinhashDedupPar
     out = out.append_column("mh_cluster_id", cid.cast(pa.string()))
     out = out.append_column("mh_cluster_size", size.cast(pa.int64()))
     out = out.append_column("mh_keep", keep.cast(pa.bool_()))
+    if "mh_duplicate_batch" in clusters.column_names:  # incremental: the earlier survivor's batch (issue 30)
+        col = clusters.column("mh_duplicate_batch")
+        batch_of = pc.if_else(found, col.take(pc.fill_null(idx, 0)), None) if clusters.num_rows else pa.nulls(len(ids), pa.string())
+        if "mh_duplicate_batch" in out.column_names:
+            out = out.drop_columns(["mh_duplicate_batch"])
+        out = out.append_column("mh_duplicate_batch", batch_of.cast(pa.string()))
     # fold duplicates into keep/drop_reason/drop_stage; an earlier rule's reason wins
     dup_reason = pc.if_else(pa.array(repeat), pa.scalar("mh_repeated_doc_id"), pa.scalar("mh_duplicate"))
     return fold_verdict(out, pc.if_else(pc.invert(keep), dup_reason, None), stage="minhash_dedup")
