@@ -52,6 +52,9 @@ def watch(
     if not fresh:
         log.info(f"watch: no new files under {[s.path for s in sources]}; {state.num_rows} taken before")
         summary.update(batch=None, state=str(previous) if previous else None)
+        if previous is not None and curates(cfg):  # a batch whose curation was killed resumes here
+            with runtime.connected(profile):
+                summary.update(batches=_curate(cfg, profile))
         return summary
     # one explicit source per new file, keeping the reader settings (domain, fields, limit) of its source
     batch_params = dataclasses.replace(

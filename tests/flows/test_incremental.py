@@ -4,13 +4,11 @@ batches before it. The kept set must equal one dedup run over the union with "fi
 
 import json
 
-import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 import yaml
 
 from storage import datasets
+from tasks.dedup.incremental import union_first_batch_wins
 from tests.conftest import shared_path
 
 
@@ -66,41 +64,12 @@ def living(tmp_path_factory, prefect_api, ray_local):
     return {"cfg": cfg, "steps": curate_batches(cfg, profile), "summaries": summaries}
 
 
-def _one_shot(batches: list[pa.Table]) -> set[str]:
-    """Exact then MinHash dedup over the union in one run, survivor priority (batch, then longest, then doc_id)."""
-    from tasks.dedup import exact, minhash, minhash_sql
-
-    parts = []
-    for i, t in enumerate(batches):
-        t = t.select(["doc_id", "text", "url"])
-        prio = pc.subtract(pa.scalar(i * 10**9, pa.int64()), pc.utf8_length(t.column("text")).cast(pa.int64()))
-        parts.append(t.append_column("_prio", prio))
-    union = pa.concat_tables(parts)
-    ep = exact.ExactDedupParams(priority="_prio:asc")
-    hashed = exact.exact_dedup_hashes(union, ep)
-    hashed = hashed.append_column("__shard", pa.array(["s"] * hashed.num_rows)).append_column(
-        "__row", pa.array(range(hashed.num_rows), pa.int64()))
-    con = duckdb.connect()
-    con.register("h", hashed)
-    for stmt in exact.exact_dedup_sql("h", ep):
-        con.execute(stmt)
-    after_exact = exact.exact_dedup_filter(hashed, ep, keepers=con.sql("SELECT * FROM ed_keepers").to_arrow_table())
-    mp = minhash.MinhashDedupParams(priority="_prio:asc")
-    signed = minhash.minhash_signatures(after_exact, minhash.MinhashSignaturesParams())
-    edges = minhash.minhash_edges(signed, mp)
-    con.register("e", edges)
-    con.register("d", signed.select(["doc_id", "_prio"]))
-    minhash_sql.run_fuzzy_dedup_sql(con, "e", "d", mp)
-    out = minhash.minhash_filter(signed, mp, clusters=con.sql("SELECT * FROM mh_clusters").to_arrow_table())
-    return set(out.filter(out.column("keep")).column("doc_id").to_pylist())
-
-
 def test_incremental_equals_one_shot_first_batch_wins(living):
     steps = living["steps"]
     assert len(steps) == 3
     incremental = [d for s in steps for d in datasets.read_table(s["curated"], columns=["doc_id"]).column(0).to_pylist()]
     assert len(incremental) == len(set(incremental))  # no document kept twice
-    expected = _one_shot([datasets.read_table(s["batch"]) for s in steps])
+    expected = union_first_batch_wins([datasets.read_table(s["batch"]) for s in steps])
     assert set(incremental) == expected
     # the planted copies: 2 in A; 5 in B (4 of them of A); 4 in C, all of earlier batches
     sizes = [datasets.read_manifest(s["batch"])["num_rows"] for s in steps]
