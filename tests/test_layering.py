@@ -103,7 +103,7 @@ def test_flows_are_short():
 
 # tasks/ is one package per stage family, in pipeline order, over common/ (the verdict, text normalization, bundled
 # assets, eval-set specs); registry.py (and warm.py) sit on top and may import any family.
-FAMILIES = ("common", "ingest", "signals", "filter", "dedup", "select", "balance", "augment", "train", "evaluate")
+FAMILIES = ("common", "ingest", "signals", "filter", "dedup", "select", "balance", "augment", "train", "evaluate", "export")
 
 
 def _module_name(path: Path) -> str:
