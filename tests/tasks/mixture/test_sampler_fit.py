@@ -1,0 +1,81 @@
+"""The mixture search's pure parts: the Dirichlet sampler (around natural, within availability) and the fit /
+optimum on synthetic targets with a known best mixture."""
+
+import numpy as np
+import pytest
+
+from tasks.mixture import fit, sampler
+from tasks.mixture.config import MixtureParams, Target, objective
+from tasks.mixture.stage import blend, copies
+
+TOKENS = {"code": 2_000, "web": 14_000, "wikipedia": 4_000}
+
+
+def test_samples_center_on_the_natural_mixture_and_respect_availability():
+    w = sampler.sample(TOKENS, 4000, concentration=5.0, target_tokens=10_000, max_epochs=4.0, seed=0)
+    assert w.shape == (4000, 3) and np.allclose(w.sum(axis=1), 1.0)
+    cap = np.array(list(sampler.caps(TOKENS, 10_000, 4.0).values()))  # code: 4 x 2000 / 10000 = 0.8
+    assert cap.tolist() == [0.8, 1.0, 1.0] and (w <= cap + 1e-12).all()
+    # the mean is the natural share (0.1, 0.7, 0.2): a Dirichlet truncated at 0.8 for code barely moves it
+    assert np.allclose(w.mean(axis=0), [0.1, 0.7, 0.2], atol=0.02)
+    # a tight budget: the cap binds (code at most 4 x 2000 / 40000 = 0.2) and no sample exceeds it
+    tight = sampler.sample(TOKENS, 500, concentration=0.5, target_tokens=40_000, max_epochs=4.0, seed=1)
+    assert tight[:, 0].max() <= 0.2 + 1e-12
+    # the same seed gives the same mixtures
+    assert np.array_equal(w, sampler.sample(TOKENS, 4000, concentration=5.0, target_tokens=10_000, max_epochs=4.0, seed=0))
+
+
+def test_an_infeasible_budget_is_a_clear_error():
+    with pytest.raises(ValueError, match="exceeds max_epochs 1.0 x the 20000 tokens"):
+        sampler.sample(TOKENS, 10, concentration=1.0, target_tokens=30_000, max_epochs=1.0, seed=0)
+
+
+def test_uniform_is_projected_under_the_caps():
+    cap = sampler.caps(TOKENS, 40_000, 4.0)  # code 0.2, web 1, wikipedia 0.4
+    u = sampler.project({c: 1.0 for c in TOKENS}, cap)
+    assert u["code"] == pytest.approx(0.2) and u["wikipedia"] == pytest.approx(0.4) and u["web"] == pytest.approx(0.4)
+
+
+def _planted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Target = a loss that falls with the wikipedia share (column 2), plus noise; best = most wikipedia."""
+    x = sampler.sample(TOKENS, n, concentration=1.0, target_tokens=10_000, max_epochs=4.0, seed=seed)
+    y = 2.0 - 1.5 * x[:, 2] + 0.3 * x[:, 0] + np.random.default_rng(seed).normal(0, 0.02, n)
+    return x, y
+
+
+@pytest.mark.parametrize("kind", fit.MODELS)
+def test_fit_ranks_held_out_mixtures_and_finds_the_planted_optimum(kind):
+    x, y = _planted(40, 0)
+    fits = fit.fit(x, y, folds=5, seed=0)
+    assert fits[kind]["heldout_rho"] > 0.8  # held-out rank correlation on mixtures not used to fit
+    sim = sampler.sample(TOKENS, 20_000, concentration=1.0, target_tokens=10_000, max_epochs=4.0, seed=3)
+    best, pred = fit.optimum(fits[kind]["model"], sim, top_k=100)
+    assert best[2] > 0.6 > 0.2  # far above wikipedia's natural 0.2
+    assert pred < 2.0 - 1.5 * 0.2  # predicted better than the natural mixture's true loss
+    # with the targets shuffled against the weights there is nothing to find: rho collapses to ~0
+    assert abs(fit.shuffled_rho(x, y, folds=5, seed=0, kind=kind)) < 0.3
+
+
+def test_too_few_runs_and_unknown_targets_are_refused():
+    x, y = _planted(3, 0)
+    with pytest.raises(ValueError, match="cannot be cross-validated"):
+        fit.fit(x, y, folds=5, seed=0)
+    t = (Target(task="heldout/wikipedia"), Target(task="copa", metric="acc", weight=0.5))
+    assert objective({("heldout/wikipedia", "bits_per_byte"): 2.0, ("copa", "acc"): 0.6}, t) == pytest.approx(1.7)
+    with pytest.raises(KeyError, match="heldout/code/bits_per_byte is not among"):
+        objective({}, (Target(task="heldout/code"),))
+    with pytest.raises(ValueError, match="n_mixtures must be >= 4"):
+        MixtureParams(name="m", targets=t, n_mixtures=2)
+    with pytest.raises(ValueError, match="has no direction"):
+        Target(task="x", metric="rouge")
+
+
+def test_selection_copies_hit_each_components_share_and_the_blend_names_them():
+    group = np.array(["web"] * 6 + ["wikipedia"] * 4, dtype=object)
+    lengths = np.full(10, 100)
+    n = copies(group, lengths, {"web": 0.25, "wikipedia": 0.75}, 2000, np.random.default_rng(0))
+    # wikipedia: 1500 tokens from 400 = 3 full passes + 300 more (3 documents, the last within one document)
+    assert (n[group == "wikipedia"] * 100).sum() in (1500, 1600) and n[group == "wikipedia"].min() >= 3
+    assert (n[group == "web"] * 100).sum() in (500, 600)
+    assert blend({"web": 0.25, "wikipedia": 0.75}, "{dataset}_{component}_text_document", "d") == \
+        "0.25 d_web_text_document 0.75 d_wikipedia_text_document"
