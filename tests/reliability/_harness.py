@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 C4 = Path(os.environ.get("QUARRY_SHARED_DATA", REPO.parent / "shared" / "data")) / "web" / "c4_sample" / "c4_sample.jsonl"
 KINDS = ("ingest", "signals", "dedup", "langid_pii_decontam", "subdoc_dedup", "quality_score", "embed_kmeans",
-         "augment", "train")
+         "augment", "train", "export")
 DATASET = "rel"
 COMMIT_POINTS = ("rename", "replace", "link")
 # columns whose values legitimately differ between two runs (wall-clock measurements)
@@ -225,6 +225,11 @@ def run_kind(kind: str, root: str, inputs: Path, llm_url: str | None = None):
         tok = datasets.latest(root, DATASET, "tokenize")
         packed = stages.run("pack", [tok], pack_params(), prof)
         return stages.run("train", [packed], train_params(), prof)
+    if kind == "export":  # tokenize per shard (map), then a global step writing Megatron/nanotron/MDS/HF files
+        from tasks.export.params import ExportParams
+
+        params = ExportParams(shuffle=True, validation_fraction=0.25, rows_per_file=8, mds_shard_bytes=4096)
+        return stages.section("export", ing, params, prof)
     raise ValueError(f"unknown stage kind {kind!r}; known: {KINDS}")
 
 
@@ -401,8 +406,27 @@ def compare_to_reference(root: str, ref_root: str, base_root: str | None) -> dic
             a, b = a.drop_columns(["loss", "grad_norm"]), b.drop_columns(["loss", "grad_norm"])
         if row_multiset(a) != row_multiset(b):
             problems.append(f"{key}: rows differ from the uninterrupted run")
+        problems += [f"{key}: {f}" for f in _export_files_differ(mine[key], ref[key])]
     out["problems"] = problems
     return out
+
+
+def _export_files_differ(mine: dict, ref: dict) -> list[str]:
+    """An export's format files (beside its shards) must be the uninterrupted run's, byte for byte; the blend files
+    name absolute paths under each root and are left out."""
+    if not str(ref.get("stage", "")).startswith("export_"):
+        return []
+    a, b = Path(mine["uri"]), Path(ref["uri"])
+    names = sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file() and p.suffix != ".parquet"
+                   and not p.name.startswith(("_manifest", "data_path_", "streams_", "datasets_")))
+    names += sorted(str(p.relative_to(b)) for p in (b / "hf").rglob("*.parquet")) if (b / "hf").is_dir() else []
+    def body(p: Path) -> bytes:  # the card names the git commit of the run, which others' commits may move
+        data = p.read_bytes()
+        return b"\n".join(x for x in data.split(b"\n") if not x.startswith(b"- code: git")) if p.name == "README.md" \
+            else data
+
+    return [f"export file {n} differs from the uninterrupted run" for n in names
+            if not (a / n).is_file() or body(a / n) != body(b / n)]
 
 
 def stray_temporaries(root: str) -> list[str]:
