@@ -97,10 +97,16 @@ def curate_batches(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps:
     """Every watched batch in the order it was taken, each against the indexes of those before (issue 30): the
     batches curated already are committed stages (no-ops), so only the new one computes."""
     prior: dict = {}
-    out = []
+    out, corpus = [], None
     for b in incremental_batches(cfg):
         curated, heldout = curate_stages(cfg, profile, steps, batch=b, prior=prior)
-        out.append({"batch": b, "curated": curated, "heldout": heldout, **prior})
+        row = {"batch": b, "curated": curated, "heldout": heldout, **prior}
+        if not getattr(steps, "dry", False):  # the union's table: views {dataset}__corpus(_docs) read every batch
+            n = datasets.read_manifest(b)["num_rows"]
+            params = incremental.CorpusParams(batch=str(b), documents=n,
+                                              cross_batch_duplicates=incremental.cross_batch_duplicates(row))
+            corpus = row["corpus"] = steps.stage("corpus", [curated, corpus], params, profile)
+        out.append(row)
     return out
 
 

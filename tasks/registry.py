@@ -29,6 +29,7 @@ import tasks.balance.hkmeans as hkmeans
 import tasks.balance.sample as balance
 import tasks.balance.semdedup as semdedup
 import tasks.dedup.exact as exact_dedup
+import tasks.dedup.incremental as incremental
 import tasks.dedup.line as line_dedup
 import tasks.dedup.minhash as minhash_dedup
 import tasks.dedup.minhash_sql as minhash_sql
@@ -42,6 +43,8 @@ import tasks.filter.pii as pii
 import tasks.filter.quality_filter as quality_filter
 import tasks.ingest.stage as ingest
 import tasks.ingest.watch as watch
+import tasks.mixture.config as mixture_cfg
+import tasks.mixture.stage as mixture
 import tasks.select.selection as select
 import tasks.signals.datatrove_signals as datatrove_signals
 import tasks.signals.language_id as language_id
@@ -200,6 +203,24 @@ STAGES: dict[str, Stage] = _stages(
           ("src", "minhash_clusters"), roles=("docs", "clusters"), summarize_output=quality_filter.funnel_summary,
           artifacts=quality_filter.funnel_artifact, layer="columns", reads=_reads("doc_id_column", also=_VERDICT),
           rewrites=_VERDICT, doc="mh_cluster_id, mh_cluster_size; duplicates folded into keep"),
+    # incremental (cross-batch) dedup, issue 30: the keeper/cluster steps with the earlier batches' index, and the
+    # index versions themselves (previous index + this batch); the filter steps are the sections' own
+    Stage("xb_exact_keepers", "sql", incremental.xb_exact_keepers, None, "exact_dedup",
+          ("exact_dedup_hashes", "xb_exact_index"), roles=("hashes", "prior"), optional=("prior",),
+          reads=incremental.exact_reads, doc="exact keepers against every earlier batch's hashes (DuckDB)"),
+    Stage("xb_exact_index", "sql", incremental.xb_exact_index, None, "exact_dedup",
+          ("exact_dedup", "xb_exact_index"), roles=("docs", "prior"), optional=("prior",),
+          reads=incremental.exact_index_reads, doc="hash -> winner index of every batch curated so far"),
+    Stage("xb_minhash_clusters", "sql", incremental.xb_minhash_clusters, None, "minhash_dedup",
+          ("minhash_edges", "src", "xb_minhash_index"), roles=("edges", "docs", "prior"), optional=("prior",),
+          reads=incremental.minhash_reads, doc="MinHash clusters against every earlier batch's band keys (DuckDB)"),
+    Stage("xb_minhash_index", "sql", incremental.xb_minhash_index, None, "minhash_dedup",
+          ("minhash_edges", "xb_minhash_clusters", "xb_minhash_index"), roles=("edges", "clusters", "prior"),
+          optional=("prior",), reads=incremental.minhash_index_reads,
+          doc="LSH band key -> survivor index of every batch curated so far"),
+    Stage("corpus", "global", incremental.corpus_stage, incremental.CorpusParams, None, ("kept", "corpus"),
+          roles=("batch", "previous"), optional=("previous",), columns={"batch": None, "previous": ()},
+          doc="one row per curated batch of a living corpus: its curated version, sizes, corpus size after it"),
     Stage("sentence_dedup_hashes", "map", sentence_dedup.sentence_dedup_hashes, sentence_dedup.SentenceDedupParams,
           "sentence_dedup", ("src",), reads=_reads("doc_id_column", "text_column", also=("keep",)),
           doc="3-sentence span hashes (doc_id, unit_pos, unit_hash)"),
@@ -258,6 +279,14 @@ STAGES: dict[str, Stage] = _stages(
           outputs=("experiment_cells", "experiment_scaling", "experiment_scaling_fit"),
           artifacts=experiment.experiment_artifact,
           doc="every cell of an experiment matrix compared with uncertainty, and its scaling-law fits"),
+    # mixture search (issue 32, flows/mixture.py): proxies' results -> regression -> optimum; its selection; validation
+    Stage("mixture_fit", "global", mixture.mixture_fit_stage, mixture_cfg.MixtureParams, "mixture", ("evaluate",),
+          variadic=True, outputs=("mixture_weights", "mixture_fit_models"), artifacts=mixture.fit_artifact,
+          packages=("lightgbm", "scikit-learn"), doc="RegMix fit: held-out Spearman rho per model, simulated optimum"),
+    Stage("mixture_select", "global", mixture.mixture_select_stage, None, None, ("tokenize",), roles=("tokens",),
+          doc="the optimum as doc_id -> copies per component, and its Megatron blend"),
+    Stage("mixture_validate", "global", mixture.mixture_validate_stage, None, None, ("evaluate",), variadic=True,
+          artifacts=mixture.validate_artifact, doc="optimum vs natural/uniform/balanced mixtures (compare.py)"),
     Stage("watch_state", "global", watch.watch_state_stage, watch.WatchParams, None, ("ingest", "watch_state"),
           roles=("batch", "previous"), optional=("previous",), columns={"batch": None, "previous": ()},
           doc="files a watched prefix already gave, per ingest batch"),

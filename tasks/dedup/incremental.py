@@ -308,3 +308,39 @@ def union_first_batch_wins(batches: list) -> set[str]:
     minhash_sql.run_fuzzy_dedup_sql(con, "e", "d", mp)
     out = minhash.minhash_filter(signed, mp, clusters=con.sql("SELECT * FROM mh_clusters").to_arrow_table())
     return set(out.filter(out.column("keep")).column("doc_id").to_pylist())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the union: one row per curated batch (the ``corpus`` stage; catalog views {dataset}__corpus_docs read every batch)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CorpusParams:
+    batch: str  # the batch's ingest version
+    documents: int  # its ingested documents
+    cross_batch_duplicates: int  # of them, dropped as copies of an earlier batch's documents
+
+
+def corpus_schema():
+    import pyarrow as pa
+
+    return pa.schema([("batch_no", pa.int32()), ("batch", pa.string()), ("curated", pa.string()),
+                      ("documents", pa.int64()), ("kept", pa.int64()), ("cross_batch_duplicates", pa.int64()),
+                      ("corpus_kept", pa.int64())])
+
+
+@implements("corpus")
+def corpus_stage(tables: dict, params: CorpusParams, ctx: Any) -> Any:
+    """The previous batches' rows plus this batch's: its curated version, sizes, and the corpus size after it. Its
+    parents (the curated batch and the previous corpus) keep every batch alive through gc, as watch_state does."""
+    import pyarrow as pa
+
+    schema = corpus_schema()
+    previous = tables["previous"].cast(schema) if "previous" in tables else schema.empty_table()
+    curated, kept = ctx.input_ref("batch"), ctx.input_manifest("batch")["num_rows"]
+    before = previous.column("corpus_kept")[-1].as_py() if previous.num_rows else 0
+    row = {"batch_no": previous.num_rows + 1, "batch": params.batch, "curated": curated, "documents": params.documents,
+           "kept": kept, "cross_batch_duplicates": params.cross_batch_duplicates,
+           "corpus_kept": before + kept}
+    return pa.concat_tables([previous, pa.Table.from_pylist([row], schema=schema)])

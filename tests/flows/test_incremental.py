@@ -41,7 +41,7 @@ def _batches() -> list[list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def living(tmp_path_factory, prefect_api, ray_local):
+def living(tmp_path_factory, prefect_api):
     """The watch flow run after each of three files lands; then every batch's steps (committed: no-ops)."""
     from flows.curate import curate_batches
     from flows.run import load
@@ -52,7 +52,7 @@ def living(tmp_path_factory, prefect_api, ray_local):
     incoming.mkdir()
     recipe = tmp / "living.yaml"
     recipe.write_text(yaml.safe_dump({
-        "dataset": "living", "storage_root": str(tmp / "store"),
+        "dataset": "living", "storage_root": str(tmp / "store"), "cluster": "serial",  # in-process: no Ray start
         "ingest": {"docs_per_shard": 25, "sources": [{"path": str(incoming), "domain": "web"}]},
         "minhash_signatures": {}, "exact_dedup": {}, "minhash_dedup": {},
     }))
@@ -103,3 +103,15 @@ def test_watch_reports_each_batch_and_earlier_batches_are_never_rewritten(living
     # each index is a committed version that grew by the batch: the last holds every earlier row
     idx = [datasets.read_table(s["exact_dedup"]).num_rows for s in living["steps"]]
     assert idx[0] < idx[1] < idx[2]
+
+
+def test_the_union_is_one_dataset_in_the_catalog(living):
+    from storage import catalog
+
+    con = catalog.connect(living["cfg"].root)
+    rows = con.execute("SELECT batch_no, kept, cross_batch_duplicates, corpus_kept FROM living__corpus "
+                       "ORDER BY batch_no").fetchall()
+    assert rows == [(1, 46, 0, 46), (2, 43, 4, 89), (3, 40, 4, 129)]
+    n, distinct = con.execute("SELECT count(*), count(DISTINCT doc_id) FROM living__corpus_docs").fetchone()
+    assert n == distinct == 129
+    assert con.execute("SELECT count(*), min(batch_no) FROM living__batch_2").fetchone() == (43, 2)
