@@ -57,10 +57,11 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_api():
-    """A real (temporary, SQLite) Prefect API server for the whole session."""
+    """A real (temporary, SQLite) Prefect API server for the whole session (the flows' tests and the runs of
+    test_sigterm_profiles). A generous start timeout: a fresh database is migrated first on 2 busy cores."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

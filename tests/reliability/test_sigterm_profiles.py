@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,14 +58,12 @@ def recipe(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def api_url() -> Iterator[str]:
-    """One Prefect API for every run here (each `quarry run` would otherwise start its own); a generous start
-    timeout, as a fresh database is migrated first and the CI box has 2 busy cores."""
+def api_url(prefect_api) -> str:
+    """The session's Prefect API (conftest.prefect_api) for every run here: each `quarry run` would otherwise start
+    its own, and a second harness for this module cost one more server start and database migration."""
     from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=300):
-        yield PREFECT_API_URL.value()
+    return PREFECT_API_URL.value()
 
 
 def _env(api_url: str, root: Path, profile: str) -> dict[str, str]:
