@@ -25,7 +25,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup demo test browser lint bench clean freeze screenshots vllm test-vllm freeze-vllm
+.PHONY: setup demo test browser slurm lint bench clean freeze screenshots vllm test-vllm freeze-vllm
 
 setup: $(STAMP)
 
@@ -58,9 +58,16 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the dashboard browser test will be skipped"
 
+# Debian's slurm-wlm + munge for the Slurm launcher's test (tests/ray_cluster/test_slurm.py starts its own
+# single-host cluster from a temp dir); skipped, with the reason, where apt cannot install them
+slurm:
+	@(command -v slurmctld && command -v slurmd && command -v munged) >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) || \
+	  echo "slurm-wlm/munge not installed: the Slurm launcher test will be skipped"
+
 # .venv-vllm (~2 min: a 133 MB wheel + deps) is built by `make test` too: the vLLM path only stays working if CI runs
 # it. The suite's vLLM test then drives the engine from this venv, its Ray workers starting from .venv-vllm's Python.
-test: setup browser vllm
+test: setup browser slurm vllm
 	$(BIN)/python -m pytest -q -p no:randomly --durations=25
 
 vllm: $(VLLM_STAMP)
