@@ -316,9 +316,11 @@ def write_shard(ref: DatasetRef, name: str, table: pa.Table) -> str:
     (``existing_shards`` leaves it out and the resume rewrites it, saying so)."""
     fs, base = filesystem(ref.uri)
     final = _join(base, name)
-    fs.makedirs(base, exist_ok=True)
+    remote = objstore.is_object_store(fs)
+    if not remote:  # an object store has no folders, and a HEAD + LIST per shard only to warn is its dearest cost
+        fs.makedirs(base, exist_ok=True)
     check = integrity()
-    if fs.exists(final):
+    if not remote and fs.exists(final):
         log.warning(f"replacing {_join(ref.uri, name)}: an earlier attempt left it without a matching checksum")
     if _rename_is_atomic(fs) and _is_local(fs):
         local_base = fs._strip_protocol(base)
@@ -395,6 +397,8 @@ class ShardState:
 def shard_states(ref: DatasetRef) -> dict[str, ShardState]:
     """Every shard of a version folder and whether it is provably whole, from one listing (no file is opened)."""
     fs, base = filesystem(ref.uri)
+    if objstore.is_object_store(fs):  # s3fs caches listings per process: another node's writes are not in it
+        fs.invalidate_cache(base)
     if not fs.exists(base):
         return {}
     sizes, sums = {}, {}

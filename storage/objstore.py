@@ -89,6 +89,20 @@ def transient(e: BaseException) -> bool:
     return False
 
 
+def _why(e: BaseException) -> str:
+    """One line: the S3 error code when the answer had one (s3fs turns ``SlowDown`` into a bare OSError), else the
+    exception's type, and its first message line."""
+    code, cur, seen = None, e, set()
+    while cur is not None and id(cur) not in seen and code is None:
+        seen.add(id(cur))
+        response = getattr(cur, "response", None)
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+        cur = cur.__cause__ or cur.__context__
+    text = (str(e).splitlines() or [""])[0]
+    return f"{code or type(e).__name__}: {text}" if text else (code or type(e).__name__)
+
+
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "FSSPEC_S3_KEY", "FSSPEC_S3_SECRET",
                "FSSPEC_S3_TOKEN")
 _AKID_RE = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{12,}\b")
@@ -166,10 +180,10 @@ def _make_class():
                     elapsed = time.monotonic() - t0
                     if not transient(e):
                         raise
-                    why = redact(f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__)
+                    why = redact(_why(e))
                     if attempt == attempts or elapsed >= deadline:
                         raise ObjectStoreError(
-                            f"object store: {method} {_target(kwargs)} failed after {attempt} attempts over "
+                            f"object store: {method} {_target(kwargs)} failed after {attempt} attempt(s) over "
                             f"{elapsed:.1f} s ({why}); nothing was committed by this request") from None
                     sleep = min(random.uniform(0, min(cap, base * 2 ** (attempt - 1))), deadline - elapsed)
                     with STATS.lock:
