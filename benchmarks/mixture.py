@@ -40,16 +40,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="train steps (default: the recipe's)")
     ap.add_argument("--recipe", default=str(RECIPE))
     args = ap.parse_args()
-    plain = SimpleNamespace(stage=stage_task.fn, section=None)
+    from flows import run
+
+    plain = SimpleNamespace(stage=stage_task.fn, section=run.section)  # the tiny_mixture recipe has no sections
     with tempfile.TemporaryDirectory() as tmp:
         cfg = datasets_cfg.load(args.recipe).model_copy(update={"storage_root": f"{tmp}/store"})
         mix = cfg.mixture
         profile = profile_for(cfg.cluster)
         with runtime.connected(profile):
-            from flows import run
-
-            pool, heldout = curate_stages(cfg, profile, SimpleNamespace(stage=stage_task.fn, section=run.section.__wrapped__
-                                                                         if hasattr(run.section, "__wrapped__") else run.section))
+            pool, heldout = curate_stages(cfg, profile, plain)
             tokens = stage_task.fn("tokenize", [pool], cfg.tokenize, profile)
             avail = mixflow.component_tokens(tokens, mix.components)
             draws = sampler.sample(avail, args.proxies, concentration=mix.concentration,

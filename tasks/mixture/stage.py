@@ -23,6 +23,7 @@ from tasks.evaluate import compare
 from tasks.mixture import fit as fitmod
 from tasks.mixture import sampler
 from tasks.mixture.config import FitPlan, SelectPlan, ValidatePlan, objective
+from tasks.mixture.label import COLUMN
 
 RUN_SCHEMA = pa.schema([("run", pa.int64()), ("arm", pa.string()), ("seed", pa.int64()), ("observed", pa.float64()),
                         ("pred_lightgbm", pa.float64()), ("pred_linear", pa.float64()), ("weights", pa.string())])
@@ -112,7 +113,7 @@ def blend(weights: dict[str, float], prefix: str, dataset: str) -> str:
 def mixture_select_stage(tables: dict, params: SelectPlan, ctx) -> tuple[pa.Table, dict]:
     """doc_id -> copies for the optimum (the ``curated`` stage then repeats each document that many times)."""
     t = tables["tokens"]
-    by = params.config.components
+    by = COLUMN
     group = np.asarray([str(v) for v in t.column(by).to_pylist()], dtype=object)
     lengths = np.asarray(t.column("tok_count").to_numpy(zero_copy_only=False), dtype=np.int64)
     if "tok_drop_reason" in t.column_names:

@@ -30,7 +30,7 @@ from tasks.common.assets import SMOLLM2, load_tokenizer, smollm2_gguf_path, toke
 from tasks.common.stage import implements
 from tasks.common.tempfiles import clean_abandoned, tmp_path
 
-_KEEP_COLUMNS = ("doc_id", "domain", "km_l1")
+_KEEP_COLUMNS = ("doc_id", "domain", "km_l1", "mix_component")  # mix_component: the mixture search's (tasks/mixture/label.py)
 _MANIFEST = "packed.json"
 
 
@@ -99,7 +99,7 @@ def _eos_id(tok, eos_token: str) -> int:
 
 @implements("tokenize")
 def tokenize_docs(batch: pa.Table, params: TokenizeParams) -> pa.Table:
-    """Token ids (+EOS) per document; keeps doc_id, domain and km_l1 when present.
+    """Token ids (+EOS) per document; keeps doc_id, domain, km_l1 and mix_component when present.
 
     Adds ``tok_ids`` (list<uint32>), ``tok_count`` (int64, EOS included) and ``tok_drop_reason`` (null, or
     "tok_null_text" for a null text: such a row gets no tokens and pack_sequences counts it as skipped).

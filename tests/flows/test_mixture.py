@@ -14,21 +14,28 @@ from tests.conftest import REPO, shared_path
 
 
 @pytest.fixture(scope="module")
-def mixture_run(tmp_path_factory, prefect_api, ray_local):
+def mixture_run(tmp_path_factory, prefect_api):
     shared_path("clean", "wikipedia_1k", "wikipedia.jsonl")
     tmp = tmp_path_factory.mktemp("mixture")
     data = yaml.safe_load((REPO / "datasets_cfg" / "tiny_mixture.yaml").read_text())
     for src in data["ingest"]["sources"]:
         src["path"] = str((REPO / "datasets_cfg" / src["path"]).resolve())
     data["storage_root"] = str(tmp / "store")
-    # CI scale: 8 proxies of 25 steps, the optimum vs natural with 3 seeds (the recipe runs 12 and uniform too)
-    data["train"]["max_steps"] = 25
-    data["mixture"].update(n_mixtures=8, simulations=20_000, arms=["optimum", "natural"], bootstrap_iters=200)
+    # CI scale: 6 nano proxies of 10 steps of 4 x 64 tokens, then the optimum vs natural with 3 seeds (12 trainings;
+    # the recipe runs 12 tiny proxies of 40 steps and uniform too). The serial profile: the stages in this process,
+    # no Ray start-up per run (the experiment tests cover the same stages on Ray)
+    data["cluster"] = "serial"
+    data["train"]["micro_batch_size"] = 4
+    data["mixture"].update(n_mixtures=6, model_size="nano", max_steps=10, folds=3, simulations=20_000,
+                           arms=["optimum", "natural"], bootstrap_iters=200)
     path = tmp / "mix.yaml"
     path.write_text(yaml.safe_dump(data))
     from flows.mixture import mixture
 
     fit = mixture(str(path))
+    con = catalog.connect(str(tmp / "store"))  # the run's tables, printed for the README walkthrough (pytest -s)
+    for view in ("mixture_fit_models", "mixture_weights", "mixture_validate"):
+        print(con.execute(f"select * from tiny_mix__{view}").fetch_arrow_table().to_pandas().to_string())
     yield str(tmp / "store"), fit
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -43,7 +50,7 @@ def test_the_search_finds_the_planted_wikipedia_effect_and_validates_it(mixture_
     assert w[("optimum", "wikipedia")][0] > w[("natural", "wikipedia")][0] + 0.1, w
     assert all(x <= cap + 1e-9 for x, _, cap in w.values())
     proxies = con.execute("select count(*), count(distinct weights) from tiny_mix__mixture_fit").fetchone()
-    assert proxies == (8, 8)
+    assert proxies == (6, 6)
     # the held-out Spearman rho of both regressions is reported, and the chosen one ranks held-out mixtures well
     models = {r[0]: r[1:] for r in con.execute("select model, heldout_spearman, shuffled_spearman, chosen "
                                                "from tiny_mix__mixture_fit_models").fetchall()}  # fmt: skip

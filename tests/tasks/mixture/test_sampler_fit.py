@@ -79,3 +79,17 @@ def test_selection_copies_hit_each_components_share_and_the_blend_names_them():
     assert (n[group == "web"] * 100).sum() in (500, 600)
     assert blend({"web": 0.25, "wikipedia": 0.75}, "{dataset}_{component}_text_document", "d") == \
         "0.25 d_web_text_document 0.75 d_wikipedia_text_document"
+
+
+def test_components_are_the_domain_or_one_hkmeans_level_and_no_document_goes_missing():
+    import pyarrow as pa
+
+    from tasks.mixture.label import LabelParams, mixture_label
+
+    docs = pa.table({"doc_id": ["a", "b", "c"], "domain": ["web", "wikipedia", "web"]})
+    assert mixture_label(docs).column("mix_component").to_pylist() == ["web", "wikipedia", "web"]
+    clusters = pa.table({"doc_id": ["c", "a"], "km_l2": [1, 3]})  # b had no embedding: no cluster
+    got = mixture_label(docs, LabelParams(by="km_l2"), clusters=clusters)
+    assert got.num_rows == 3 and got.column("mix_component").to_pylist() == ["l2c3", "unclustered", "l2c1"]
+    with pytest.raises(KeyError, match="no level column 'km_l4'"):
+        mixture_label(docs, LabelParams(by="km_l4"), clusters=clusters)
