@@ -87,17 +87,33 @@ def experiment_stage(tables: dict, params: ExperimentPlan, ctx) -> tuple[dict[st
     examples = []
     for t, c in zip(parts[len(cells) :], cells, strict=True):
         if c.tokens_per_param is None:  # the comparison is over the main matrix
-            examples += [_label(t, c), _label(compare.centered_rows(t), c)]
+            examples += [_label(t, c), _label(compare.centered_rows(t), c), _label(compare.macro_rows(t), c)]
     examples = pa.concat_tables(examples, promote_options="permissive")
     exp = params.config
     baseline = exp.baseline or next(iter(exp.variants))
     table = compare.compare(examples, baseline, iters=exp.bootstrap_iters, level=exp.confidence, alpha=exp.alpha,
                             seed=exp.stats_seed)  # fmt: skip
-    table = pa.concat_tables([table, _seed_means(results, table, baseline)])
+    table = _with_truncation(pa.concat_tables([table, _seed_means(results, table, baseline)]), results)
     fit_rows, fit_params, fit_stats = scaling_fits(results, cells)
     out = {"experiment": table, "experiment_cells": results, "experiment_scaling": fit_rows,
            "experiment_scaling_fit": fit_params}  # fmt: skip
     return out, {"comparison": table.to_pylist(), "scaling": fit_stats}
+
+
+def _with_truncation(table: pa.Table, results: pa.Table) -> pa.Table:
+    """Flag each row with the examples its cells scored on a left-truncated prompt (the most over its seeds; lm-eval
+    cuts a prompt longer than the context silently: tasks/evaluate/truncation.py). A row with any is read with care."""
+    if "n_truncated" not in results.column_names:
+        return table
+    worst: dict[tuple, int] = {}
+    for r in results.to_pylist():
+        if r["tokens_per_param"] is None and r.get("n_truncated") is not None:
+            key = (r["variant"], r["model_size"], r["task"])
+            worst[key] = max(worst.get(key, 0), int(r["n_truncated"]))
+    col = [worst.get((v, s, t)) for v, s, t in zip(*(table.column(c).to_pylist() for c in
+                                                     ("variant", "model_size", "task")), strict=True)]  # fmt: skip
+    i = table.schema.get_field_index("n_truncated")
+    return table.set_column(i, "n_truncated", pa.array(col, pa.int64()))
 
 
 def _seed_means(results: pa.Table, judged: pa.Table, baseline: str) -> pa.Table:
@@ -108,7 +124,8 @@ def _seed_means(results: pa.Table, judged: pa.Table, baseline: str) -> pa.Table:
         key = (r["variant"], r["model_size"], r["task"], r["metric"])
         if r["tokens_per_param"] is None and key not in have and r["value"] is not None:
             acc.setdefault(key, []).append(r["value"])
-    rows = [{"variant": v, "model_size": s, "tokens_per_param": None, "task": t, "metric": m, "n_seeds": len(x),
+    rows = [{"variant": v, "model_size": s, "tokens_per_param": None, "task": t, "metric": m,
+             "higher_is_better": compare.DIRECTION.get(m), "n_seeds": len(x),
              "mean": sum(x) / len(x), "baseline": baseline, "verdict": "no per-example scores"}
             for (v, s, t, m), x in sorted(acc.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][1], kv[0][0]))]  # fmt: skip
     return pa.Table.from_pylist(rows, schema=compare.COMPARISON_SCHEMA)
@@ -120,6 +137,9 @@ SCALING_SCHEMA = pa.schema(
         ("tokens_per_param", pa.float64()), ("compute", pa.float64()), ("n_seeds", pa.int64()),
         ("role", pa.string()), ("quantity", pa.string()), ("observed", pa.float64()), ("predicted", pa.float64()),
         ("residual", pa.float64()), ("relative_error", pa.float64()),
+        # the naive predictors beside the fit (tasks/evaluate/scaling.py): the largest fitted compute's value, the mean
+        ("naive_last", pa.float64()), ("naive_last_relative_error", pa.float64()),
+        ("naive_mean", pa.float64()), ("naive_mean_relative_error", pa.float64()),
     ]
 )  # fmt: skip
 FIT_SCHEMA = pa.schema([("variant", pa.string()), ("law", pa.string()), ("param", pa.string()), ("value", pa.float64())])
@@ -176,7 +196,10 @@ def scaling_fits(results: pa.Table, cells: tuple[Cell, ...]) -> tuple[pa.Table, 
         held = [r for r in fit["rows"] if r["role"] == "heldout"]
         stats[variant] = {"status": "fitted", "runs": len(points), "loss_fit": fit["loss_fit"],
                           "error_fit": fit["error_fit"],
-                          "heldout_relative_error": {r["quantity"]: r["relative_error"] for r in held}}  # fmt: skip
+                          "heldout_relative_error": {r["quantity"]: r["relative_error"] for r in held},
+                          "heldout_relative_error_naive": {r["quantity"]: {"last": r["naive_last_relative_error"],
+                                                                           "mean": r["naive_mean_relative_error"]}
+                                                           for r in held}}  # fmt: skip
     return (pa.Table.from_pylist(rows, schema=SCALING_SCHEMA), pa.Table.from_pylist(params, schema=FIT_SCHEMA), stats)
 
 
@@ -186,7 +209,9 @@ def experiment_artifact(manifest: dict) -> list[tuple[str, list[dict], str]]:
     out = [("experiment-comparison", rows,
             f"experiment {manifest['dataset']}: mean over seeds, bootstrap interval, paired test vs baseline")]
     fits = [{"variant": v, **{k: s.get(k) for k in ("status", "runs", "reason")},
-             **{f"heldout_rel_err_{q}": e for q, e in (s.get("heldout_relative_error") or {}).items()}}
+             **{f"heldout_rel_err_{q}": e for q, e in (s.get("heldout_relative_error") or {}).items()},
+             **{f"heldout_rel_err_{q}_naive_{k}": e for q, n in (s.get("heldout_relative_error_naive") or {}).items()
+                for k, e in n.items()}}
             for v, s in (stats.get("scaling") or {}).items()]  # fmt: skip
     if fits:
         out.append(("experiment-scaling", fits, f"experiment {manifest['dataset']}: scaling-law fits"))

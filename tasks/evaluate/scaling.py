@@ -106,6 +106,15 @@ def relative_error(pred: float, obs: float) -> float:
     return abs(pred - obs) / abs(obs)
 
 
+def _naive(values: np.ndarray, compute: np.ndarray, last: float) -> dict[str, float]:
+    return {"last": float(values[np.isclose(compute, last, rtol=1e-9)].mean()), "mean": float(values.mean())}
+
+
+def _naive_cols(naive: dict[str, float], observed: float) -> dict[str, float]:
+    return {"naive_last": naive["last"], "naive_last_relative_error": relative_error(naive["last"], observed),
+            "naive_mean": naive["mean"], "naive_mean_relative_error": relative_error(naive["mean"], observed)}
+
+
 def fit_and_predict(points: list[dict]) -> dict:
     """points: {n_params, tokens, loss, error (or None), ...} per run. Fits both laws on every run but those of the
     largest compute, predicts those (the error chained through the predicted loss, as Gadre et al. do) and returns
@@ -124,18 +133,27 @@ def fit_and_predict(points: list[dict]) -> dict:
     ef = None
     if len(have_err) >= 4:
         ef = fit_error(loss[have_err], [points[i]["error"] for i in have_err])
+    # Naive predictors, so the fit's held-out error has something to beat: the value of the largest-compute fitted
+    # run ("last": scaling curves flatten, so repeating it is a strong baseline at small scale) and the fitted runs' mean
+    last_c = c[fit_idx].max()
+    naive = {"loss": _naive(loss[fit_idx], c[fit_idx], last_c)}
+    if ef is not None:
+        errs = np.array([points[i]["error"] for i in have_err])
+        naive["error"] = _naive(errs, c[have_err], c[have_err].max())
     rows = []
     for i, p in enumerate(points):
         role = "heldout" if heldout[i] else "fit"
         rows.append({**p, "compute": float(c[i]), "tokens_per_param": float(m[i]), "role": role, "quantity": "loss",
                      "observed": float(loss[i]), "predicted": float(pred_loss[i]),
                      "residual": float(loss[i] - pred_loss[i]),
-                     "relative_error": float(relative_error(pred_loss[i], loss[i]))})  # fmt: skip
+                     "relative_error": float(relative_error(pred_loss[i], loss[i])),
+                     **_naive_cols(naive["loss"], float(loss[i]))})  # fmt: skip
         if ef is not None and p.get("error") is not None:
             pe = float(error_law(pred_loss[i], **ef.params))
             rows.append({**p, "compute": float(c[i]), "tokens_per_param": float(m[i]), "role": role,
                          "quantity": "error", "observed": float(p["error"]), "predicted": pe,
-                         "residual": float(p["error"] - pe), "relative_error": float(relative_error(pe, p["error"]))})  # fmt: skip
+                         "residual": float(p["error"] - pe), "relative_error": float(relative_error(pe, p["error"])),
+                         **_naive_cols(naive["error"], float(p["error"]))})  # fmt: skip
     return {"loss_fit": {**lf.params, "rmse": lf.rmse, "n_fit": len(fit_idx)},
             "error_fit": None if ef is None else {**ef.params, "rmse": ef.rmse, "n_fit": len(have_err)},
             "rows": rows}  # fmt: skip

@@ -72,6 +72,18 @@ def test_experiment_matrix_trains_evaluates_and_compares(experiment_recipe, pref
                        "and metric = 'acc' and tokens_per_param is null").fetchone()[0]  # fmt: skip
     assert rows[("raw", "copa", "acc")][0] == pytest.approx(cell)
     assert rows[("raw", "heldout/all", "perplexity")][-1] == "no per-example scores"
+    # a researcher reads the direction, the corrected p-value, the interval kind and the macro average in the table
+    extra = {(r[0], r[1], r[2]): r[3:] for r in con.execute(
+        "select variant, task, metric, higher_is_better, p_value, p_adjusted, correction, interval, n_truncated "
+        "from tiny_matrix__experiment where model_size = 'tiny'").fetchall()}  # fmt: skip
+    assert extra[("raw", "heldout/all", "bits_per_byte")][0] is False and extra[("raw", "copa", "acc")][0] is True
+    assert extra[("raw", "heldout/all", "perplexity")][0] is False
+    for (variant, _, metric), (_, p, p_adj, corr, interval, _) in extra.items():
+        assert interval == "examples only (n_seeds < 3)"  # one seed here
+        if variant != "raw" and p is not None and metric != "perplexity":
+            assert corr == "holm" and p <= p_adj <= 1
+    assert ("balanced", "heldout/macro", "bits_per_byte") in extra
+    assert extra[("raw", "copa", "acc")][-1] is not None  # the truncated-prompt count is carried, 0 or more
 
     # the scaling fit ran end to end on the balanced sweep: fitted on the small runs, the largest predicted
     fit = con.execute("select role, quantity, count(*), max(relative_error) from tiny_matrix__experiment_scaling "
@@ -98,7 +110,11 @@ def test_experiment_matrix_trains_evaluates_and_compares(experiment_recipe, pref
         con.execute("select variant, task, value from tiny_matrix__experiment_cells where task = 'copa' and "
                     "metric = 'acc' and tokens_per_param is null").fetchall())  # fmt: skip
     scatter = app.run_panel(dash, panels["scaling_fit"], "tiny_matrix").table
-    assert scatter.num_rows == 14 and set(scatter["role"].to_pylist()) == {"fit", "heldout"}
+    assert scatter.num_rows == 3 * 14 and set(scatter["role"].to_pylist()) == {"fit", "heldout"}
+    assert set(scatter["predictor"].to_pylist()) == {"fit", "naive: last", "naive: mean"}  # the baselines beside it
+    naive = con.execute("select quantity, naive_last_relative_error, naive_mean_relative_error from "
+                        "tiny_matrix__experiment_scaling where role = 'heldout'").fetchall()  # fmt: skip
+    assert len(naive) == 2 and all(a >= 0 and b >= 0 for _, a, b in naive)
     charts = []
 
     class _St:
