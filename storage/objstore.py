@@ -13,7 +13,8 @@ s3fs's own retry loops are switched off for this filesystem so the bound is the 
     QUARRY_S3_BACKOFF_S     first backoff ceiling in seconds (default 0.2), doubled per attempt ...
     QUARRY_S3_BACKOFF_MAX_S ... up to this ceiling (default 5)
     QUARRY_S3_DEADLINE_S    give up on a request after this long in all (default 60)
-    QUARRY_S3_PART_BYTES    multipart part size for shard writes (default 16 MiB; README "Object-store I/O")
+    QUARRY_S3_PART_BYTES    multipart part size for shard writes (default 50 MiB: a shard < 100 MiB is one PUT;
+                            measured in README "Object-store I/O")
 
 Secrets: an error or log line never carries the access key, the secret key, a session token or the userinfo of an
 endpoint URL (``redact``): botocore messages can echo request parameters and endpoint URLs.
@@ -58,7 +59,7 @@ def policy() -> tuple[int, float, float, float]:
 
 def part_bytes() -> int:
     """Multipart part size for writes (S3's minimum part is 5 MiB)."""
-    return max(5 * 2**20, int(_env_float("QUARRY_S3_PART_BYTES", 16 * 2**20)))
+    return max(5 * 2**20, int(_env_float("QUARRY_S3_PART_BYTES", 50 * 2**20)))
 
 
 # AWS error codes that mean "try again" (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html)
