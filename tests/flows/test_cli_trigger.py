@@ -18,18 +18,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    state = tmp_path_factory.mktemp("prefect_state_cli")
-    info = prefect_server.server_up(
-        port=prefect_server.free_port(), state=state, home=state / "home", timeout=180,
-        worker_env={"PREFECT_WORKER_QUERY_SECONDS": "2", "QUARRY_PROGRESS": "0"},
-    )  # fmt: skip
-    try:
-        assert info["healthy"] and info["worker_running"], info
-        deployments.deploy(info["api_url"], names=["ingest/tiny"])
-        yield info
-    finally:
-        prefect_server.server_down(state=state)
+def server(prefect_service):
+    """The server + worker of tests/flows/conftest.py (prefect_service, shared with test_deploy), ingest/tiny deployed."""
+    deployments.deploy(prefect_service["api_url"], names=["ingest/tiny"])
+    return prefect_service
 
 
 def _trigger(api: str, *args: str):

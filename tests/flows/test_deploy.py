@@ -20,22 +20,10 @@ from tests.conftest import REPO, save_screenshot, shared_path
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    state = tmp_path_factory.mktemp("prefect_state")
-    info = prefect_server.server_up(
-        port=prefect_server.free_port(),
-        state=state,
-        home=state / "home",
-        timeout=180,
-        worker_env={"PREFECT_WORKER_QUERY_SECONDS": "2", "QUARRY_PROGRESS": "0"},
-    )
-    try:
-        assert info["healthy"] and info["worker_running"], info
-        yield info
-    finally:
-        stopped = prefect_server.server_down(state=state)
-        assert set(stopped) == {"server", "worker"}
-        assert not prefect_server.server_status(state=state)["server_running"]
+def server(prefect_service):
+    """The server + worker of tests/flows/conftest.py (prefect_service, shared with test_cli_trigger): its teardown checks
+    that `server_down` stops both."""
+    return prefect_service
 
 
 def _lines(path: Path, n: int, start: int = 0) -> str:
@@ -90,7 +78,7 @@ def test_server_deploys_and_runs_ingest_with_new_parameters_publishing_artifacts
              "text_field": "eng_Latn", "limit": 8}]},
     }))  # fmt: skip
     run_id = deployments.trigger("ingest/tiny", {"recipe": str(recipe)}, api)
-    state = deployments.wait(run_id, timeout=420, api_url=api)
+    state = deployments.wait(run_id, timeout=420, api_url=api, poll=0.5)
     assert state == "COMPLETED", (Path(server["prefect_home"]).parent / "worker.log").read_text()[-4000:]
     assert deployments.flow_run_result(run_id, api)["parameters"] == {"recipe": str(recipe)}
     arts = {a["key"]: a for a in deployments.run_artifacts(run_id, api)}
@@ -166,7 +154,7 @@ def test_watched_prefix_second_run_ingests_only_the_new_file(server, tmp_path):
 
     def run() -> dict:
         run_id = deployments.trigger("watch/tiny", {"recipe": str(recipe)}, api)
-        assert deployments.wait(run_id, timeout=300, api_url=api) == "COMPLETED"
+        assert deployments.wait(run_id, timeout=300, api_url=api, poll=0.5) == "COMPLETED"
         return {a["key"]: a for a in deployments.run_artifacts(run_id, api)}
 
     first = run()
