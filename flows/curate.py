@@ -93,18 +93,33 @@ def curate(recipe: Recipe = DEFAULT_RECIPE, profile: ProfileName = None, storage
         return str(curate_stages(cfg, profile)[0])
 
 
-def curate_batches(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps: Any = run) -> list[dict]:
-    """Every watched batch in the order it was taken, each against the indexes of those before (issue 30): the
-    batches curated already are committed stages (no-ops), so only the new one computes."""
+def curate_batches(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps: Any = run, *,
+                   recheck: bool = False) -> list[dict]:
+    """Every watched batch in the order it was taken, each against the indexes of those before (issue 30). Batches
+    the ``corpus`` table lists already are not touched (published batches are immutable): the next one starts from
+    the indexes its last row names, so a batch costs the same whatever the corpus size. ``recheck``: walk every
+    batch's stages again (committed: no-ops), e.g. to collect their versions."""
     prior: dict = {}
     out, corpus = [], None
+    latest = None if recheck else datasets.latest(cfg.root, cfg.dataset, "corpus")
+    done = {r["batch"]: r for r in datasets.read_table(latest).to_pylist()} if latest else {}
     for b in incremental_batches(cfg):
+        if (r := done.get(str(b))) and r["batch_no"] == len(out) + 1:  # a prefix of the batches: skip, not re-run
+            prior = {"exact_dedup": r["exact_index"] and datasets.ref_from_string(cfg.root, r["exact_index"]),
+                     "minhash_dedup": r["minhash_index"] and datasets.ref_from_string(cfg.root, r["minhash_index"])}
+            corpus = latest
+            out.append({"batch": b, "curated": datasets.ref_from_string(cfg.root, r["curated"]), "corpus": latest,
+                        "cross_batch_duplicates": r["cross_batch_duplicates"], **prior})
+            continue
         curated, heldout = curate_stages(cfg, profile, steps, batch=b, prior=prior)
         row = {"batch": b, "curated": curated, "heldout": heldout, **prior}
+        row["cross_batch_duplicates"] = 0 if getattr(steps, "dry", False) else incremental.cross_batch_duplicates(row)
         if not getattr(steps, "dry", False):  # the union's table: views {dataset}__corpus(_docs) read every batch
-            n = datasets.read_manifest(b)["num_rows"]
-            params = incremental.CorpusParams(batch=str(b), documents=n,
-                                              cross_batch_duplicates=incremental.cross_batch_duplicates(row))
+            idx = {k: str(prior[k]) if prior.get(k) else None for k in incremental.INCREMENTAL}
+            params = incremental.CorpusParams(
+                batch=str(b), documents=datasets.read_manifest(b)["num_rows"],
+                cross_batch_duplicates=row["cross_batch_duplicates"], exact_index=idx["exact_dedup"],
+                minhash_index=idx["minhash_dedup"])
             corpus = row["corpus"] = steps.stage("corpus", [curated, corpus], params, profile)
         out.append(row)
     return out

@@ -90,13 +90,12 @@ def _curate(cfg, profile) -> list[dict]:
     """Curate every batch against those before it (the earlier ones are committed: no-ops); per batch the new
     documents, the cross-batch duplicates dropped and the curated corpus size after it."""
     from flows.curate import curate_batches
-    from tasks.dedup.incremental import cross_batch_duplicates
 
     rows, corpus = [], 0
     for step in curate_batches(cfg, profile):
         corpus += datasets.read_manifest(step["curated"])["num_rows"]
         rows.append({"batch": str(step["batch"]), "new_documents": datasets.read_manifest(step["batch"])["num_rows"],
-                     "cross_batch_duplicates": cross_batch_duplicates(step), "curated": str(step["curated"]),
+                     "cross_batch_duplicates": step["cross_batch_duplicates"], "curated": str(step["curated"]),
                      "corpus": corpus})
     return rows
 

@@ -320,6 +320,8 @@ class CorpusParams:
     batch: str  # the batch's ingest version
     documents: int  # its ingested documents
     cross_batch_duplicates: int  # of them, dropped as copies of an earlier batch's documents
+    exact_index: str | None = None  # the indexes after this batch: the next batch starts from them
+    minhash_index: str | None = None
 
 
 def corpus_schema():
@@ -327,7 +329,7 @@ def corpus_schema():
 
     return pa.schema([("batch_no", pa.int32()), ("batch", pa.string()), ("curated", pa.string()),
                       ("documents", pa.int64()), ("kept", pa.int64()), ("cross_batch_duplicates", pa.int64()),
-                      ("corpus_kept", pa.int64())])
+                      ("corpus_kept", pa.int64()), ("exact_index", pa.string()), ("minhash_index", pa.string())])
 
 
 @implements("corpus")
@@ -342,5 +344,5 @@ def corpus_stage(tables: dict, params: CorpusParams, ctx: Any) -> Any:
     before = previous.column("corpus_kept")[-1].as_py() if previous.num_rows else 0
     row = {"batch_no": previous.num_rows + 1, "batch": params.batch, "curated": curated, "documents": params.documents,
            "kept": kept, "cross_batch_duplicates": params.cross_batch_duplicates,
-           "corpus_kept": before + kept}
+           "corpus_kept": before + kept, "exact_index": params.exact_index, "minhash_index": params.minhash_index}
     return pa.concat_tables([previous, pa.Table.from_pylist([row], schema=schema)])

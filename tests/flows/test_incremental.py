@@ -3,6 +3,7 @@ within batches, arrive one at a time through the ``watch`` flow, which ingests a
 batches before it. The kept set must equal one dedup run over the union with "first batch wins" priority."""
 
 import json
+import types
 
 import pytest
 import yaml
@@ -46,6 +47,7 @@ def living(tmp_path_factory, prefect_api):
     from flows.curate import curate_batches
     from flows.run import load
     from flows.watch import watch
+    from tests import stages
 
     tmp = tmp_path_factory.mktemp("living")
     incoming = tmp / "incoming"
@@ -61,7 +63,9 @@ def living(tmp_path_factory, prefect_api):
         (incoming / f"batch{i}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
         summaries.append(watch(str(recipe)))
     cfg, profile = load(str(recipe))
-    return {"cfg": cfg, "steps": curate_batches(cfg, profile), "summaries": summaries}
+    executor = types.SimpleNamespace(stage=stages.run, section=stages.section)  # the stages without Prefect tasks
+    steps = curate_batches(cfg, profile, executor, recheck=True)  # every stage committed: just its versions
+    return {"cfg": cfg, "steps": steps, "summaries": summaries}
 
 
 def test_incremental_equals_one_shot_first_batch_wins(living):
