@@ -518,6 +518,57 @@ def ray_submit(
         raise typer.Exit(1)
 
 
+slurm_app = typer.Typer(no_args_is_help=True, help="Run flows on a Slurm allocation (a Ray cluster per job).")
+app.add_typer(slurm_app, name="slurm")
+
+
+@slurm_app.command("submit")
+def slurm_submit(
+    flow: str = typer.Argument(..., help=f"one of: {', '.join(FLOWS)}"),
+    recipe: Path = typer.Argument(..., help="a recipe YAML every node can read at this path"),
+    nodes: int = typer.Option(1, "--nodes", "-N", help="nodes: a Ray head on the first, a Ray worker on each other"),
+    cpus_per_task: int | None = typer.Option(None, "--cpus-per-task", help="CPUs per node (one task per node)"),
+    partition: str | None = typer.Option(None, "--partition", "-p", help="Slurm partition"),
+    time_limit: str | None = typer.Option(None, "--time", "-t", help="time limit, e.g. 02:00:00"),
+    root: str | None = typer.Option(None, help="storage root every node shares (QUARRY_ROOT), e.g. s3://bucket/q"),
+    profile: str = typer.Option("cluster", help="cluster profile (its address must be `auto`)"),
+    output: str | None = typer.Option(None, "--output", "-o", help="the job's log (default slurm-%j.out)"),
+    ray_start_args: str = typer.Option("", help="extra `ray start` arguments for every node"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the sbatch script; submit nothing"),
+) -> None:
+    """Submit a flow as one sbatch job: Ray head + workers inside the allocation, the flow, then everything stops
+    (also on scancel). The job inherits this environment (PREFECT_API_URL, object-store credentials)."""
+    from ray_cluster import slurm
+
+    if flow not in FLOWS:
+        raise typer.BadParameter(f"unknown flow {flow!r}; choose one of {', '.join(FLOWS)}")
+    try:
+        script = slurm.render(flow, recipe, nodes=nodes, cpus_per_task=cpus_per_task, partition=partition,
+                              time_limit=time_limit, root=root, profile=profile, output=output,
+                              ray_start_args=ray_start_args)
+        if dry_run:
+            print(script, end="")
+            return
+        job_id = slurm.submit(script)
+    except slurm.SlurmError as e:
+        raise _fail(f"error: {e}", 2) from None
+    print(f"submitted slurm job {job_id} ({flow} on {nodes} node(s)); follow it: quarry slurm status {job_id}")
+
+
+@slurm_app.command("status")
+def slurm_status(job_id: str = typer.Argument(..., help="the job id `quarry slurm submit` printed")) -> None:
+    """A job's state, nodes, run time and log file (scontrol: no accounting database needed)."""
+    from ray_cluster import slurm
+
+    try:
+        info = slurm.status(job_id)
+    except slurm.SlurmError as e:
+        raise _fail(f"error: {e}", 2) from None
+    for key in ("JobId", "JobName", "JobState", "Reason", "ExitCode", "RunTime", "NumNodes", "NodeList", "StdOut"):
+        if key in info:
+            print(f"{key:<9} {info[key]}")
+
+
 @app.command()
 def dashboard(
     port: int = typer.Option(8501, help="port to serve on"),
