@@ -125,11 +125,15 @@ def wait_nodes(address: str, nodes: int, timeout_s: float) -> int:
             time.sleep(0.5)
     import ray
 
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    except Exception as e:  # noqa: BLE001 - one line, not Ray's traceback
-        print(f"quarry-slurm: cannot join the Ray head at {address}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    while True:  # a head that missed Ray's start-up deadline is started again by ray_node.sh: join it then
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            break
+        except Exception as e:  # noqa: BLE001 - retried until the deadline, then one line, not Ray's traceback
+            if time.monotonic() > deadline:
+                print(f"quarry-slurm: cannot join the Ray head at {address}: {type(e).__name__}: {e}", file=sys.stderr)
+                return 1
+            time.sleep(2)
     try:
         while True:
             alive = [n for n in ray.nodes() if n.get("Alive")]

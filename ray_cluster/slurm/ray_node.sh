@@ -3,12 +3,14 @@
 # group: TERM/INT (scancel, the batch script's cleanup) or the end of this script stop that whole group, so no raylet,
 # GCS, object store or worker outlives the job.
 #
-#   ray_node.sh <ray executable> <agent port base> <ray start arguments...>   (--block is added: the node lives as
-#   long as this script; its dashboard agent listens on base + $SLURM_PROCID, so nodes sharing a host do not collide)
+#   ray_node.sh <ray executable> <port base> <ray start arguments...>   (--block is added: the node lives as long as
+#   this script). Its agents' four ports are base + 10 * $SLURM_PROCID + 0..3: nodes sharing a host do not collide,
+#   and with every port given the raylet need not wait for an agent to write its port file (a dynamic port), which
+#   a slow agent start under load missed (raylet "Timed out waiting for file .../metrics_agent_port").
 #
 # Not `ray stop`: it kills every Ray process of this user on the machine, including another job's sharing the node.
 set -u
-ray_bin=$1 agent_port=$(($2 + ${SLURM_PROCID:-0})); shift 2
+ray_bin=$1 port=$(($2 + 10 * ${SLURM_PROCID:-0})); shift 2
 alive() { ps -e -o pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {n++} END {exit n ? 0 : 1}'; }
 
 pg=""
@@ -27,7 +29,8 @@ trap stop EXIT
 for try in 1 2 3; do
   # setsid: ray start and everything it spawns (gcs_server, raylet, plasma, agents, workers) get a process group of
   # their own (a background child of a non-interactive shell is no group leader, so setsid needs no fork: pid = pgid)
-  setsid "$ray_bin" start --block --num-cpus="${SLURM_CPUS_ON_NODE:-1}" --dashboard-agent-listen-port="$agent_port" \
+  setsid "$ray_bin" start --block --num-cpus="${SLURM_CPUS_ON_NODE:-1}" --dashboard-agent-listen-port="$port" \
+    --metrics-export-port=$((port + 1)) --dashboard-agent-grpc-port=$((port + 2)) --runtime-env-agent-port=$((port + 3)) \
     --disable-usage-stats "$@" &
   pg=$!
   started=$SECONDS
