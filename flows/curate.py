@@ -59,6 +59,8 @@ def curate_stages(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps: 
         if cfg.balance:
             bal = stage("balance", [hk, docs, sd], cfg.balance, profile)
             docs = stage("curated", [docs, bal], SelectedParams(copies_column="bal_copies"), profile)
+    if cfg.export is not None and batch is None:  # tokenized files for other trainers (issue 31, tasks/export)
+        section("export", docs, cfg.export, profile)
     return docs, heldout
 
 
@@ -113,7 +115,7 @@ def curate_batches(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps:
             continue
         curated, heldout = curate_stages(cfg, profile, steps, batch=b, prior=prior)
         row = {"batch": b, "curated": curated, "heldout": heldout, **prior}
-        row["cross_batch_duplicates"] = 0 if getattr(steps, "dry", False) else incremental.cross_batch_duplicates(row)
+        row["cross_batch_duplicates"] = 0 if getattr(steps, "dry", False) else cross_batch_duplicates(row)
         if not getattr(steps, "dry", False):  # the union's table: views {dataset}__corpus(_docs) read every batch
             idx = {k: str(prior[k]) if prior.get(k) else None for k in incremental.INCREMENTAL}
             params = incremental.CorpusParams(
@@ -123,6 +125,16 @@ def curate_batches(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps:
             corpus = row["corpus"] = steps.stage("corpus", [curated, corpus], params, profile)
         out.append(row)
     return out
+
+
+def cross_batch_duplicates(step: dict) -> int:
+    """Documents of one batch dropped as copies of an earlier batch's (its keepers' and clusters' rows naming one)."""
+    n = 0
+    for key, col in (("xb_exact_keepers", "ed_duplicate_batch"), ("xb_minhash_clusters", "mh_duplicate_batch")):
+        if step.get(key) is not None:
+            t = datasets.read_table(step[key], columns=[col])
+            n += t.num_rows - t.column(col).null_count if t.num_rows else 0
+    return n
 
 
 def incremental_batches(cfg: datasets_cfg.RunConfig) -> list[DatasetRef]:
