@@ -402,7 +402,11 @@ def shard_states(ref: DatasetRef) -> dict[str, ShardState]:
     if not fs.exists(base):
         return {}
     sizes, sums = {}, {}
-    for info in fs.ls(base, detail=True):
+    try:
+        listing = fs.ls(base, detail=True)
+    except FileNotFoundError:  # gone between the two calls, or an object store's LIST still shows none of its keys
+        listing = []
+    for info in listing:
         n = posixpath.basename(info["name"].rstrip("/"))
         if n.startswith("part-") and n.endswith(".parquet"):
             sizes[n] = int(info.get("size") or 0)
@@ -471,7 +475,10 @@ def forget_shard(ref: DatasetRef, name: str) -> None:
 def clean_temporaries(ref: DatasetRef) -> int:
     """Remove the temporary files abandoned writers left behind (never a live writer's); returns how many."""
     fs, base = filesystem(ref.uri)
-    return clean_folder(fs, base)
+    try:
+        return clean_folder(fs, base)
+    except FileNotFoundError:  # an object store's LIST does not show the folder's keys yet: nothing to clean
+        return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -651,7 +658,8 @@ class open_parquet:
         want = (self.entry or {}).get("bytes")
         if want is not None and size != want:
             raise StorageError(f"{self.uri}: size {size} bytes, its manifest says {want}")
-        self._f = fs.open(path, "rb")
+        # the size is known: an object store's open would otherwise HEAD the object a second time
+        self._f = fs.open(path, "rb", **({"size": size} if objstore.is_object_store(fs) else {}))
         want = (self.entry or {}).get("footer_xxh64")
         if want is not None and footer_digest(self._f, size) != want:
             self._f.close()
