@@ -207,3 +207,17 @@ def test_export_tokens_resumes_from_its_written_shards(exported, tmp_path):
         executor.run(step, [exported["sel"]], params, exported["profile"], fail_from_shard=2)
     ref = executor.run(step, [exported["sel"]], params, exported["profile"])
     assert datasets.read_manifest(ref)["stats"]["shards_resumed"] == 2
+
+
+def test_tokenizer_is_the_bundled_one_a_file_or_a_model_folder(tmp_path):
+    from tasks.export.params import tokenizer_file
+
+    bundled = tokenizer_file("smollm2")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tokenizer.json").write_bytes(bundled.read_bytes())
+    assert tokenizer_file(str(tmp_path / "model")) == tmp_path / "model" / "tokenizer.json"
+    assert tokenizer_file(str(bundled)) == bundled
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        tokenizer_file(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="formats must be some of"):
+        ExportParams(formats=("megatron", "tfrecord"))
