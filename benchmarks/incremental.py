@@ -13,7 +13,7 @@
    serial profile) while the batch ran (sampled), the
    index bytes (both index versions after the batch) per document of the corpus so far.
 3. The kept set (every batch's curated doc_ids) against one in-memory union run with "first batch wins"
-   (`tasks.dedup.incremental.union_first_batch_wins`; skipped past --check-max documents).
+   (`tests.oracles.incremental.union_first_batch_wins`; skipped past --check-max documents).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main() -> None:
     kept = {d for s in steps for d in datasets.read_table(s["curated"], columns=["doc_id"]).column(0).to_pylist()}
     check = None
     if n <= args.check_max:
-        from tasks.dedup.incremental import union_first_batch_wins
+        from tests.oracles.incremental import union_first_batch_wins
 
         check = kept == union_first_batch_wins([datasets.read_table(s["batch"], columns=["doc_id", "text", "url"])
                                                 for s in steps])

@@ -110,7 +110,7 @@ def curate_batches(cfg: datasets_cfg.RunConfig, profile: runtime.Profile, steps:
             prior = {"exact_dedup": r["exact_index"] and datasets.ref_from_string(cfg.root, r["exact_index"]),
                      "minhash_dedup": r["minhash_index"] and datasets.ref_from_string(cfg.root, r["minhash_index"])}
             corpus = latest
-            out.append({"batch": b, "curated": datasets.ref_from_string(cfg.root, r["curated"]), "corpus": latest,
+            out.append({"batch": b, "curated": datasets.ref_from_string(cfg.root, r["version_ref"]), "corpus": latest,
                         "cross_batch_duplicates": r["cross_batch_duplicates"], **prior})
             continue
         curated, heldout = curate_stages(cfg, profile, steps, batch=b, prior=prior)

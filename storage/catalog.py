@@ -164,21 +164,23 @@ def refresh(con: duckdb.DuckDBPyConnection, root: str) -> None:
 
 
 def _corpus_views(con: duckdb.DuckDBPyConnection, root: str, latest: dict, by_ref: dict) -> None:
-    """A living corpus (issue 30): ``{dataset}__corpus_docs``, every curated batch's documents with its batch_no,
-    and ``{dataset}__batch_<n>``, one batch's, from the current ``corpus`` table (one row per batch)."""
-    for (dataset, stage), row in sorted(latest.items()):
-        if stage != "corpus" or not _IDENT_RE.match(dataset) or not row["files"]:
+    """A table of versions (params ``union_views``: one row per part, ``batch_no`` and ``version_ref``, e.g. a living
+    corpus's batches, issue 30) gives ``{dataset}__corpus_docs``, the union of those versions with ``batch_no``, and
+    ``{dataset}__batch_<n>``, one of them."""
+    for (dataset, _), row in sorted(latest.items()):
+        manifest = by_ref.get(row["ref"]) or {}
+        if not (manifest.get("params") or {}).get("union_views") or not _IDENT_RE.match(dataset) or not row["files"]:
             continue
         try:
-            batches = datasets.read_table(datasets.ref_from_string(root, row["ref"]), ["batch_no", "curated"])
+            parts_table = datasets.read_table(datasets.ref_from_string(root, row["ref"]), ["batch_no", "version_ref"])
             parts = []
-            for no, ref in zip(*(batches.column(c).to_pylist() for c in ("batch_no", "curated")), strict=True):
+            for no, ref in zip(*(parts_table.column(c).to_pylist() for c in ("batch_no", "version_ref")), strict=True):
                 rel = f"SELECT *, {int(no)} AS batch_no FROM ({_relation(root, ref, by_ref)})"
                 con.execute(f'CREATE OR REPLACE VIEW "{dataset}__batch_{int(no)}" AS {rel}')
                 parts.append(rel)
             con.execute(f'CREATE OR REPLACE VIEW "{dataset}__corpus_docs" AS {" UNION ALL BY NAME ".join(parts)}')
-        except (duckdb.Error, KeyError, OSError) as e:  # one unreadable batch must not take the catalog down
-            warnings.warn(f"catalog: no corpus views for {row['ref']}: {e}", stacklevel=2)
+        except (duckdb.Error, KeyError, OSError) as e:  # one unreadable part must not take the catalog down
+            warnings.warn(f"catalog: no union views for {row['ref']}: {e}", stacklevel=2)
 
 
 POINTER_COLUMNS = ("dataset", "stage", "version", "reason", "moved_at", "run_id", "pid", "host", "flow_run_id",

@@ -30,7 +30,7 @@ from tasks.dedup.exact import LENGTH_COLUMN as ED_LENGTH
 from tasks.dedup.exact import ExactDedupParams
 from tasks.dedup.minhash import LENGTH_COLUMN as MH_LENGTH
 from tasks.dedup.minhash import MinhashDedupParams
-from tasks.dedup.minhash_sql import _sql_priority, fuzzy_dedup_sql
+from tasks.dedup.minhash_sql import fuzzy_dedup_sql, sql_priority
 
 HEX_PARTS = 16  # exact index partitions: the first hex digit of the (sha1) hash
 EXACT_INDEX = ("part", "key_kind", "hash", "winner", "batch")
@@ -195,7 +195,7 @@ JOIN (SELECT band, "key", survivor FROM {prior} WHERE part = {part}) i USING (ba
             break
     else:
         raise RuntimeError("label propagation did not converge in 100 rounds")
-    priority = _sql_priority(p, MH_LENGTH in columns.get("docs", []))
+    priority = sql_priority(p, MH_LENGTH in columns.get("docs", []))
     if priority is None:
         prio_cte, join, order = "", "", "m.doc_id"
     else:
@@ -263,53 +263,6 @@ def run_section(stage: Any, name: str, docs: Any, params: Any, profile: Any, pri
 INCREMENTAL = ("exact_dedup", "minhash_dedup")  # the sections that match a batch against the earlier ones
 
 
-def cross_batch_duplicates(step: dict) -> int:
-    """Documents of one batch dropped as copies of an earlier batch's (its keepers' and clusters' rows naming one)."""
-    from storage import datasets
-
-    n = 0
-    for key, col in (("xb_exact_keepers", "ed_duplicate_batch"), ("xb_minhash_clusters", "mh_duplicate_batch")):
-        if step.get(key) is not None:
-            t = datasets.read_table(step[key], columns=[col])
-            n += t.num_rows - t.column(col).null_count if t.num_rows else 0
-    return n
-
-
-def union_first_batch_wins(batches: list) -> set[str]:
-    """The reference semantics, in memory (the tests' oracle, the benchmark's check): exact then MinHash dedup with
-    default params over the union of the batches (doc_id, text, url) in one run, survivor priority (batch, then
-    longest, then doc_id); the kept doc_ids."""
-    import duckdb
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from tasks.dedup import exact, minhash, minhash_sql
-
-    parts = []
-    for i, t in enumerate(batches):
-        t = t.select(["doc_id", "text", "url"])
-        prio = pc.subtract(pa.scalar(i * 10**9, pa.int64()), pc.utf8_length(t.column("text")).cast(pa.int64()))
-        parts.append(t.append_column("_prio", prio))
-    union = pa.concat_tables(parts)
-    ep = exact.ExactDedupParams(priority="_prio:asc")
-    hashed = exact.exact_dedup_hashes(union, ep)
-    hashed = hashed.append_column("__shard", pa.array(["s"] * hashed.num_rows)).append_column(
-        "__row", pa.array(range(hashed.num_rows), pa.int64()))
-    con = duckdb.connect()
-    con.register("h", hashed)
-    for stmt in exact.exact_dedup_sql("h", ep):
-        con.execute(stmt)
-    after_exact = exact.exact_dedup_filter(hashed, ep, keepers=con.sql("SELECT * FROM ed_keepers").to_arrow_table())
-    mp = minhash.MinhashDedupParams(priority="_prio:asc")
-    signed = minhash.minhash_signatures(after_exact, minhash.MinhashSignaturesParams())
-    edges = minhash.minhash_edges(signed, mp)
-    con.register("e", edges)
-    con.register("d", signed.select(["doc_id", "_prio"]))
-    minhash_sql.run_fuzzy_dedup_sql(con, "e", "d", mp)
-    out = minhash.minhash_filter(signed, mp, clusters=con.sql("SELECT * FROM mh_clusters").to_arrow_table())
-    return set(out.filter(out.column("keep")).column("doc_id").to_pylist())
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # the union: one row per curated batch (the ``corpus`` stage; catalog views {dataset}__corpus_docs read every batch)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -322,12 +275,13 @@ class CorpusParams:
     cross_batch_duplicates: int  # of them, dropped as copies of an earlier batch's documents
     exact_index: str | None = None  # the indexes after this batch: the next batch starts from them
     minhash_index: str | None = None
+    union_views: bool = True  # the catalog's {dataset}__corpus_docs / __batch_<n> views read the version_ref column
 
 
 def corpus_schema():
     import pyarrow as pa
 
-    return pa.schema([("batch_no", pa.int32()), ("batch", pa.string()), ("curated", pa.string()),
+    return pa.schema([("batch_no", pa.int32()), ("batch", pa.string()), ("version_ref", pa.string()),
                       ("documents", pa.int64()), ("kept", pa.int64()), ("cross_batch_duplicates", pa.int64()),
                       ("corpus_kept", pa.int64()), ("exact_index", pa.string()), ("minhash_index", pa.string())])
 
@@ -342,7 +296,7 @@ def corpus_stage(tables: dict, params: CorpusParams, ctx: Any) -> Any:
     previous = tables["previous"].cast(schema) if "previous" in tables else schema.empty_table()
     curated, kept = ctx.input_ref("batch"), ctx.input_manifest("batch")["num_rows"]
     before = previous.column("corpus_kept")[-1].as_py() if previous.num_rows else 0
-    row = {"batch_no": previous.num_rows + 1, "batch": params.batch, "curated": curated, "documents": params.documents,
+    row = {"batch_no": previous.num_rows + 1, "batch": params.batch, "version_ref": curated, "documents": params.documents,
            "kept": kept, "cross_batch_duplicates": params.cross_batch_duplicates,
            "corpus_kept": before + kept, "exact_index": params.exact_index, "minhash_index": params.minhash_index}
     return pa.concat_tables([previous, pa.Table.from_pylist([row], schema=schema)])

@@ -13,7 +13,7 @@ from tasks.common.stage import implements
 from tasks.dedup.minhash import LENGTH_COLUMN, MinhashDedupParams
 
 
-def _sql_priority(params: MinhashDedupParams, has_length: bool = False) -> tuple[str, str] | None:
+def sql_priority(params: MinhashDedupParams, has_length: bool = False) -> tuple[str, str] | None:
     """(aggregate over a doc_id's rows, order) of the survivor priority; None for lowest_doc_id (no input needed).
     Aggregated so that a doc_id listed twice in the docs is still one member (never its own duplicate). has_length:
     the docs carry `mh_text_length` (minhash_signatures writes it): "longest" reads that, not the text."""
@@ -84,7 +84,7 @@ WHERE len(list_filter(list_zip(a.v, b.v), lambda x: x[1] = x[2])) >= {params.sim
 
 
 def _clusters_sql(docs: str, params: MinhashDedupParams, has_length: bool = False) -> str:
-    priority = _sql_priority(params, has_length)
+    priority = sql_priority(params, has_length)
     if priority is None:
         prio_cte, join, order = "", "", "m.doc_id"
     else:
@@ -136,7 +136,7 @@ def run_fuzzy_dedup_sql(
 
 def clusters_reads(params: MinhashDedupParams, available: list[str]) -> list[str]:
     """The columns `minhash_clusters_duckdb` reads, both roles: the edges' bucket columns; of the documents the ids,
-    the survivor priority's input (`_sql_priority`) and, with verify, the values. Undeclared, the docs role joined
+    the survivor priority's input (`sql_priority`) and, with verify, the values. Undeclared, the docs role joined
     every layer of the chain on 2M rows only to read the text."""
     cols = ["band", "key", params.doc_id_column]
     cols += params.survivor.input_columns(params.text_column, LENGTH_COLUMN, available)

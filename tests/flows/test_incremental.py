@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from storage import datasets
-from tasks.dedup.incremental import union_first_batch_wins
 from tests.conftest import shared_path
+from tests.oracles.incremental import union_first_batch_wins
 
 
 def _near(text: str) -> str:
