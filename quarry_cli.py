@@ -45,6 +45,7 @@ FLOWS = {
     "train": "flows.train:train",
     "evaluate": "flows.evaluate:evaluate",
     "experiment": "flows.experiment:experiment",
+    "mixture": "flows.mixture:mixture",
     "demo": "flows.demo:demo",
 }
 
@@ -279,7 +280,7 @@ def _recipe_datasets(path: Path) -> set[str]:
         cfg = datasets_cfg.load(path)
     except (datasets_cfg.RecipeError, OSError):
         return set()
-    return {cfg.dataset} | ({cfg.experiment.name} if cfg.experiment else set())
+    return {cfg.dataset} | ({cfg.experiment.name} if cfg.experiment else set()) | ({cfg.mixture.name} if cfg.mixture else set())
 
 
 def gc_plan(root: str) -> list[dict]:
