@@ -93,3 +93,31 @@ def test_components_are_the_domain_or_one_hkmeans_level_and_no_document_goes_mis
     assert got.num_rows == 3 and got.column("mix_component").to_pylist() == ["l2c3", "unclustered", "l2c1"]
     with pytest.raises(KeyError, match="no level column 'km_l4'"):
         mixture_label(docs, LabelParams(by="km_l4"), clusters=clusters)
+
+
+def test_validation_judges_each_arm_against_natural_with_seeds_and_examples():
+    """compare.py's statistics over the arms' per-example rows: a planted 0.3 bits/byte gain is 'better', an
+    arm equal to natural up to noise is not."""
+    import pyarrow as pa
+
+    from tasks.mixture.config import Run, ValidatePlan
+    from tasks.mixture.stage import mixture_validate_stage
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(2.0, 3.0, 30)
+    runs, mains, examples = [], [], []
+    for arm, shift in (("natural", 0.0), ("optimum", -0.3), ("uniform", 0.0)):
+        for seed in (0, 1, 2):
+            runs.append(Run(arm, seed, (("web", 0.5), ("wikipedia", 0.5))))
+            v = base + shift + rng.normal(0, 0.02, 30)
+            examples.append(pa.table({"task": ["heldout/wikipedia"] * 30, "metric": ["bits_per_byte"] * 30,
+                                      "example": [str(i) for i in range(30)], "value": v, "weight": [100.0] * 30,
+                                      "chance": pa.nulls(30, pa.float64())}))  # fmt: skip
+            mains.append(pa.table({"task": ["heldout/wikipedia"], "metric": ["bits_per_byte"], "value": [v.mean()]}))
+    tables = {f"evaluate_{i}": t for i, t in enumerate(mains + examples)}
+    cfg = MixtureParams(name="m", targets=(Target(task="heldout/wikipedia"),), bootstrap_iters=200)
+    table, stats = mixture_validate_stage(tables, ValidatePlan(cfg, tuple(runs), (), "nano"), None)
+    got = {v["variant"]: v["verdict"] for v in stats["verdicts"]}
+    assert got == {"natural": "baseline", "optimum": "better", "uniform": "within noise"}
+    row = next(r for r in table.to_pylist() if r["variant"] == "optimum" and r["task"] == "heldout/wikipedia")
+    assert row["n_seeds"] == 3 and row["interval"] == "seeds and examples" and row["delta"] < 0
