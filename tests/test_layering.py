@@ -96,9 +96,11 @@ def test_modules_stay_small_or_say_why():
 def test_flows_are_short():
     # 1,000 until issues 28/34 added two composition-level rooms: plan.py (a dry run that walks the flows' own
     # composition, so it cannot drift from it) and leasing.py (a run's claim and lease on what it writes); ~130 and
-    # ~50 lines. The budget still fails a flow that grows its own engine code.
+    # ~50 lines. 1,100 until issue 32 added a flow (mixture.py, ~150 lines: sample mixtures, train/evaluate a proxy
+    # per mixture, fit, validate) and issue 30 curated watched batches in order (curate.py/watch.py, ~85 lines).
+    # The budget still fails a flow that grows its own engine code.
     total = sum(p.read_text().count("\n") for p in (REPO / "flows").rglob("*.py"))
-    assert total < 1100, f"flows/ has {total} lines; it should only compose registry stages"
+    assert total < 1350, f"flows/ has {total} lines; it should only compose registry stages"
 
 
 # tasks/ is one package per stage family, in pipeline order, over common/ (the verdict, text normalization, bundled
