@@ -5,10 +5,10 @@ optimum against natural, uniform and the hkmeans-balanced sample, with tasks/eva
 Tables (dataset = the section's ``name``):
 * ``mixture``: one row per proxy: arm, seed, objective observed, and each model's held-out (cross-validated)
   prediction; the weights per component are ``mixture_weights`` rows with the same ``run``.
-* ``mixture_weights``: run, arm, component, weight, natural weight, availability cap (the proxies, the optimum,
+* ``mixture_weights``: run, arm, component, weight, natural_weight (``natural`` is an SQL keyword), cap (the proxies, the optimum,
   natural and uniform).
 * ``mixture_fit``: per model: held-out Spearman rho, the shuffled-target rho beside it, whether it chose the optimum.
-* ``mixture_validation``: compare.compare's rows, arm as ``variant``, natural the baseline.
+* ``mixture_validate``: compare.compare's rows, arm as ``variant``, natural the baseline.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tasks.mixture.label import COLUMN
 RUN_SCHEMA = pa.schema([("run", pa.int64()), ("arm", pa.string()), ("seed", pa.int64()), ("observed", pa.float64()),
                         ("pred_lightgbm", pa.float64()), ("pred_linear", pa.float64()), ("weights", pa.string())])
 WEIGHT_SCHEMA = pa.schema([("run", pa.int64()), ("arm", pa.string()), ("component", pa.string()),
-                           ("weight", pa.float64()), ("natural", pa.float64()), ("cap", pa.float64())])
+                           ("weight", pa.float64()), ("natural_weight", pa.float64()), ("cap", pa.float64())])
 FIT_SCHEMA = pa.schema([("model", pa.string()), ("n_runs", pa.int64()), ("folds", pa.int64()),
                         ("heldout_spearman", pa.float64()), ("shuffled_spearman", pa.float64()),
                         ("chosen", pa.bool_()), ("optimum_predicted", pa.float64())])
@@ -62,7 +62,7 @@ def mixture_fit_stage(tables: dict, params: FitPlan, ctx) -> tuple[dict[str, pa.
                  "weights": json.dumps(dict(r.weights), sort_keys=True)} for i, r in enumerate(runs)]  # fmt: skip
     mixes = [(i, r.arm, dict(r.weights)) for i, r in enumerate(runs)]
     mixes += [(-1, "optimum", dict(zip(comps, best.tolist(), strict=True))), (-2, "natural", nat), (-3, "uniform", uniform)]
-    weight_rows = [{"run": i, "arm": arm, "component": c, "weight": float(w[c]), "natural": nat[c], "cap": cap[c]}
+    weight_rows = [{"run": i, "arm": arm, "component": c, "weight": float(w[c]), "natural_weight": nat[c], "cap": cap[c]}
                    for i, arm, w in mixes for c in comps]  # fmt: skip
     fit_rows = []
     for kind in fitmod.MODELS:

@@ -42,7 +42,7 @@ def mixture_run(tmp_path_factory, prefect_api):
     fit = mixture(str(path))
     con = catalog.connect(str(tmp / "store"))  # the run's tables, printed for the README walkthrough (pytest -s)
     for view in ("mixture_fit_models", "mixture_weights", "mixture_validate"):
-        print(con.execute(f"select * from tiny_mix__{view}").fetch_arrow_table().to_pandas().to_string())
+        print(con.execute(f"select * from tiny_mix__{view}").fetchdf().to_string())
     yield str(tmp / "store"), fit
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -52,7 +52,7 @@ def test_the_search_finds_the_planted_wikipedia_effect_and_validates_it(mixture_
     root, fit = mixture_run
     con = catalog.connect(root)
     w = {(a, c): (x, n, cap) for a, c, x, n, cap in con.execute(
-        "select arm, component, weight, natural, cap from tiny_mix__mixture_weights").fetchall()}  # fmt: skip
+        "select arm, component, weight, natural_weight, cap from tiny_mix__mixture_weights").fetchall()}  # fmt: skip
     # the predicted optimum puts more weight on Wikipedia than the natural mixture does, within availability
     assert w[("optimum", "wikipedia")][0] > w[("natural", "wikipedia")][0] + 0.1, w
     assert all(x <= cap + 1e-9 for x, _, cap in w.values())
@@ -133,5 +133,5 @@ def test_the_mixture_panels_show_what_quarry_sql_shows(mixture_run):
     for name, p in panels.items():
         shown = app.run_panel(con, p, "tiny_mix").table
         assert shown is not None and shown.num_rows > 0, name
-        want = plain.execute(p.sql.replace("{view:", "tiny_mix__").replace("}", "")).fetch_arrow_table()
+        want = plain.sql(p.sql.replace("{view:", "tiny_mix__").replace("}", "")).to_arrow_table()
         assert shown.to_pylist() == want.to_pylist(), name
