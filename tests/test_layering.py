@@ -105,7 +105,8 @@ def test_flows_are_short():
 
 # tasks/ is one package per stage family, in pipeline order, over common/ (the verdict, text normalization, bundled
 # assets, eval-set specs); registry.py (and warm.py) sit on top and may import any family.
-FAMILIES = ("common", "ingest", "signals", "filter", "dedup", "select", "balance", "augment", "train", "evaluate", "export")
+FAMILIES = ("common", "ingest", "signals", "filter", "dedup", "select", "balance", "augment", "train", "evaluate", "mixture",
+            "export")  # mixture (issue 32) fits evaluated proxies of trained mixtures: after train and evaluate
 
 
 def _module_name(path: Path) -> str:
