@@ -101,14 +101,15 @@ def test_with_weights_shuffled_against_the_targets_the_search_finds_nothing(mixt
     cfg = datasets_cfg.validate(yaml.safe_load(open(REPO / "datasets_cfg" / "tiny_mixture.yaml")), "mix.yaml").mixture
     weights = [tuple(sorted(json.loads(r["weights"]).items())) for r in plan_runs]
     tokens = tuple(sorted(man["stats"]["tokens"].items()))
-    real_rho = max(v for v in man["stats"]["heldout_spearman"].values() if v is not None)
+    kind = man["stats"]["optimum_model"]  # the same model's rho, shuffled and not (a max over models would bias up)
+    real_rho = man["stats"]["heldout_spearman"][kind]
     rhos, wiki = [], []
-    for seed in range(4):
+    for seed in range(8):
         perm = np.random.default_rng(seed).permutation(len(weights))
         runs = tuple(Run("search", i, weights[j]) for i, j in enumerate(perm))
-        out, st = stage.mixture_fit_stage(tables, FitPlan(cfg.__class__(**{**_asdict(cfg), "simulations": 5000}),
+        out, st = stage.mixture_fit_stage(tables, FitPlan(cfg.__class__(**{**_asdict(cfg), "simulations": 5000, "folds": len(runs)}),
                                                           tokens, runs), None)
-        rhos.append(st["heldout_spearman"][st["optimum_model"]] or 0.0)
+        rhos.append(st["heldout_spearman"][kind] or 0.0)
         wiki.append(st["optimum"]["wikipedia"] - st["natural"]["wikipedia"])
     assert np.mean(rhos) < real_rho - 0.3, (rhos, real_rho)
     assert np.mean(wiki) < man["stats"]["optimum"]["wikipedia"] - man["stats"]["natural"]["wikipedia"] - 0.1, wiki
