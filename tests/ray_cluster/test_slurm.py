@@ -188,16 +188,15 @@ def slurm(tmp_path_factory) -> Iterator[Slurm]:
 
 
 @pytest.fixture(scope="module")
-def env(slurm, tmp_path_factory) -> Iterator[dict[str, str]]:
+def env(slurm, prefect_api, tmp_path_factory) -> Iterator[dict[str, str]]:
     """What `quarry slurm submit` runs with (the job inherits it): the test's Slurm, one Prefect API for every job
     (a job would otherwise start its own ephemeral server), per-shard progress lines to cancel on."""
     from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=300):
-        base = {k: v for k, v in slurm.env.items() if not k.startswith(("RAY_", "QUARRY_"))}
-        yield base | {"PYTHONPATH": str(REPO), "PREFECT_API_URL": PREFECT_API_URL.value(), "QUARRY_PROGRESS": "0",
-                      "QUARRY_PROGRESS_LOG_S": "0", "QUARRY_STOP_GRACE_S": "10", "PYTHONUNBUFFERED": "1"}
+    # the session's Prefect API (conftest.prefect_api), not a second server
+    base = {k: v for k, v in slurm.env.items() if not k.startswith(("RAY_", "QUARRY_"))}
+    yield base | {"PYTHONPATH": str(REPO), "PREFECT_API_URL": PREFECT_API_URL.value(), "QUARRY_PROGRESS": "0",
+                  "QUARRY_PROGRESS_LOG_S": "0", "QUARRY_STOP_GRACE_S": "10", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
