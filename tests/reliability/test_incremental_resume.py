@@ -3,9 +3,12 @@ SIGKILLs itself just before or after an os.rename/replace under the root: no cle
 to exactly the uninterrupted kept set, and neither the kill nor the resume touches a file of batches A and B or of
 the indexes committed with them (an index commits with its batch or not at all: it is a new version, never an edit).
 
-The executor runs the production stages on the serial profile (no Prefect, no Ray): the fork is the point."""
+The executor runs the production stages on the serial profile (no Prefect, no Ray). The killed run is a *spawned*
+child, not an os.fork of the test process: in the full suite that process holds Ray's and Prefect's threads, and a
+forked child can inherit a lock one of them held and hang forever (it did, in the CI preview, at the first kill)."""
 
 import json
+import multiprocessing
 import os
 
 import pytest
@@ -31,6 +34,13 @@ def _curate(batch_refs, prof):
                                        prior, str(b))
         kept.append(stages.run("kept", [docs], KeptParams(), prof))
         yield dict(prior), kept[-1]
+
+
+def _killed_run(root: str, refs, event: str, n: int, when: str) -> None:
+    """The spawned child: A and B (committed: no-ops), then C, SIGKILLed at the n-th commit point under root."""
+    with KillHook(root, event, n, when):
+        list(_curate(refs, serial()))
+    os._exit(0)  # not killed: the parent's assertion names it
 
 
 def _files(root) -> dict:
@@ -80,15 +90,13 @@ def test_killed_batch_resumes_to_the_same_kept_set_and_earlier_batches_stay_unto
     shutil.copytree(base["tmp"] / "base", root)
     refs, prof = _at(root, base["refs"]), serial()
     before = _files(root)  # A and B curated, their indexes committed
-    pid = os.fork()
-    if pid == 0:  # the child: A and B (committed: no-ops), then C, killed at the n-th commit point under root
-        try:
-            with KillHook(str(root), event, n, when):
-                list(_curate(refs, prof))
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9  # it died mid-batch, not after
+    child = multiprocessing.get_context("spawn").Process(target=_killed_run, args=(str(root), refs, event, n, when))
+    child.start()
+    child.join(timeout=600)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the killed run neither died nor finished in 600 s")
+    assert child.exitcode == -9, f"it must die mid-batch by SIGKILL, got exit code {child.exitcode}"
     unchanged = {p for p, t in before.items() if "_pointers" not in p and "_leases" not in p}
     after_kill = _files(root)
     assert all(after_kill.get(p) == before[p] for p in unchanged)  # A, B and their indexes: not one file touched
