@@ -267,6 +267,8 @@ def train(
             _trim_metrics(metrics_dir, step)
             with contextlib.suppress(FileNotFoundError):
                 last_loss = read_metrics(out)["loss"][-1].as_py()  # a finished run re-called reports its loss
+    elif is_main:  # killed before its first checkpoint: every step is replayed, so what that run left goes
+        _trim_metrics(metrics_dir, 0)
 
     ddp = None
     if distributed:
