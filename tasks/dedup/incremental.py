@@ -30,7 +30,7 @@ from tasks.dedup.exact import LENGTH_COLUMN as ED_LENGTH
 from tasks.dedup.exact import ExactDedupParams
 from tasks.dedup.minhash import LENGTH_COLUMN as MH_LENGTH
 from tasks.dedup.minhash import MinhashDedupParams
-from tasks.dedup.minhash_sql import fuzzy_dedup_sql, sql_priority
+from tasks.dedup.minhash_sql import fuzzy_dedup_sql, propagate_labels, sql_priority
 
 HEX_PARTS = 16  # exact index partitions: the first hex digit of the (sha1) hash
 EXACT_INDEX = ("part", "key_kind", "hash", "winner", "batch")
@@ -184,17 +184,7 @@ SELECT DISTINCT e.doc_id, {_EARLIER} || i.survivor FROM e
 JOIN (SELECT band, "key", survivor FROM {prior} WHERE part = {part}) i USING (band, "key")""")
     con.execute("CREATE OR REPLACE TABLE mh_pairs AS SELECT DISTINCT src, dst FROM mh_cand")
     con.execute("DROP TABLE mh_cand")
-    sql = fuzzy_dedup_sql(edges, docs, p)
-    con.execute(sql["labels_init"])
-    for _ in range(100):
-        con.execute(sql["labels_step"])
-        changed = con.execute(sql["changed"]).fetchone()[0]
-        for stmt in sql["swap"].split(";"):
-            con.execute(stmt)
-        if changed == 0:
-            break
-    else:
-        raise RuntimeError("label propagation did not converge in 100 rounds")
+    propagate_labels(con, fuzzy_dedup_sql(edges, docs, p))
     priority = sql_priority(p, MH_LENGTH in columns.get("docs", []))
     if priority is None:
         prio_cte, join, order = "", "", "m.doc_id"

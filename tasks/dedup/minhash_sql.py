@@ -120,6 +120,14 @@ def run_fuzzy_dedup_sql(
     sql = fuzzy_dedup_sql(edges, docs, params, has_length=has_length)
     for stmt in sql["pairs"]:
         con.execute(stmt)
+    rounds = propagate_labels(con, sql, max_iter)
+    con.execute(sql["clusters"])
+    return rounds
+
+
+def propagate_labels(con, sql: dict, max_iter: int = 100) -> int:
+    """Min-label propagation over `mh_pairs` (the statements of `fuzzy_dedup_sql`) until no label changes; returns
+    the rounds it took."""
     con.execute(sql["labels_init"])
     for rounds in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
         con.execute(sql["labels_step"])
@@ -130,7 +138,6 @@ def run_fuzzy_dedup_sql(
             break
     else:
         raise RuntimeError(f"label propagation did not converge in {max_iter} rounds")
-    con.execute(sql["clusters"])
     return rounds
 
 
